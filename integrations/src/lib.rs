@@ -1,0 +1,1 @@
+//! NCPDP SCRIPT 2017071 messages, pharmacy-network transport and notification delivery.

@@ -1,0 +1,2 @@
+//! The telemed FHIR R4 server.
+pub mod config;

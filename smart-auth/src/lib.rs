@@ -1,0 +1,1 @@
+//! SMART App Launch 2.x authorization server, bearer-token checks and scope/compartment rules.
