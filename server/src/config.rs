@@ -75,10 +75,7 @@ impl Config {
     }
 
     /// Applies `TELEMED_LISTEN`, `DATABASE_URL` and `TELEMED_BASE_URL` from `env`.
-    pub fn apply_env(
-        mut self,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
+    pub fn apply_env(mut self, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         if let Some(listen) = env("TELEMED_LISTEN") {
             self.listen = listen.parse().map_err(|e| ConfigError::Env {
                 name: "TELEMED_LISTEN",

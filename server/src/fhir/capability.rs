@@ -1,0 +1,78 @@
+//! `GET /fhir/metadata`: the CapabilityStatement, built once at start from what is routed.
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use fhir_models::ResourceType;
+use serde_json::{Value, json};
+
+use super::Interaction;
+use super::format::{FHIR_JSON, Shape};
+use crate::app::AppState;
+use crate::error::FhirResult;
+
+/// The CapabilityStatement of a server whose FHIR base is `fhir_base`, as of `date`.
+pub fn capability_statement(fhir_base: &str, date: &str) -> Value {
+    let interactions: Vec<Value> = Interaction::TYPE_LEVEL
+        .iter()
+        .map(|i| json!({ "code": i.code() }))
+        .collect();
+    let resources: Vec<Value> = ResourceType::ALL
+        .iter()
+        .map(|rt| {
+            json!({
+                "type": rt.as_str(),
+                "profile": format!("http://hl7.org/fhir/StructureDefinition/{rt}"),
+                "interaction": interactions,
+                "versioning": "versioned-update",
+                "readHistory": true,
+                "updateCreate": true,
+                "conditionalCreate": false,
+                "conditionalRead": "full-support",
+                "conditionalUpdate": false,
+                "conditionalDelete": "not-supported",
+            })
+        })
+        .collect();
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": date,
+        "publisher": "telemed",
+        "kind": "instance",
+        "software": {
+            "name": "telemed",
+            "version": env!("CARGO_PKG_VERSION"),
+        },
+        "implementation": {
+            "description": "telemed FHIR R4 server",
+            "url": fhir_base,
+        },
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [{
+            "mode": "server",
+            "resource": resources,
+            "interaction": [{ "code": "history-system" }],
+        }],
+    })
+}
+
+/// `GET /fhir/metadata`.
+pub async fn get_metadata(
+    State(state): State<AppState>,
+    Query(query): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> FhirResult<Response> {
+    let shape = Shape::from_request(&query, &headers)?;
+    let body = if shape.is_identity() {
+        state.capability_statement.clone()
+    } else {
+        let mut value: Value = serde_json::from_slice(&state.capability_statement)
+            .map_err(|e| crate::error::FhirError::Internal(e.into()))?;
+        shape.subset(&mut value);
+        shape.to_bytes(&value)?.into()
+    };
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, FHIR_JSON)], body).into_response())
+}

@@ -1,0 +1,253 @@
+//! Media types, `_format`, `_pretty`, `_summary`, `_elements` and `Prefer`: how a request says
+//! what it sends and what it wants back.
+
+use axum::http::{HeaderMap, header};
+use serde_json::Value;
+
+use crate::error::FhirError;
+
+/// The media type of every FHIR response body.
+pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+
+/// The request parameters that shape a response, parsed once per request.
+#[derive(Debug, Default, Clone)]
+pub struct Shape {
+    pub pretty: bool,
+    pub summary: Summary,
+    /// `_elements`: the top-level elements to keep.
+    pub elements: Option<Vec<String>>,
+}
+
+/// `_summary`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Summary {
+    #[default]
+    False,
+    True,
+    Text,
+    Data,
+    Count,
+}
+
+impl Shape {
+    /// Reads `_format`, `_pretty`, `_summary` and `_elements` from the query, and `Accept`.
+    pub fn from_request(
+        query: &[(String, String)],
+        headers: &HeaderMap,
+    ) -> Result<Self, FhirError> {
+        let mut shape = Self::default();
+        for (name, value) in query {
+            match name.as_str() {
+                "_format" => check_format(value)?,
+                "_pretty" => {
+                    shape.pretty = parse_bool(value)
+                        .ok_or_else(|| bad_parameter("_pretty", "must be true or false"))?;
+                }
+                "_summary" => {
+                    shape.summary = match value.as_str() {
+                        "true" => Summary::True,
+                        "false" => Summary::False,
+                        "text" => Summary::Text,
+                        "data" => Summary::Data,
+                        "count" => Summary::Count,
+                        _ => {
+                            return Err(bad_parameter(
+                                "_summary",
+                                "must be one of true, false, text, data, count",
+                            ));
+                        }
+                    };
+                }
+                "_elements" => {
+                    let list = shape.elements.get_or_insert_with(Vec::new);
+                    list.extend(
+                        value
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|e| !e.is_empty())
+                            // `Patient.name` and `name` both name the element `name`.
+                            .map(|e| e.rsplit('.').next().unwrap_or(e).to_owned()),
+                    );
+                }
+                _ => {}
+            }
+        }
+        if !query.iter().any(|(name, _)| name == "_format") {
+            check_accept(headers)?;
+        }
+        Ok(shape)
+    }
+
+    /// Whether the stored bytes can be sent as they are.
+    pub fn is_identity(&self) -> bool {
+        !self.pretty && self.summary == Summary::False && self.elements.is_none()
+    }
+
+    /// Applies `_summary` and `_elements` to a resource.
+    pub fn subset(&self, resource: &mut Value) {
+        let Some(object) = resource.as_object_mut() else {
+            return;
+        };
+        let keep: Box<dyn Fn(&str) -> bool> = match (&self.elements, self.summary) {
+            (Some(elements), _) => {
+                Box::new(move |key: &str| is_always_kept(key) || elements.iter().any(|e| e == key))
+            }
+            (None, Summary::True) => {
+                let rt = object
+                    .get("resourceType")
+                    .and_then(Value::as_str)
+                    .and_then(|rt| rt.parse().ok());
+                let summary = rt.map(fhir_models::summary_elements).unwrap_or_default();
+                Box::new(move |key: &str| is_always_kept(key) || summary.contains(&key))
+            }
+            (None, Summary::Text) => {
+                let rt = object
+                    .get("resourceType")
+                    .and_then(Value::as_str)
+                    .and_then(|rt| rt.parse().ok());
+                let mandatory = rt.map(fhir_models::mandatory_elements).unwrap_or_default();
+                Box::new(move |key: &str| {
+                    is_always_kept(key) || key == "text" || mandatory.contains(&key)
+                })
+            }
+            (None, Summary::Data) => Box::new(|key: &str| key != "text"),
+            (None, Summary::False | Summary::Count) => return,
+        };
+        let before = object.len();
+        object.retain(|key, _| keep(key));
+        if object.len() != before || self.summary == Summary::Data {
+            mark_subsetted(object);
+        }
+    }
+
+    /// Serialises a response body as this request asked (`_pretty`).
+    pub fn to_bytes(&self, value: &impl serde::Serialize) -> Result<Vec<u8>, FhirError> {
+        let bytes = if self.pretty {
+            serde_json::to_vec_pretty(value)
+        } else {
+            serde_json::to_vec(value)
+        };
+        bytes.map_err(|e| FhirError::Internal(e.into()))
+    }
+}
+
+fn is_always_kept(key: &str) -> bool {
+    matches!(key, "resourceType" | "id" | "meta")
+}
+
+/// Adds the `SUBSETTED` tag that tells a client it is not seeing the whole resource.
+fn mark_subsetted(object: &mut serde_json::Map<String, Value>) {
+    let meta = object
+        .entry("meta")
+        .or_insert_with(|| Value::Object(serde_json::Map::new()));
+    let Some(meta) = meta.as_object_mut() else {
+        return;
+    };
+    let tags = meta
+        .entry("tag")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if let Some(tags) = tags.as_array_mut() {
+        tags.push(serde_json::json!({
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+            "code": "SUBSETTED",
+            "display": "Resource encoded in summary mode"
+        }));
+    }
+}
+
+fn parse_bool(value: &str) -> Option<bool> {
+    match value {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    }
+}
+
+pub fn bad_parameter(name: &str, problem: &str) -> FhirError {
+    FhirError::BadRequest(vec![
+        crate::error::Issue::error("invalid", format!("parameter {name} {problem}")).at(name),
+    ])
+}
+
+fn is_json_media_type(media_type: &str) -> bool {
+    let essence = media_type.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/fhir+json")
+        || essence.eq_ignore_ascii_case("application/json")
+        || essence.eq_ignore_ascii_case("application/json+fhir")
+}
+
+fn check_format(value: &str) -> Result<(), FhirError> {
+    if value == "json" || is_json_media_type(value) {
+        Ok(())
+    } else {
+        Err(FhirError::NotAcceptable(format!(
+            "_format {value:?} is not supported; this server speaks JSON (application/fhir+json)"
+        )))
+    }
+}
+
+/// `Accept` must allow JSON: any JSON FHIR type, `application/*` or `*/*`.
+fn check_accept(headers: &HeaderMap) -> Result<(), FhirError> {
+    let Some(accept) = headers.get(header::ACCEPT) else {
+        return Ok(());
+    };
+    let accept = accept.to_str().unwrap_or("");
+    if accept.trim().is_empty() {
+        return Ok(());
+    }
+    let acceptable = accept.split(',').any(|range| {
+        let essence = range.split(';').next().unwrap_or("").trim();
+        essence == "*/*" || essence == "application/*" || is_json_media_type(essence)
+    });
+    if acceptable {
+        Ok(())
+    } else {
+        Err(FhirError::NotAcceptable(
+            "Accept allows no media type this server produces; it speaks application/fhir+json"
+                .to_owned(),
+        ))
+    }
+}
+
+/// The body of a create, update or transaction must be FHIR JSON. A missing Content-Type is
+/// taken as JSON; anything else is refused with 415.
+pub fn check_resource_content_type(headers: &HeaderMap) -> Result<(), FhirError> {
+    match headers.get(header::CONTENT_TYPE) {
+        None => Ok(()),
+        Some(value) if value.to_str().is_ok_and(is_json_media_type) => Ok(()),
+        Some(value) => Err(FhirError::UnsupportedMediaType(format!(
+            "Content-Type {:?} is not supported; send application/fhir+json",
+            value.to_str().unwrap_or("(not text)")
+        ))),
+    }
+}
+
+/// `Prefer: return=…`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Return {
+    Minimal,
+    #[default]
+    Representation,
+    OperationOutcome,
+}
+
+impl Return {
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        headers
+            .get_all("prefer")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(&[',', ';']))
+            .filter_map(|token| {
+                let (name, value) = token.split_once('=')?;
+                (name.trim() == "return").then(|| value.trim().trim_matches('"'))
+            })
+            .find_map(|value| match value {
+                "minimal" => Some(Self::Minimal),
+                "representation" => Some(Self::Representation),
+                "OperationOutcome" => Some(Self::OperationOutcome),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,649 @@
+//! Handlers for the instance- and type-level interactions, and history at every level.
+
+use std::str::FromStr;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use fhir_models::ResourceType;
+use serde::Serialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::format::{self, FHIR_JSON, Return, Shape, bad_parameter};
+use super::headers;
+use crate::app::AppState;
+use crate::error::{FhirError, FhirResult, Issue, operation_outcome};
+use crate::store::{
+    Change, HistoryQuery, HistoryScope, Micros, Precondition, Version, WriteMethod, Written,
+};
+
+type QueryPairs = Query<Vec<(String, String)>>;
+
+/// A resource type named in a URL; an unknown one is a 404.
+fn resource_type(name: &str) -> FhirResult<ResourceType> {
+    ResourceType::from_str(name).map_err(|_| {
+        FhirError::NotFound(format!(
+            "{name:?} is not a FHIR R4 resource type this server knows"
+        ))
+    })
+}
+
+/// A logical id: 1 to 64 of `A-Z a-z 0-9 - .` (http://hl7.org/fhir/R4/datatypes.html#id).
+fn is_valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+fn check_id(id: &str) -> FhirResult<()> {
+    if is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(FhirError::BadRequest(vec![Issue::error(
+            "invalid",
+            "a resource id is 1 to 64 characters from A-Z, a-z, 0-9, '-' and '.'",
+        )]))
+    }
+}
+
+/// Parses a request body as a resource of type `rt`: JSON, an object, the right
+/// `resourceType`, valid against the schema and the typed model.
+fn parse_resource(state: &AppState, rt: ResourceType, body: &[u8]) -> FhirResult<Value> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        FhirError::bad_request("structure", format!("the body is not valid JSON: {e}"))
+    })?;
+    check_resource_type(rt, &value).map_err(FhirError::BadRequest)?;
+    let issues = state.validator.check(rt, &value);
+    if issues.is_empty() {
+        Ok(value)
+    } else {
+        Err(FhirError::BadRequest(issues))
+    }
+}
+
+fn check_resource_type(rt: ResourceType, value: &Value) -> Result<(), Vec<Issue>> {
+    let Some(object) = value.as_object() else {
+        return Err(vec![Issue::error(
+            "structure",
+            "the body must be a JSON object (a FHIR resource)",
+        )]);
+    };
+    match object.get("resourceType").and_then(Value::as_str) {
+        Some(found) if found == rt.as_str() => Ok(()),
+        Some(_) => Err(vec![
+            Issue::error(
+                "invalid",
+                format!("resourceType does not match the URL, which names {rt}"),
+            )
+            .at(format!("{rt}.resourceType")),
+        ]),
+        None => Err(vec![
+            Issue::error("required", "resourceType is missing").at(format!("{rt}.resourceType")),
+        ]),
+    }
+}
+
+/// The response to a successful write, as `Prefer: return=` asks.
+fn write_response(
+    state: &AppState,
+    headers: &HeaderMap,
+    shape: &Shape,
+    status: StatusCode,
+    version: &Version,
+    message: &str,
+) -> FhirResult<Response> {
+    let location = state.version_url(version);
+    let mut response = match Return::from_headers(headers) {
+        Return::Minimal => status.into_response(),
+        Return::OperationOutcome => {
+            let outcome = operation_outcome(&[Issue::information("informational", message)]);
+            json_response(status, shape.to_bytes(&outcome)?)
+        }
+        Return::Representation => match &version.body {
+            Some(body) => json_response(status, shape_body(shape, body)?),
+            None => status.into_response(),
+        },
+    };
+    response
+        .headers_mut()
+        .extend(headers::version_headers(version, Some(&location)));
+    Ok(response)
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    (status, [(header::CONTENT_TYPE, FHIR_JSON)], body).into_response()
+}
+
+/// The stored body as this request wants it: as stored, or re-shaped.
+fn shape_body(shape: &Shape, body: &[u8]) -> FhirResult<Vec<u8>> {
+    if shape.is_identity() {
+        return Ok(body.to_vec());
+    }
+    let mut value: Value =
+        serde_json::from_slice(body).map_err(|e| FhirError::Internal(e.into()))?;
+    shape.subset(&mut value);
+    shape.to_bytes(&value)
+}
+
+/// `POST /fhir/{type}`: create with a server-assigned id.
+pub async fn create(
+    State(state): State<AppState>,
+    Path(type_name): Path<String>,
+    Query(query): QueryPairs,
+    headers: HeaderMap,
+    body: Bytes,
+) -> FhirResult<Response> {
+    let rt = resource_type(&type_name)?;
+    let shape = Shape::from_request(&query, &headers)?;
+    format::check_resource_content_type(&headers)?;
+    if headers.contains_key("if-none-exist") {
+        return Err(FhirError::Unprocessable(vec![Issue::error(
+            "not-supported",
+            "conditional create (If-None-Exist) needs search, which this server does not offer yet",
+        )]));
+    }
+    let value = parse_resource(&state, rt, &body)?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let change = Change::Put {
+        body: value,
+        method: WriteMethod::Post,
+    };
+    match state
+        .store
+        .write(rt, &id, Precondition::Absent, change)
+        .await?
+    {
+        Written::Version { version, .. } => write_response(
+            &state,
+            &headers,
+            &shape,
+            StatusCode::CREATED,
+            &version,
+            "created",
+        ),
+        Written::NothingToDelete => Err(FhirError::Internal(anyhow::anyhow!(
+            "a create reported a delete"
+        ))),
+    }
+}
+
+/// `GET /fhir/{type}/{id}`.
+pub async fn read(
+    State(state): State<AppState>,
+    Path((type_name, id)): Path<(String, String)>,
+    Query(query): QueryPairs,
+    headers: HeaderMap,
+) -> FhirResult<Response> {
+    let rt = resource_type(&type_name)?;
+    let shape = Shape::from_request(&query, &headers)?;
+    if !is_valid_id(&id) {
+        return Err(FhirError::NotFound(format!(
+            "{rt} has no resource with that id"
+        )));
+    }
+    let version = state
+        .store
+        .read(rt, &id)
+        .await?
+        .ok_or_else(|| FhirError::NotFound(format!("{rt}/{id} does not exist")))?;
+    version_response(&state, &headers, &shape, &version)
+}
+
+/// `GET /fhir/{type}/{id}/_history/{vid}`.
+pub async fn vread(
+    State(state): State<AppState>,
+    Path((type_name, id, vid)): Path<(String, String, String)>,
+    Query(query): QueryPairs,
+    headers: HeaderMap,
+) -> FhirResult<Response> {
+    let rt = resource_type(&type_name)?;
+    let shape = Shape::from_request(&query, &headers)?;
+    let not_found = || FhirError::NotFound(format!("{rt}/{id} has no version {vid}"));
+    let version_id: i64 = vid.parse().map_err(|_| not_found())?;
+    if !is_valid_id(&id) {
+        return Err(not_found());
+    }
+    let version = state
+        .store
+        .vread(rt, &id, version_id)
+        .await?
+        .ok_or_else(not_found)?;
+    version_response(&state, &headers, &shape, &version)
+}
+
+/// A read or vread answer: the body, 304 for a conditional read, 410 for a delete.
+fn version_response(
+    state: &AppState,
+    headers: &HeaderMap,
+    shape: &Shape,
+    version: &Version,
+) -> FhirResult<Response> {
+    let version_headers = headers::version_headers(version, None);
+    let Some(body) = &version.body else {
+        let mut response = FhirError::Gone(format!(
+            "{}/{} was deleted",
+            version.resource_type, version.id
+        ))
+        .into_response();
+        response.headers_mut().extend(version_headers);
+        return Ok(response);
+    };
+    let mut response = if headers::not_modified(headers, version) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        json_response(StatusCode::OK, shape_body(shape, body)?)
+    };
+    response.headers_mut().extend(version_headers);
+    let _ = state;
+    Ok(response)
+}
+
+/// `PUT /fhir/{type}/{id}`: update, or create with the client's id.
+pub async fn update(
+    State(state): State<AppState>,
+    Path((type_name, id)): Path<(String, String)>,
+    Query(query): QueryPairs,
+    headers: HeaderMap,
+    body: Bytes,
+) -> FhirResult<Response> {
+    let rt = resource_type(&type_name)?;
+    let shape = Shape::from_request(&query, &headers)?;
+    check_id(&id)?;
+    format::check_resource_content_type(&headers)?;
+    let if_match = headers::if_match(&headers)?;
+    let value = parse_resource(&state, rt, &body)?;
+    match value.get("id").and_then(Value::as_str) {
+        Some(body_id) if body_id == id => {}
+        Some(_) => {
+            return Err(FhirError::BadRequest(vec![
+                Issue::error(
+                    "invalid",
+                    "the id in the body does not match the id in the URL",
+                )
+                .at(format!("{rt}.id")),
+            ]));
+        }
+        None => {
+            return Err(FhirError::BadRequest(vec![
+                Issue::error(
+                    "required",
+                    "an update must carry the resource's id in the body",
+                )
+                .at(format!("{rt}.id")),
+            ]));
+        }
+    }
+    let precondition = if_match.map_or(Precondition::None, Precondition::IfMatch);
+    let change = Change::Put {
+        body: value,
+        method: WriteMethod::Put,
+    };
+    match state.store.write(rt, &id, precondition, change).await? {
+        Written::Version { version, created } => {
+            let (status, message) = if created {
+                (StatusCode::CREATED, "created")
+            } else {
+                (StatusCode::OK, "updated")
+            };
+            write_response(&state, &headers, &shape, status, &version, message)
+        }
+        Written::NothingToDelete => Err(FhirError::Internal(anyhow::anyhow!(
+            "an update reported a delete"
+        ))),
+    }
+}
+
+/// `PATCH /fhir/{type}/{id}` with a JSON Patch (RFC 6902) document.
+pub async fn patch(
+    State(state): State<AppState>,
+    Path((type_name, id)): Path<(String, String)>,
+    Query(query): QueryPairs,
+    headers: HeaderMap,
+    body: Bytes,
+) -> FhirResult<Response> {
+    let rt = resource_type(&type_name)?;
+    let shape = Shape::from_request(&query, &headers)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/json-patch+json") {
+        return Err(FhirError::UnsupportedMediaType(
+            "PATCH takes a JSON Patch document: Content-Type application/json-patch+json"
+                .to_owned(),
+        ));
+    }
+    let if_match = headers::if_match(&headers)?;
+    let operations: json_patch::Patch = serde_json::from_slice(&body).map_err(|e| {
+        FhirError::bad_request(
+            "structure",
+            format!("the body is not a JSON Patch document: {e}"),
+        )
+    })?;
+    if !is_valid_id(&id) {
+        return Err(FhirError::NotFound(format!(
+            "{rt} has no resource with that id"
+        )));
+    }
+    let current = state
+        .store
+        .read(rt, &id)
+        .await?
+        .ok_or_else(|| FhirError::NotFound(format!("{rt}/{id} does not exist")))?;
+    let Some(current_body) = &current.body else {
+        return Err(FhirError::Gone(format!("{rt}/{id} was deleted")));
+    };
+    if let Some(expected) = if_match
+        && expected != current.version_id
+    {
+        return Err(FhirError::PreconditionFailed(format!(
+            "If-Match names version {expected} but the current version is {}",
+            current.version_id
+        )));
+    }
+    let mut value: Value =
+        serde_json::from_slice(current_body).map_err(|e| FhirError::Internal(e.into()))?;
+    json_patch::patch(&mut value, &operations).map_err(|e| {
+        FhirError::Unprocessable(vec![Issue::error(
+            "processing",
+            format!("the patch cannot be applied: {e}"),
+        )])
+    })?;
+    if value.get("id").and_then(Value::as_str) != Some(id.as_str()) {
+        return Err(FhirError::Unprocessable(vec![
+            Issue::error("invalid", "a patch may not change or remove the id")
+                .at(format!("{rt}.id")),
+        ]));
+    }
+    check_resource_type(rt, &value).map_err(FhirError::Unprocessable)?;
+    let issues = state.validator.check(rt, &value);
+    if !issues.is_empty() {
+        return Err(FhirError::Unprocessable(issues));
+    }
+    // The patch was applied to this version: a write in between must not be overwritten.
+    let change = Change::Put {
+        body: value,
+        method: WriteMethod::Patch,
+    };
+    let written = state
+        .store
+        .write(rt, &id, Precondition::IfMatch(current.version_id), change)
+        .await
+        .map_err(|e| match e {
+            FhirError::PreconditionFailed(_) if if_match.is_none() => FhirError::Conflict(format!(
+                "{rt}/{id} was changed by another request while the patch was applied; retry"
+            )),
+            other => other,
+        })?;
+    match written {
+        Written::Version { version, .. } => write_response(
+            &state,
+            &headers,
+            &shape,
+            StatusCode::OK,
+            &version,
+            "patched",
+        ),
+        Written::NothingToDelete => Err(FhirError::Internal(anyhow::anyhow!(
+            "a patch reported a delete"
+        ))),
+    }
+}
+
+/// `DELETE /fhir/{type}/{id}`: stores a deleted version; reads then answer 410.
+pub async fn delete(
+    State(state): State<AppState>,
+    Path((type_name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> FhirResult<Response> {
+    let rt = resource_type(&type_name)?;
+    let if_match = headers::if_match(&headers)?;
+    let message = if !is_valid_id(&id) {
+        None
+    } else {
+        let precondition = if_match.map_or(Precondition::None, Precondition::IfMatch);
+        match state
+            .store
+            .write(rt, &id, precondition, Change::Delete)
+            .await?
+        {
+            Written::Version { version, .. } => Some(version),
+            Written::NothingToDelete => None,
+        }
+    };
+    let (text, version) = match &message {
+        Some(version) => (format!("deleted {rt}/{id}"), Some(version)),
+        None => (format!("{rt}/{id} does not exist; nothing to delete"), None),
+    };
+    let mut response = match Return::from_headers(&headers) {
+        Return::Minimal => StatusCode::NO_CONTENT.into_response(),
+        _ => {
+            let outcome = operation_outcome(&[Issue::information("informational", text)]);
+            json_response(
+                StatusCode::OK,
+                serde_json::to_vec(&outcome).unwrap_or_default(),
+            )
+        }
+    };
+    if let Some(version) = version {
+        response
+            .headers_mut()
+            .extend(headers::version_headers(version, None));
+    }
+    Ok(response)
+}
+
+/// `GET /fhir/_history`.
+pub async fn history_system(
+    State(state): State<AppState>,
+    Query(query): QueryPairs,
+    headers: HeaderMap,
+) -> FhirResult<Response> {
+    history(&state, HistoryScope::System, &query, &headers).await
+}
+
+/// `GET /fhir/{type}/_history`.
+pub async fn history_type(
+    State(state): State<AppState>,
+    Path(type_name): Path<String>,
+    Query(query): QueryPairs,
+    headers: HeaderMap,
+) -> FhirResult<Response> {
+    let rt = resource_type(&type_name)?;
+    history(&state, HistoryScope::Type(rt), &query, &headers).await
+}
+
+/// `GET /fhir/{type}/{id}/_history`.
+pub async fn history_instance(
+    State(state): State<AppState>,
+    Path((type_name, id)): Path<(String, String)>,
+    Query(query): QueryPairs,
+    headers: HeaderMap,
+) -> FhirResult<Response> {
+    let rt = resource_type(&type_name)?;
+    if !is_valid_id(&id) {
+        return Err(FhirError::NotFound(format!(
+            "{rt} has no resource with that id"
+        )));
+    }
+    if state.store.read(rt, &id).await?.is_none() {
+        return Err(FhirError::NotFound(format!("{rt}/{id} does not exist")));
+    }
+    history(&state, HistoryScope::Instance(rt, id), &query, &headers).await
+}
+
+/// The paging cursor of history Bundles: the sequence number below which the next page starts.
+const CURSOR: &str = "_cursor";
+
+async fn history(
+    state: &AppState,
+    scope: HistoryScope,
+    query: &[(String, String)],
+    headers: &HeaderMap,
+) -> FhirResult<Response> {
+    let shape = Shape::from_request(query, headers)?;
+    let mut count = state.config.default_page_size;
+    let mut since = None;
+    let mut before_seq = None;
+    for (name, value) in query {
+        match name.as_str() {
+            "_count" => {
+                count = value
+                    .parse::<u32>()
+                    .map_err(|_| bad_parameter("_count", "must be a whole number"))?
+                    .min(state.config.max_page_size);
+            }
+            "_since" => {
+                since = Some(headers::parse_instant(value).ok_or_else(|| {
+                    bad_parameter("_since", "must be an instant such as 2024-05-01T10:00:00Z")
+                })?);
+            }
+            CURSOR => {
+                before_seq = Some(
+                    value
+                        .parse::<i64>()
+                        .map_err(|_| bad_parameter(CURSOR, "is not a cursor this server gave"))?,
+                );
+            }
+            _ => {}
+        }
+    }
+    let request = HistoryQuery {
+        scope,
+        since,
+        before_seq,
+        count,
+    };
+    let (mut versions, total) = state.store.history(&request).await?;
+    let has_next = versions.len() > count as usize;
+    versions.truncate(count as usize);
+
+    let path = match &request.scope {
+        HistoryScope::System => "_history".to_owned(),
+        HistoryScope::Type(rt) => format!("{rt}/_history"),
+        HistoryScope::Instance(rt, id) => format!("{rt}/{id}/_history"),
+    };
+    let link = |cursor: Option<i64>| {
+        let mut pairs: Vec<(&str, String)> = vec![("_count", count.to_string())];
+        if let Some(since) = since {
+            pairs.push(("_since", since.to_instant()));
+        }
+        if let Some(cursor) = cursor {
+            pairs.push((CURSOR, cursor.to_string()));
+        }
+        let query = serde_urlencoded::to_string(&pairs).unwrap_or_default();
+        format!("{}/{path}?{query}", state.fhir_base)
+    };
+    let mut links = vec![BundleLink {
+        relation: "self",
+        url: link(before_seq),
+    }];
+    if has_next && let Some(last) = versions.last() {
+        links.push(BundleLink {
+            relation: "next",
+            url: link(Some(last.seq)),
+        });
+    }
+
+    let entries = versions
+        .iter()
+        .map(|version| history_entry(state, version))
+        .collect::<FhirResult<Vec<_>>>()?;
+    let bundle = Bundle {
+        resource_type: "Bundle",
+        id: uuid::Uuid::new_v4().to_string(),
+        meta: BundleMeta {
+            last_updated: Micros::now().to_instant(),
+        },
+        kind: "history",
+        total,
+        link: links,
+        entry: entries,
+    };
+    Ok(json_response(StatusCode::OK, shape.to_bytes(&bundle)?))
+}
+
+fn history_entry<'a>(state: &AppState, version: &'a Version) -> FhirResult<BundleEntry<'a>> {
+    let rt = version.resource_type;
+    let resource = match &version.body {
+        Some(body) => Some(
+            serde_json::from_slice::<&RawValue>(body).map_err(|e| FhirError::Internal(e.into()))?,
+        ),
+        None => None,
+    };
+    let (url, status) = match version.method {
+        WriteMethod::Post => (rt.to_string(), "201 Created"),
+        WriteMethod::Put if version.version_id == 1 => {
+            (format!("{rt}/{}", version.id), "201 Created")
+        }
+        WriteMethod::Put | WriteMethod::Patch => (format!("{rt}/{}", version.id), "200 OK"),
+        WriteMethod::Delete => (format!("{rt}/{}", version.id), "200 OK"),
+    };
+    Ok(BundleEntry {
+        full_url: format!("{}/{rt}/{}", state.fhir_base, version.id),
+        resource,
+        request: EntryRequest {
+            method: version.method.as_str(),
+            url,
+        },
+        response: EntryResponse {
+            status,
+            etag: version.etag(),
+            last_modified: version.last_updated.to_instant(),
+        },
+    })
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Bundle<'a> {
+    resource_type: &'static str,
+    id: String,
+    meta: BundleMeta,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    total: i64,
+    link: Vec<BundleLink>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    entry: Vec<BundleEntry<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BundleMeta {
+    last_updated: String,
+}
+
+#[derive(Serialize)]
+struct BundleLink {
+    relation: &'static str,
+    url: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BundleEntry<'a> {
+    full_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource: Option<&'a RawValue>,
+    request: EntryRequest,
+    response: EntryResponse,
+}
+
+#[derive(Serialize)]
+struct EntryRequest {
+    method: &'static str,
+    url: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EntryResponse {
+    status: &'static str,
+    etag: String,
+    last_modified: String,
+}

@@ -1,0 +1,71 @@
+//! The FHIR REST API under `/fhir`: the interactions of http://hl7.org/fhir/R4/http.html.
+//!
+//! - [`interactions`]: create, read, vread, update, patch, delete, history.
+//! - [`capability`]: the CapabilityStatement at `/metadata`, built from what is routed here.
+//! - [`format`]: media types, `_format`, `_pretty`, `_summary`, `_elements`, `Prefer`.
+//! - [`headers`]: ETags and conditional requests.
+
+pub mod capability;
+pub mod format;
+pub mod headers;
+pub mod interactions;
+
+use axum::Router;
+use axum::routing::get;
+
+use crate::app::AppState;
+
+/// The interactions this server supports, for routing and for the CapabilityStatement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interaction {
+    Read,
+    Vread,
+    Update,
+    Patch,
+    Delete,
+    HistoryInstance,
+    HistoryType,
+    Create,
+}
+
+impl Interaction {
+    pub const TYPE_LEVEL: [Interaction; 8] = [
+        Self::Read,
+        Self::Vread,
+        Self::Update,
+        Self::Patch,
+        Self::Delete,
+        Self::HistoryInstance,
+        Self::HistoryType,
+        Self::Create,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Vread => "vread",
+            Self::Update => "update",
+            Self::Patch => "patch",
+            Self::Delete => "delete",
+            Self::HistoryInstance => "history-instance",
+            Self::HistoryType => "history-type",
+            Self::Create => "create",
+        }
+    }
+}
+
+/// The routes under `/fhir`.
+pub fn router() -> Router<AppState> {
+    use interactions::*;
+    Router::new()
+        .route("/metadata", get(capability::get_metadata))
+        .route("/_history", get(history_system))
+        .route("/{type}", axum::routing::post(create))
+        .route("/{type}/_history", get(history_type))
+        .route(
+            "/{type}/{id}",
+            get(read).put(update).patch(patch).delete(delete),
+        )
+        .route("/{type}/{id}/_history", get(history_instance))
+        .route("/{type}/{id}/_history/{vid}", get(vread))
+}

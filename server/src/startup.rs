@@ -1,0 +1,119 @@
+//! Building the server from its configuration and running it until it is told to stop.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use fhir_models::ResourceType;
+use tokio::net::TcpListener;
+
+use crate::app::{App, AppState, router};
+use crate::config::Config;
+use crate::fhir::capability::capability_statement;
+use crate::store::{Micros, Store};
+use crate::validate::SchemaValidator;
+
+/// The resource types of a video visit, whose validators are built at start rather than on the
+/// first request that needs one.
+const WARM_TYPES: &[ResourceType] = &[
+    ResourceType::Patient,
+    ResourceType::Practitioner,
+    ResourceType::Appointment,
+    ResourceType::Encounter,
+    ResourceType::Observation,
+];
+
+/// A server that is bound to its port and ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    port: u16,
+    base_url: String,
+}
+
+impl Application {
+    /// Opens and migrates the database, builds the state and binds the listener. Port 0 in
+    /// `config.listen` picks a free port (what tests do).
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store = Store::open(&config.database_url, config.max_db_connections).await?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let address = listener.local_addr()?;
+        let base_url = config
+            .base_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{address}"))
+            .trim_end_matches('/')
+            .to_owned();
+        let fhir_base = format!("{base_url}/fhir");
+        let capability = capability_statement(&fhir_base, &Micros::now().to_instant());
+        let capability_statement = serde_json::to_vec(&capability)?.into();
+        let validator = SchemaValidator::new();
+        let app = Arc::new(App {
+            config,
+            fhir_base,
+            store,
+            validator,
+            capability_statement,
+        });
+        let warm = app.clone();
+        tokio::task::spawn_blocking(move || warm.validator.warm(WARM_TYPES));
+        Ok(Self {
+            listener,
+            state: AppState(app),
+            port: address.port(),
+            base_url,
+        })
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The base URL clients use, without `/fhir`.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Serves until SIGINT or SIGTERM, then lets in-flight requests finish.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests finish.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let state = self.state.clone();
+        let result = axum::serve(self.listener, router(self.state))
+            .with_graceful_shutdown(shutdown)
+            .await;
+        state.store.close().await;
+        result
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

@@ -1,0 +1,558 @@
+//! Versioned resource storage on SQLite or PostgreSQL.
+//!
+//! One schema, two backends (see `migrations/`). Every write is one transaction that appends a
+//! row to `resource_versions` (the history) and moves the `resources` row (the current version)
+//! forward. A delete is a version without a body.
+//!
+//! The SQL is the same for both backends (sqlx's SQLite driver understands `$n` placeholders), so
+//! each operation is written once and [`with_pool!`] compiles it for each concrete pool type;
+//! where the dialects differ the code says so.
+//!
+//! SQLite allows one writer at a time: writes go through a pool of one connection, so writers
+//! queue in the process instead of spinning on `SQLITE_BUSY`, and reads use their own pool.
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use fhir_models::ResourceType;
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row};
+
+use crate::error::FhirError;
+
+/// A point in time as stored: microseconds since the Unix epoch, UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Micros(pub i64);
+
+impl Micros {
+    pub fn now() -> Self {
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        Self(i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX))
+    }
+
+    pub fn to_offset_date_time(self) -> time::OffsetDateTime {
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1000)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+    }
+
+    /// The FHIR `instant` form, e.g. `2024-05-01T10:11:12.123456Z`.
+    pub fn to_instant(self) -> String {
+        let t = self.to_offset_date_time();
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.microsecond()
+        )
+    }
+
+    /// The HTTP-date form used by `Last-Modified`.
+    pub fn to_http_date(self) -> String {
+        let secs = u64::try_from(self.0.div_euclid(1_000_000)).unwrap_or(0);
+        httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs))
+    }
+}
+
+/// The interaction that produced a version, as a history entry's `request.method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMethod {
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl WriteMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Post => "POST",
+            Self::Put => "PUT",
+            Self::Patch => "PATCH",
+            Self::Delete => "DELETE",
+        }
+    }
+}
+
+impl FromStr for WriteMethod {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "POST" => Self::Post,
+            "PUT" => Self::Put,
+            "PATCH" => Self::Patch,
+            "DELETE" => Self::Delete,
+            other => anyhow::bail!("unknown write method {other:?} in resource_versions"),
+        })
+    }
+}
+
+/// One stored version of a resource.
+#[derive(Debug, Clone)]
+pub struct Version {
+    pub seq: i64,
+    pub resource_type: ResourceType,
+    pub id: String,
+    pub version_id: i64,
+    pub last_updated: Micros,
+    pub method: WriteMethod,
+    /// The resource as JSON, with `id` and `meta` filled in; `None` for a delete.
+    pub body: Option<Vec<u8>>,
+}
+
+impl Version {
+    pub fn is_deleted(&self) -> bool {
+        self.body.is_none()
+    }
+
+    pub fn etag(&self) -> String {
+        format!("W/\"{}\"", self.version_id)
+    }
+}
+
+/// What must hold before a write goes ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// Write whatever is there.
+    None,
+    /// The current version must be this one (`If-Match`).
+    IfMatch(i64),
+    /// The id must be unused (create with a server-assigned id).
+    Absent,
+}
+
+/// What a write does to the resource.
+#[derive(Debug)]
+pub enum Change {
+    /// Store `body` as the next version; the store fills in `meta.versionId` and
+    /// `meta.lastUpdated`.
+    Put {
+        body: Value,
+        method: WriteMethod,
+    },
+    Delete,
+}
+
+/// The result of a write.
+#[derive(Debug)]
+pub enum Written {
+    /// A new version was stored. `created` is true when no live version existed before.
+    Version { version: Version, created: bool },
+    /// A delete of a resource that does not exist or is already deleted: nothing to do.
+    NothingToDelete,
+}
+
+/// Which history to list.
+#[derive(Debug, Clone)]
+pub enum HistoryScope {
+    System,
+    Type(ResourceType),
+    Instance(ResourceType, String),
+}
+
+/// One page of history, newest first.
+#[derive(Debug, Clone)]
+pub struct HistoryQuery {
+    pub scope: HistoryScope,
+    /// Only versions at or after this time (`_since`).
+    pub since: Option<Micros>,
+    /// Only versions older than this sequence number (the paging cursor).
+    pub before_seq: Option<i64>,
+    pub count: u32,
+}
+
+enum Backend {
+    Sqlite { read: SqlitePool, write: SqlitePool },
+    Postgres(PgPool),
+}
+
+/// The resource store.
+pub struct Store {
+    backend: Backend,
+}
+
+/// Runs `$body` with `$pool` bound to the backend's concrete pool for reading (`read`) or writing
+/// (`write`), and `$pg` telling whether it is PostgreSQL.
+macro_rules! with_pool {
+    ($store:expr, $which:ident, |$pool:ident, $pg:ident| $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite { read, write } => {
+                let _ = (&read, &write);
+                let $pool = with_pool!(@pick $which, read, write);
+                let $pg = false;
+                $body
+            }
+            Backend::Postgres(pool) => {
+                let $pool = pool;
+                let $pg = true;
+                $body
+            }
+        }
+    };
+    (@pick read, $read:ident, $write:ident) => { $read };
+    (@pick write, $read:ident, $write:ident) => { $write };
+}
+
+const VERSION_COLUMNS: &str = "seq, resource_type, id, version_id, last_updated, method, body";
+
+impl Store {
+    /// Opens the database named by `url` (`sqlite://…` or `postgres://…`) and brings its schema
+    /// up to date.
+    pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        let backend = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let options = PgConnectOptions::from_str(url).context("DATABASE_URL is not valid")?;
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .connect_with(options)
+                .await
+                .context("cannot connect to PostgreSQL")?;
+            sqlx::migrate!("migrations/postgres")
+                .run(&pool)
+                .await
+                .context("cannot migrate the PostgreSQL database")?;
+            Backend::Postgres(pool)
+        } else if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .context("DATABASE_URL is not valid")?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // With WAL, FULL syncs the log at every commit: a 2xx means the write is on disk.
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            if let Some(dir) = options.get_filename().parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            let write = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options.clone())
+                .await
+                .context("cannot open the SQLite database")?;
+            sqlx::migrate!("migrations/sqlite")
+                .run(&write)
+                .await
+                .context("cannot migrate the SQLite database")?;
+            let read = SqlitePoolOptions::new()
+                .max_connections(max_connections)
+                .connect_with(options.read_only(true))
+                .await
+                .context("cannot open the SQLite database for reading")?;
+            Backend::Sqlite { read, write }
+        } else {
+            anyhow::bail!("DATABASE_URL must start with sqlite:// or postgres://");
+        };
+        Ok(Self { backend })
+    }
+
+    /// Closes every connection, waiting for the ones in use.
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Sqlite { read, write } => {
+                read.close().await;
+                write.close().await;
+            }
+            Backend::Postgres(pool) => pool.close().await,
+        }
+    }
+
+    /// The current version of a resource (a deleted one included), if it ever existed.
+    pub async fn read(&self, rt: ResourceType, id: &str) -> Result<Option<Version>, FhirError> {
+        let sql = "SELECT v.seq, v.resource_type, v.id, v.version_id, v.last_updated, v.method, \
+                   v.body FROM resources r JOIN resource_versions v ON v.seq = r.seq \
+                   WHERE r.resource_type = $1 AND r.id = $2";
+        let row = with_pool!(self, read, |pool, _pg| {
+            match sqlx::query(sql)
+                .bind(rt.as_str())
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+            {
+                Some(row) => Some(version_from_row(&row)?),
+                None => None,
+            }
+        });
+        Ok(row)
+    }
+
+    /// One version of a resource.
+    pub async fn vread(
+        &self,
+        rt: ResourceType,
+        id: &str,
+        version_id: i64,
+    ) -> Result<Option<Version>, FhirError> {
+        let sql = format!(
+            "SELECT {VERSION_COLUMNS} FROM resource_versions \
+             WHERE resource_type = $1 AND id = $2 AND version_id = $3"
+        );
+        let row = with_pool!(self, read, |pool, _pg| {
+            match sqlx::query(&sql)
+                .bind(rt.as_str())
+                .bind(id)
+                .bind(version_id)
+                .fetch_optional(pool)
+                .await?
+            {
+                Some(row) => Some(version_from_row(&row)?),
+                None => None,
+            }
+        });
+        Ok(row)
+    }
+
+    /// Writes the next version of `rt/id` in one transaction, if `precondition` holds.
+    pub async fn write(
+        &self,
+        rt: ResourceType,
+        id: &str,
+        precondition: Precondition,
+        change: Change,
+    ) -> Result<Written, FhirError> {
+        let written = with_pool!(self, write, |pool, pg| {
+            let mut tx = pool.begin().await?;
+            // PostgreSQL: lock the current row so concurrent writers of this resource queue
+            // behind each other. SQLite has a single writer already.
+            let lock = if pg { " FOR UPDATE" } else { "" };
+            let current = sqlx::query(&format!(
+                "SELECT version_id, last_updated, deleted FROM resources \
+                 WHERE resource_type = $1 AND id = $2{lock}"
+            ))
+            .bind(rt.as_str())
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| -> Result<(i64, i64, bool), sqlx::Error> {
+                Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+            })
+            .transpose()?;
+
+            let live = matches!(current, Some((_, _, false)));
+            match (precondition, current) {
+                (Precondition::Absent, Some(_)) => {
+                    return Err(FhirError::Conflict(format!("{rt}/{id} already exists")));
+                }
+                (Precondition::IfMatch(expected), Some((actual, _, false)))
+                    if expected != actual =>
+                {
+                    return Err(FhirError::PreconditionFailed(format!(
+                        "If-Match names version {expected} but the current version is {actual}"
+                    )));
+                }
+                (Precondition::IfMatch(expected), _) if !live => {
+                    return Err(FhirError::PreconditionFailed(format!(
+                        "If-Match names version {expected} but {rt}/{id} has no current version"
+                    )));
+                }
+                _ => {}
+            }
+            if matches!(change, Change::Delete) && !live {
+                return Ok(Written::NothingToDelete);
+            }
+
+            let version_id = current.map_or(1, |(v, _, _)| v + 1);
+            // Versions of one resource never go back in time, even if the clock does.
+            let last_updated = Micros(
+                Micros::now()
+                    .0
+                    .max(current.map_or(i64::MIN, |(_, t, _)| t + 1)),
+            );
+            let (method, body) = match change {
+                Change::Put { mut body, method } => {
+                    set_meta(&mut body, id, version_id, last_updated);
+                    let bytes = serde_json::to_vec(&body)
+                        .context("cannot serialise a resource")
+                        .map_err(FhirError::Internal)?;
+                    (method, Some(bytes))
+                }
+                Change::Delete => (WriteMethod::Delete, None),
+            };
+
+            let seq: i64 = sqlx::query(
+                "INSERT INTO resource_versions \
+                 (resource_type, id, version_id, last_updated, method, body) \
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
+            )
+            .bind(rt.as_str())
+            .bind(id)
+            .bind(version_id)
+            .bind(last_updated.0)
+            .bind(method.as_str())
+            .bind(body.as_deref())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| conflict_on_unique(e, rt, id))?
+            .try_get(0)?;
+
+            let deleted = body.is_none();
+            if current.is_some() {
+                sqlx::query(
+                    "UPDATE resources SET version_id = $3, last_updated = $4, deleted = $5, \
+                     seq = $6 WHERE resource_type = $1 AND id = $2",
+                )
+                .bind(rt.as_str())
+                .bind(id)
+                .bind(version_id)
+                .bind(last_updated.0)
+                .bind(deleted)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+            } else {
+                sqlx::query(
+                    "INSERT INTO resources \
+                     (resource_type, id, version_id, last_updated, deleted, seq) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(rt.as_str())
+                .bind(id)
+                .bind(version_id)
+                .bind(last_updated.0)
+                .bind(deleted)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| conflict_on_unique(e, rt, id))?;
+            }
+            tx.commit().await?;
+            Written::Version {
+                version: Version {
+                    seq,
+                    resource_type: rt,
+                    id: id.to_owned(),
+                    version_id,
+                    last_updated,
+                    method,
+                    body,
+                },
+                created: !live,
+            }
+        });
+        Ok(written)
+    }
+
+    /// A page of history, newest first (at most `count + 1` versions, so the caller can tell
+    /// whether there is a next page), and the number of versions in the whole scope.
+    pub async fn history(&self, query: &HistoryQuery) -> Result<(Vec<Version>, i64), FhirError> {
+        let result = with_pool!(self, read, |pool, _pg| {
+            let mut page = QueryBuilder::new(format!(
+                "SELECT {VERSION_COLUMNS} FROM resource_versions WHERE 1 = 1"
+            ));
+            push_history_filters(&mut page, query);
+            if let Some(before) = query.before_seq {
+                page.push(" AND seq < ").push_bind(before);
+            }
+            page.push(" ORDER BY seq DESC LIMIT ")
+                .push_bind(i64::from(query.count) + 1);
+            let rows = page.build().fetch_all(pool).await?;
+            let versions = rows
+                .iter()
+                .map(version_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+
+            let mut count = QueryBuilder::new("SELECT COUNT(*) FROM resource_versions WHERE 1 = 1");
+            push_history_filters(&mut count, query);
+            let total: i64 = count.build().fetch_one(pool).await?.try_get(0)?;
+            (versions, total)
+        });
+        Ok(result)
+    }
+}
+
+fn push_history_filters<'a, DB>(builder: &mut QueryBuilder<'a, DB>, query: &'a HistoryQuery)
+where
+    DB: sqlx::Database,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    match &query.scope {
+        HistoryScope::System => {}
+        HistoryScope::Type(rt) => {
+            builder.push(" AND resource_type = ").push_bind(rt.as_str());
+        }
+        HistoryScope::Instance(rt, id) => {
+            builder.push(" AND resource_type = ").push_bind(rt.as_str());
+            builder.push(" AND id = ").push_bind(id.as_str());
+        }
+    }
+    if let Some(since) = query.since {
+        builder.push(" AND last_updated >= ").push_bind(since.0);
+    }
+}
+
+fn version_from_row<R: Row>(row: &R) -> Result<Version, FhirError>
+where
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<Vec<u8>>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let resource_type: String = row.try_get(1)?;
+    let method: String = row.try_get(5)?;
+    Ok(Version {
+        seq: row.try_get(0)?,
+        resource_type: resource_type
+            .parse()
+            .map_err(|_| anyhow::anyhow!("unknown resource type {resource_type:?} in storage"))?,
+        id: row.try_get(2)?,
+        version_id: row.try_get(3)?,
+        last_updated: Micros(row.try_get(4)?),
+        method: method.parse()?,
+        body: row.try_get(6)?,
+    })
+}
+
+/// A unique violation means another writer stored the same version first.
+fn conflict_on_unique(error: sqlx::Error, rt: ResourceType, id: &str) -> FhirError {
+    match &error {
+        sqlx::Error::Database(db) if db.is_unique_violation() => FhirError::Conflict(format!(
+            "{rt}/{id} was changed by another request at the same time; retry"
+        )),
+        _ => error.into(),
+    }
+}
+
+/// Sets `id`, `meta.versionId` and `meta.lastUpdated`, which belong to the server.
+fn set_meta(body: &mut Value, id: &str, version_id: i64, last_updated: Micros) {
+    let Some(object) = body.as_object_mut() else {
+        return;
+    };
+    // `id` goes right after `resourceType`, where FHIR's own serialisers put it.
+    let id = Value::String(id.to_owned());
+    match object.get_mut("id") {
+        Some(existing) => *existing = id,
+        None => {
+            let at = object
+                .keys()
+                .position(|k| k == "resourceType")
+                .map_or(0, |i| i + 1);
+            object.shift_insert(at, "id".to_owned(), id);
+        }
+    }
+    if !object.get("meta").is_some_and(Value::is_object) {
+        let at = object.keys().position(|k| k == "id").map_or(0, |i| i + 1);
+        object.shift_insert(at, "meta".to_owned(), Value::Object(serde_json::Map::new()));
+    }
+    if let Some(meta) = object.get_mut("meta").and_then(Value::as_object_mut) {
+        meta.insert(
+            "versionId".to_owned(),
+            Value::String(version_id.to_string()),
+        );
+        meta.insert(
+            "lastUpdated".to_owned(),
+            Value::String(last_updated.to_instant()),
+        );
+    }
+}

@@ -1,0 +1,214 @@
+//! Checks every resource a client writes: the official JSON schema of its type, then the typed
+//! model, before any business rule sees it.
+//!
+//! The R4 schema's root is a `oneOf` over all 146 types, and so is `ResourceList` (what
+//! `contained`, `Bundle.entry.resource` and `Parameters.parameter.resource` point at). Validating
+//! through a 146-way `oneOf` costs thousands of times more for an invalid resource than for a
+//! valid one and reports only "not valid under any of the schemas". So each type gets its own
+//! validator (built on first use, then cached), `ResourceList` is reduced to "an object with a
+//! resourceType", and each nested resource is validated with its own type's validator, with its
+//! path prefixed.
+
+use std::str::FromStr;
+use std::sync::{Arc, LazyLock, OnceLock};
+
+use fhir_models::ResourceType;
+use jsonschema::Validator;
+use jsonschema::paths::LocationSegment;
+use serde_json::{Value, json};
+
+use crate::error::Issue;
+
+/// At most this many issues are reported for one resource.
+const MAX_ISSUES: usize = 20;
+
+static SCHEMA_TEXT: &str = include_str!("../../spec/fhir.schema.json");
+
+/// The definitions of the R4 schema, with `ResourceList` reduced (see the module doc).
+static DEFINITIONS: LazyLock<Value> = LazyLock::new(|| {
+    let mut schema: Value = serde_json::from_str(SCHEMA_TEXT).unwrap_or(Value::Null);
+    let mut definitions = schema
+        .get_mut("definitions")
+        .map(Value::take)
+        .unwrap_or(Value::Null);
+    if let Some(definitions) = definitions.as_object_mut() {
+        definitions.insert(
+            "ResourceList".to_owned(),
+            json!({
+                "type": "object",
+                "required": ["resourceType"],
+                "properties": { "resourceType": { "type": "string" } }
+            }),
+        );
+    }
+    definitions
+});
+
+/// Validates resources against the official R4 JSON schema, one cached validator per type.
+pub struct SchemaValidator {
+    validators: Box<[OnceLock<Arc<Validator>>]>,
+}
+
+impl Default for SchemaValidator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SchemaValidator {
+    pub fn new() -> Self {
+        Self {
+            validators: ResourceType::ALL.iter().map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Builds the validators of `types` now, so their first request does not pay for it.
+    pub fn warm(&self, types: &[ResourceType]) {
+        for &rt in types {
+            let _ = self.validator(rt);
+        }
+    }
+
+    fn validator(&self, rt: ResourceType) -> Option<Arc<Validator>> {
+        let slot = self.validators.get(rt as usize)?;
+        if let Some(validator) = slot.get() {
+            return Some(validator.clone());
+        }
+        let schema = json!({
+            "$schema": "http://json-schema.org/draft-06/schema#",
+            "$ref": format!("#/definitions/{rt}"),
+            "definitions": &*DEFINITIONS,
+        });
+        match jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft6)
+            .build(&schema)
+        {
+            Ok(validator) => Some(slot.get_or_init(|| Arc::new(validator)).clone()),
+            Err(error) => {
+                tracing::error!(resource_type = %rt, %error, "cannot build a schema validator");
+                None
+            }
+        }
+    }
+
+    /// Every schema and model error in `resource` (a resource of type `rt`), nested resources
+    /// included, each with the FHIRPath of the element at fault. Empty when it is valid.
+    pub fn check(&self, rt: ResourceType, resource: &Value) -> Vec<Issue> {
+        let mut issues = Vec::new();
+        self.check_at(rt, resource, rt.as_str(), &mut issues);
+        issues
+    }
+
+    fn check_at(&self, rt: ResourceType, resource: &Value, path: &str, issues: &mut Vec<Issue>) {
+        let Some(validator) = self.validator(rt) else {
+            issues.push(
+                Issue::error("exception", format!("no schema is available for {rt}")).at(path),
+            );
+            return;
+        };
+        let before = issues.len();
+        for error in validator.iter_errors(resource) {
+            if issues.len() >= MAX_ISSUES {
+                return;
+            }
+            let mut expression = path.to_owned();
+            for segment in error.instance_path().segments() {
+                match segment {
+                    LocationSegment::Property(name) => {
+                        expression.push('.');
+                        expression.push_str(&name);
+                    }
+                    LocationSegment::Index(index) => {
+                        expression.push_str(&format!("[{index}]"));
+                    }
+                }
+            }
+            // Masked: the message never quotes the value, which may be PHI.
+            issues.push(Issue::error("structure", error.masked().to_string()).at(expression));
+        }
+        if issues.len() > before {
+            return;
+        }
+        if let Err(error) = fhir_models::check_typed(rt, resource) {
+            let at = error.path.strip_prefix(rt.as_str()).map_or_else(
+                || format!("{path}.{}", error.path),
+                |rest| format!("{path}{rest}"),
+            );
+            issues.push(Issue::error("structure", error.message).at(at));
+            return;
+        }
+        for (nested_path, nested) in nested_resources(rt, resource, path) {
+            if issues.len() >= MAX_ISSUES {
+                return;
+            }
+            match nested
+                .get("resourceType")
+                .and_then(Value::as_str)
+                .map(ResourceType::from_str)
+            {
+                Some(Ok(nested_rt)) => self.check_at(nested_rt, nested, &nested_path, issues),
+                _ => issues.push(
+                    Issue::error(
+                        "structure",
+                        "resourceType is not a known FHIR R4 resource type",
+                    )
+                    .at(format!("{nested_path}.resourceType")),
+                ),
+            }
+        }
+    }
+}
+
+/// The resources held inside `resource`, with their paths: `contained`, Bundle entries and
+/// outcomes, and Parameters values (parts included).
+fn nested_resources<'a>(
+    rt: ResourceType,
+    resource: &'a Value,
+    path: &str,
+) -> Vec<(String, &'a Value)> {
+    let mut found = Vec::new();
+    let items = |value: &'a Value, key: &str| -> Vec<(usize, &'a Value)> {
+        value
+            .get(key)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().enumerate().collect())
+            .unwrap_or_default()
+    };
+    for (i, item) in items(resource, "contained") {
+        found.push((format!("{path}.contained[{i}]"), item));
+    }
+    match rt {
+        ResourceType::Bundle => {
+            for (i, entry) in items(resource, "entry") {
+                if let Some(r) = entry.get("resource") {
+                    found.push((format!("{path}.entry[{i}].resource"), r));
+                }
+                if let Some(outcome) = entry.get("response").and_then(|r| r.get("outcome")) {
+                    found.push((format!("{path}.entry[{i}].response.outcome"), outcome));
+                }
+            }
+        }
+        ResourceType::Parameters => {
+            fn parameters<'a>(
+                list: &'a Value,
+                path: &str,
+                key: &str,
+                found: &mut Vec<(String, &'a Value)>,
+            ) {
+                let Some(list) = list.get(key).and_then(Value::as_array) else {
+                    return;
+                };
+                for (i, parameter) in list.iter().enumerate() {
+                    let here = format!("{path}.{key}[{i}]");
+                    if let Some(r) = parameter.get("resource") {
+                        found.push((format!("{here}.resource"), r));
+                    }
+                    parameters(parameter, &here, "part", found);
+                }
+            }
+            parameters(resource, path, "parameter", &mut found);
+        }
+        _ => {}
+    }
+    found
+}
