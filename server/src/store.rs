@@ -21,7 +21,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row};
+use sqlx::{Connection as _, PgConnection, QueryBuilder, Row, SqliteConnection};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::FhirError;
 
@@ -172,8 +173,78 @@ pub struct HistoryQuery {
 }
 
 enum Backend {
-    Sqlite { read: SqlitePool, write: SqlitePool },
+    Sqlite {
+        read: SqlitePool,
+        write: SqlitePool,
+        /// The queue of the group-commit writer (see [`sqlite_writer`]).
+        writer: mpsc::Sender<WriteJob>,
+    },
     Postgres(PgPool),
+}
+
+/// A write waiting for the SQLite writer.
+struct WriteJob {
+    rt: ResourceType,
+    id: String,
+    precondition: Precondition,
+    change: Change,
+    reply: oneshot::Sender<Result<Written, FhirError>>,
+}
+
+/// Most writes committed together by the SQLite writer.
+const MAX_GROUP: usize = 256;
+
+/// The one writer of a SQLite database: group commit.
+///
+/// A durable commit costs an fsync, and SQLite commits one transaction at a time. So the writer
+/// takes every write waiting in its queue, runs each in a savepoint of one transaction (a write
+/// that fails rolls back alone), commits once, and only then answers each caller. A lone write
+/// goes straight through; under load, one fsync serves many writes.
+async fn sqlite_writer(pool: SqlitePool, mut queue: mpsc::Receiver<WriteJob>) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let results = write_group(&pool, &mut group).await;
+        match results {
+            Ok(results) => {
+                for (job, result) in group.drain(..).zip(results) {
+                    // The caller may have gone away; its write stands all the same.
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(error) => {
+                let error = format!("{error:#}");
+                for job in group.drain(..) {
+                    let _ = job.reply.send(Err(FhirError::Internal(anyhow::anyhow!(
+                        "group commit failed: {error}"
+                    ))));
+                }
+            }
+        }
+    }
+}
+
+async fn write_group(
+    pool: &SqlitePool,
+    group: &mut [WriteJob],
+) -> anyhow::Result<Vec<Result<Written, FhirError>>> {
+    let mut tx = pool.begin().await?;
+    let mut results = Vec::with_capacity(group.len());
+    for job in group.iter_mut() {
+        let change = std::mem::replace(&mut job.change, Change::Delete);
+        let mut savepoint = tx.begin().await?;
+        match write_sqlite(&mut savepoint, job.rt, &job.id, job.precondition, change).await {
+            Ok(written) => {
+                savepoint.commit().await?;
+                results.push(Ok(written));
+            }
+            Err(error) => {
+                savepoint.rollback().await?;
+                results.push(Err(error));
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(results)
 }
 
 /// The resource store.
@@ -186,7 +257,7 @@ pub struct Store {
 macro_rules! with_pool {
     ($store:expr, $which:ident, |$pool:ident, $pg:ident| $body:expr) => {
         match &$store.backend {
-            Backend::Sqlite { read, write } => {
+            Backend::Sqlite { read, write, .. } => {
                 let _ = (&read, &write);
                 let $pool = with_pool!(@pick $which, read, write);
                 let $pg = false;
@@ -250,7 +321,13 @@ impl Store {
                 .connect_with(options.read_only(true))
                 .await
                 .context("cannot open the SQLite database for reading")?;
-            Backend::Sqlite { read, write }
+            let (writer, queue) = mpsc::channel(4 * MAX_GROUP);
+            tokio::spawn(sqlite_writer(write.clone(), queue));
+            Backend::Sqlite {
+                read,
+                write,
+                writer,
+            }
         } else {
             anyhow::bail!("DATABASE_URL must start with sqlite:// or postgres://");
         };
@@ -260,7 +337,7 @@ impl Store {
     /// Closes every connection, waiting for the ones in use.
     pub async fn close(&self) {
         match &self.backend {
-            Backend::Sqlite { read, write } => {
+            Backend::Sqlite { read, write, .. } => {
                 read.close().await;
                 write.close().await;
             }
@@ -321,18 +398,81 @@ impl Store {
         precondition: Precondition,
         change: Change,
     ) -> Result<Written, FhirError> {
-        let written = with_pool!(self, write, |pool, pg| {
-            let mut tx = pool.begin().await?;
-            // PostgreSQL: lock the current row so concurrent writers of this resource queue
-            // behind each other. SQLite has a single writer already.
-            let lock = if pg { " FOR UPDATE" } else { "" };
+        match &self.backend {
+            Backend::Sqlite { writer, .. } => {
+                let (reply, answer) = oneshot::channel();
+                let job = WriteJob {
+                    rt,
+                    id: id.to_owned(),
+                    precondition,
+                    change,
+                    reply,
+                };
+                writer
+                    .send(job)
+                    .await
+                    .map_err(|_| anyhow::anyhow!("the SQLite writer has stopped"))?;
+                answer
+                    .await
+                    .map_err(|_| anyhow::anyhow!("the SQLite writer dropped a write"))?
+            }
+            Backend::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let written = write_postgres(&mut tx, rt, id, precondition, change).await?;
+                tx.commit().await?;
+                Ok(written)
+            }
+        }
+    }
+
+    /// A page of history, newest first (at most `count + 1` versions, so the caller can tell
+    /// whether there is a next page), and the number of versions in the whole scope.
+    pub async fn history(&self, query: &HistoryQuery) -> Result<(Vec<Version>, i64), FhirError> {
+        let result = with_pool!(self, read, |pool, _pg| {
+            let mut page = QueryBuilder::new(format!(
+                "SELECT {VERSION_COLUMNS} FROM resource_versions WHERE 1 = 1"
+            ));
+            push_history_filters(&mut page, query);
+            if let Some(before) = query.before_seq {
+                page.push(" AND seq < ").push_bind(before);
+            }
+            page.push(" ORDER BY seq DESC LIMIT ")
+                .push_bind(i64::from(query.count) + 1);
+            let rows = page.build().fetch_all(pool).await?;
+            let versions = rows
+                .iter()
+                .map(version_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+
+            let mut count = QueryBuilder::new("SELECT COUNT(*) FROM resource_versions WHERE 1 = 1");
+            push_history_filters(&mut count, query);
+            let total: i64 = count.build().fetch_one(pool).await?.try_get(0)?;
+            (versions, total)
+        });
+        Ok(result)
+    }
+}
+
+/// The body of a write, run inside a transaction (or savepoint) the caller commits. Written
+/// once, compiled for each backend's connection type; `$lock` is how the backend locks the
+/// current row.
+macro_rules! define_write {
+    ($name:ident, $connection:ty, $lock:literal) => {
+        async fn $name(
+            conn: &mut $connection,
+            rt: ResourceType,
+            id: &str,
+            precondition: Precondition,
+            change: Change,
+        ) -> Result<Written, FhirError> {
+            let lock = $lock;
             let current = sqlx::query(&format!(
                 "SELECT version_id, last_updated, deleted FROM resources \
-                 WHERE resource_type = $1 AND id = $2{lock}"
+             WHERE resource_type = $1 AND id = $2{lock}"
             ))
             .bind(rt.as_str())
             .bind(id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut *conn)
             .await?
             .map(|row| -> Result<(i64, i64, bool), sqlx::Error> {
                 Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
@@ -382,8 +522,8 @@ impl Store {
 
             let seq: i64 = sqlx::query(
                 "INSERT INTO resource_versions \
-                 (resource_type, id, version_id, last_updated, method, body) \
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
+             (resource_type, id, version_id, last_updated, method, body) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
             )
             .bind(rt.as_str())
             .bind(id)
@@ -391,7 +531,7 @@ impl Store {
             .bind(last_updated.0)
             .bind(method.as_str())
             .bind(body.as_deref())
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut *conn)
             .await
             .map_err(|e| conflict_on_unique(e, rt, id))?
             .try_get(0)?;
@@ -400,7 +540,7 @@ impl Store {
             if current.is_some() {
                 sqlx::query(
                     "UPDATE resources SET version_id = $3, last_updated = $4, deleted = $5, \
-                     seq = $6 WHERE resource_type = $1 AND id = $2",
+                 seq = $6 WHERE resource_type = $1 AND id = $2",
                 )
                 .bind(rt.as_str())
                 .bind(id)
@@ -408,13 +548,13 @@ impl Store {
                 .bind(last_updated.0)
                 .bind(deleted)
                 .bind(seq)
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await?;
             } else {
                 sqlx::query(
                     "INSERT INTO resources \
-                     (resource_type, id, version_id, last_updated, deleted, seq) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
+                 (resource_type, id, version_id, last_updated, deleted, seq) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
                 )
                 .bind(rt.as_str())
                 .bind(id)
@@ -422,12 +562,11 @@ impl Store {
                 .bind(last_updated.0)
                 .bind(deleted)
                 .bind(seq)
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await
                 .map_err(|e| conflict_on_unique(e, rt, id))?;
             }
-            tx.commit().await?;
-            Written::Version {
+            Ok(Written::Version {
                 version: Version {
                     seq,
                     resource_type: rt,
@@ -438,38 +577,15 @@ impl Store {
                     body,
                 },
                 created: !live,
-            }
-        });
-        Ok(written)
-    }
-
-    /// A page of history, newest first (at most `count + 1` versions, so the caller can tell
-    /// whether there is a next page), and the number of versions in the whole scope.
-    pub async fn history(&self, query: &HistoryQuery) -> Result<(Vec<Version>, i64), FhirError> {
-        let result = with_pool!(self, read, |pool, _pg| {
-            let mut page = QueryBuilder::new(format!(
-                "SELECT {VERSION_COLUMNS} FROM resource_versions WHERE 1 = 1"
-            ));
-            push_history_filters(&mut page, query);
-            if let Some(before) = query.before_seq {
-                page.push(" AND seq < ").push_bind(before);
-            }
-            page.push(" ORDER BY seq DESC LIMIT ")
-                .push_bind(i64::from(query.count) + 1);
-            let rows = page.build().fetch_all(pool).await?;
-            let versions = rows
-                .iter()
-                .map(version_from_row)
-                .collect::<Result<Vec<_>, _>>()?;
-
-            let mut count = QueryBuilder::new("SELECT COUNT(*) FROM resource_versions WHERE 1 = 1");
-            push_history_filters(&mut count, query);
-            let total: i64 = count.build().fetch_one(pool).await?.try_get(0)?;
-            (versions, total)
-        });
-        Ok(result)
-    }
+            })
+        }
+    };
 }
+
+// PostgreSQL: lock the current row so concurrent writers of one resource queue behind each
+// other. SQLite has a single writer already.
+define_write!(write_postgres, PgConnection, " FOR UPDATE");
+define_write!(write_sqlite, SqliteConnection, "");
 
 fn push_history_filters<'a, DB>(builder: &mut QueryBuilder<'a, DB>, query: &'a HistoryQuery)
 where
