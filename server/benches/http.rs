@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo bench -p telemed-server --bench http                       # both backends, 10 s each
 //! cargo bench -p telemed-server --bench http -- --seconds 5 --clients 32 --backend sqlite
+//! cargo bench -p telemed-server --bench http -- --only read   # one workload
 //! ```
 //!
 //! PostgreSQL is taken from `TELEMED_BENCH_POSTGRES_URL` (default
@@ -28,6 +29,8 @@ struct Options {
     seconds: u64,
     clients: usize,
     backends: Vec<&'static str>,
+    /// Run only the workloads whose name starts with this (`--only read`).
+    only: Option<String>,
 }
 
 fn options() -> Options {
@@ -35,6 +38,7 @@ fn options() -> Options {
         seconds: 10,
         clients: 32,
         backends: vec!["sqlite", "postgres"],
+        only: None,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -47,6 +51,10 @@ fn options() -> Options {
             }
             ("--clients", Some(v)) => {
                 options.clients = v.parse().unwrap_or(options.clients);
+                i += 1;
+            }
+            ("--only", Some(v)) => {
+                options.only = Some(v.to_owned());
                 i += 1;
             }
             ("--backend", Some(v)) => {
@@ -349,6 +357,11 @@ fn main() -> anyhow::Result<()> {
                 Workload::Update,
                 Workload::Mix,
             ] {
+                if let Some(only) = &options.only
+                    && !workload.name().starts_with(only.as_str())
+                {
+                    continue;
+                }
                 let report = run(workload, &base, ids.clone(), options.clients, duration).await?;
                 print(
                     &format!("{backend}: {}", workload.name()),

@@ -316,8 +316,12 @@ impl Store {
                 .run(&write)
                 .await
                 .context("cannot migrate the SQLite database")?;
+            // Each SQLite connection has its own worker thread; more of them than cores only
+            // adds context switches.
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let readers = max_connections.min(u32::try_from(cores * 2).unwrap_or(u32::MAX));
             let read = SqlitePoolOptions::new()
-                .max_connections(max_connections)
+                .max_connections(readers.max(1))
                 .connect_with(options.read_only(true))
                 .await
                 .context("cannot open the SQLite database for reading")?;
