@@ -212,3 +212,68 @@ fn nested_resources<'a>(
     }
     found
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expressions(issues: &[Issue]) -> Vec<String> {
+        issues.iter().filter_map(|i| i.expression.clone()).collect()
+    }
+
+    #[test]
+    fn a_valid_patient_has_no_issues() {
+        let patient =
+            json!({"resourceType": "Patient", "birthDate": "1974-12-25", "gender": "male"});
+        assert_eq!(
+            SchemaValidator::new().check(ResourceType::Patient, &patient),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn an_invalid_element_is_named_by_its_path() {
+        let patient = json!({"resourceType": "Patient", "name": [{"given": ["a", 5]}]});
+        let issues = SchemaValidator::new().check(ResourceType::Patient, &patient);
+        assert_eq!(expressions(&issues), vec!["Patient.name[0].given[1]"]);
+    }
+
+    #[test]
+    fn a_bundle_entry_is_validated_with_its_own_type() {
+        let bundle = json!({
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [
+                {"resource": {"resourceType": "Patient", "gender": "male"}},
+                {"resource": {"resourceType": "Observation", "status": "final",
+                              "code": {"text": "x"}, "valueQuantity": {"value": "high"}}}
+            ]
+        });
+        let issues = SchemaValidator::new().check(ResourceType::Bundle, &bundle);
+        let mut paths = expressions(&issues);
+        paths.dedup();
+        assert_eq!(paths, vec!["Bundle.entry[1].resource.valueQuantity.value"]);
+    }
+
+    #[test]
+    fn a_contained_resource_of_unknown_type_is_refused() {
+        let patient =
+            json!({"resourceType": "Patient", "contained": [{"resourceType": "Nope", "id": "x"}]});
+        let issues = SchemaValidator::new().check(ResourceType::Patient, &patient);
+        assert_eq!(
+            expressions(&issues),
+            vec!["Patient.contained[0].resourceType"]
+        );
+    }
+
+    #[test]
+    fn error_messages_do_not_quote_the_value() {
+        let patient = json!({"resourceType": "Patient", "birthDate": "Jane Doe's secret"});
+        let issues = SchemaValidator::new().check(ResourceType::Patient, &patient);
+        assert!(!issues.is_empty());
+        assert!(
+            issues.iter().all(|i| !i.diagnostics.contains("secret")),
+            "{issues:?}"
+        );
+    }
+}

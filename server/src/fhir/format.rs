@@ -251,3 +251,71 @@ impl Return {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+    use serde_json::json;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn prefer_return_is_read_among_other_preferences() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "prefer",
+            HeaderValue::from_static("handling=strict, return=minimal"),
+        );
+        assert_eq!(Return::from_headers(&headers), Return::Minimal);
+        headers.insert(
+            "prefer",
+            HeaderValue::from_static("return=OperationOutcome"),
+        );
+        assert_eq!(Return::from_headers(&headers), Return::OperationOutcome);
+        assert_eq!(
+            Return::from_headers(&HeaderMap::new()),
+            Return::Representation
+        );
+    }
+
+    #[test]
+    fn elements_keep_the_named_and_mandatory_elements_and_mark_the_subset() {
+        let shape = Shape::from_request(
+            &pairs(&[("_elements", "Patient.birthDate")]),
+            &HeaderMap::new(),
+        )
+        .expect("valid parameters");
+        let mut patient =
+            json!({"resourceType": "Patient", "id": "1", "gender": "male", "birthDate": "2000"});
+        shape.subset(&mut patient);
+        assert_eq!(patient["birthDate"], "2000");
+        assert!(patient.get("gender").is_none());
+        assert_eq!(patient["meta"]["tag"][0]["code"], "SUBSETTED");
+    }
+
+    #[test]
+    fn a_bad_summary_value_is_refused() {
+        assert!(Shape::from_request(&pairs(&[("_summary", "maybe")]), &HeaderMap::new()).is_err());
+    }
+
+    #[test]
+    fn xml_is_not_acceptable_but_json_and_wildcards_are() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/fhir+xml"),
+        );
+        assert!(Shape::from_request(&[], &headers).is_err());
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/html, */*;q=0.8"),
+        );
+        assert!(Shape::from_request(&[], &headers).is_ok());
+        assert!(Shape::from_request(&pairs(&[("_format", "xml")]), &HeaderMap::new()).is_err());
+    }
+}

@@ -102,3 +102,41 @@ pub fn parse_instant(value: &str) -> Option<Micros> {
         .ok()
         .map(Micros)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_tags_in_every_form_parse() {
+        assert_eq!(parse_version_tag("W/\"3\""), Some(3));
+        assert_eq!(parse_version_tag("\"12\""), Some(12));
+        assert_eq!(parse_version_tag(" 7 "), Some(7));
+        assert_eq!(parse_version_tag("W/\"x\""), None);
+        assert_eq!(parse_version_tag("0"), None);
+    }
+
+    #[test]
+    fn instants_dates_and_unencoded_plus_signs_parse() {
+        let utc = parse_instant("2024-05-01T10:00:00Z").map(|m| m.0);
+        assert_eq!(utc, Some(1_714_557_600_000_000));
+        assert_eq!(parse_instant("2024-05-01T12:00:00 02:00").map(|m| m.0), utc);
+        assert_eq!(
+            parse_instant("2024-05-01").map(|m| m.0),
+            Some(1_714_521_600_000_000)
+        );
+        assert_eq!(parse_instant("yesterday"), None);
+    }
+
+    #[test]
+    fn instants_are_written_with_microseconds_in_utc() {
+        assert_eq!(
+            Micros(1_714_557_600_123_456).to_instant(),
+            "2024-05-01T10:00:00.123456Z"
+        );
+        assert_eq!(
+            Micros(1_714_557_600_123_456).to_http_date(),
+            "Wed, 01 May 2024 10:00:00 GMT"
+        );
+    }
+}
