@@ -194,3 +194,34 @@ pub fn outcome_response(status: StatusCode, issues: &[Issue]) -> Response {
 }
 
 pub type FhirResult<T> = Result<T, FhirError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::SchemaValidator;
+    use fhir_models::ResourceType;
+
+    #[test]
+    fn operation_outcomes_are_valid_fhir() {
+        let outcome = operation_outcome(&[
+            Issue::error("invalid", "bad").at("Patient.birthDate"),
+            Issue::information("informational", "fine"),
+        ]);
+        let issues = SchemaValidator::new().check(ResourceType::OperationOutcome, &outcome);
+        assert_eq!(issues, vec![]);
+    }
+
+    #[test]
+    fn internal_errors_reveal_only_a_correlation_id() {
+        let error =
+            FhirError::Internal(anyhow::anyhow!("password authentication failed for user x"));
+        let issues = error.issues();
+        assert_eq!(issues.len(), 1);
+        assert!(
+            issues[0]
+                .diagnostics
+                .starts_with("internal server error (correlation id ")
+        );
+        assert!(!issues[0].diagnostics.contains("password"));
+    }
+}

@@ -31,6 +31,7 @@ static DEFINITIONS: LazyLock<Value> = LazyLock::new(|| {
         .get_mut("definitions")
         .map(Value::take)
         .unwrap_or(Value::Null);
+    add_fhir_version_401(&mut definitions);
     if let Some(definitions) = definitions.as_object_mut() {
         definitions.insert(
             "ResourceList".to_owned(),
@@ -43,6 +44,26 @@ static DEFINITIONS: LazyLock<Value> = LazyLock::new(|| {
     }
     definitions
 });
+
+/// The published R4 schema was generated before 4.0.1 existed: its FHIRVersion enums
+/// (`CapabilityStatement.fhirVersion`, `StructureDefinition.fhirVersion`, …) end at `4.0.0`, so
+/// every R4 server's own CapabilityStatement would fail it. Adds `4.0.1` wherever `4.0.0` is
+/// listed, which is what the FHIRVersion value set of 4.0.1 says.
+fn add_fhir_version_401(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            if let Some(Value::Array(values)) = object.get_mut("enum")
+                && values.iter().any(|v| v == "4.0.0")
+                && !values.iter().any(|v| v == "4.0.1")
+            {
+                values.push(Value::String("4.0.1".to_owned()));
+            }
+            object.values_mut().for_each(add_fhir_version_401);
+        }
+        Value::Array(items) => items.iter_mut().for_each(add_fhir_version_401),
+        _ => {}
+    }
+}
 
 /// Validates resources against the official R4 JSON schema, one cached validator per type.
 pub struct SchemaValidator {

@@ -76,3 +76,49 @@ pub async fn get_metadata(
     };
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, FHIR_JSON)], body).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::SchemaValidator;
+
+    #[test]
+    fn the_capability_statement_is_valid_fhir() {
+        let statement = capability_statement("http://localhost/fhir", "2024-05-01T10:00:00Z");
+        let issues = SchemaValidator::new().check(ResourceType::CapabilityStatement, &statement);
+        assert_eq!(issues, vec![]);
+    }
+
+    #[test]
+    fn every_resource_type_is_listed_with_its_interactions() {
+        let statement = capability_statement("http://localhost/fhir", "2024-05-01T10:00:00Z");
+        let resources = statement["rest"][0]["resource"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(resources.len(), ResourceType::ALL.len());
+        let procedure = resources
+            .iter()
+            .find(|r| r["type"] == "Procedure")
+            .expect("Procedure is listed");
+        let codes: Vec<&str> = procedure["interaction"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["code"].as_str())
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                "read",
+                "vread",
+                "update",
+                "patch",
+                "delete",
+                "history-instance",
+                "history-type",
+                "create"
+            ]
+        );
+    }
+}
