@@ -11,7 +11,11 @@
 //! SQLite allows one writer at a time: writes go through a pool of one connection, so writers
 //! queue in the process instead of spinning on `SQLITE_BUSY`, and reads use their own pool.
 
+mod direct;
+
+use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -174,6 +178,8 @@ pub struct HistoryQuery {
 
 enum Backend {
     Sqlite {
+        /// The database file, for the per-thread readers of [`direct`].
+        path: Arc<Path>,
         read: SqlitePool,
         write: SqlitePool,
         /// The queue of the group-commit writer (see [`sqlite_writer`]).
@@ -274,6 +280,11 @@ macro_rules! with_pool {
     (@pick write, $read:ident, $write:ident) => { $write };
 }
 
+/// The current version of one resource.
+const READ_SQL: &str = "SELECT v.seq, v.resource_type, v.id, v.version_id, v.last_updated, \
+                        v.method, v.body FROM resources r JOIN resource_versions v \
+                        ON v.seq = r.seq WHERE r.resource_type = $1 AND r.id = $2";
+
 const VERSION_COLUMNS: &str = "seq, resource_type, id, version_id, last_updated, method, body";
 
 impl Store {
@@ -322,12 +333,13 @@ impl Store {
             let readers = max_connections.min(u32::try_from(cores * 2).unwrap_or(u32::MAX));
             let read = SqlitePoolOptions::new()
                 .max_connections(readers.max(1))
-                .connect_with(options.read_only(true))
+                .connect_with(options.clone().read_only(true))
                 .await
                 .context("cannot open the SQLite database for reading")?;
             let (writer, queue) = mpsc::channel(4 * MAX_GROUP);
             tokio::spawn(sqlite_writer(write.clone(), queue));
             Backend::Sqlite {
+                path: Arc::from(options.get_filename()),
                 read,
                 write,
                 writer,
@@ -351,9 +363,10 @@ impl Store {
 
     /// The current version of a resource (a deleted one included), if it ever existed.
     pub async fn read(&self, rt: ResourceType, id: &str) -> Result<Option<Version>, FhirError> {
-        let sql = "SELECT v.seq, v.resource_type, v.id, v.version_id, v.last_updated, v.method, \
-                   v.body FROM resources r JOIN resource_versions v ON v.seq = r.seq \
-                   WHERE r.resource_type = $1 AND r.id = $2";
+        if let Backend::Sqlite { path, .. } = &self.backend {
+            return direct::read(path, rt, id).map_err(FhirError::Internal);
+        }
+        let sql = READ_SQL;
         let row = with_pool!(self, read, |pool, _pg| {
             match sqlx::query(sql)
                 .bind(rt.as_str())
