@@ -11,7 +11,7 @@
 //! SQLite allows one writer at a time: writes go through a pool of one connection, so writers
 //! queue in the process instead of spinning on `SQLITE_BUSY`, and reads use their own pool.
 
-mod direct;
+mod sqlite;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -25,7 +25,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Connection as _, PgConnection, QueryBuilder, Row, SqliteConnection};
+use sqlx::{PgConnection, QueryBuilder, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::FhirError;
@@ -178,79 +178,13 @@ pub struct HistoryQuery {
 
 enum Backend {
     Sqlite {
-        /// The database file, for the per-thread readers of [`direct`].
+        /// The database file, for the per-thread readers of [`sqlite::read`].
         path: Arc<Path>,
         read: SqlitePool,
-        write: SqlitePool,
-        /// The queue of the group-commit writer (see [`sqlite_writer`]).
-        writer: mpsc::Sender<WriteJob>,
+        /// The queue of the group-commit writer (see [`sqlite::spawn_writer`]).
+        writer: mpsc::Sender<sqlite::WriteJob>,
     },
     Postgres(PgPool),
-}
-
-/// A write waiting for the SQLite writer.
-struct WriteJob {
-    rt: ResourceType,
-    id: String,
-    precondition: Precondition,
-    change: Change,
-    reply: oneshot::Sender<Result<Written, FhirError>>,
-}
-
-/// Most writes committed together by the SQLite writer.
-const MAX_GROUP: usize = 256;
-
-/// The one writer of a SQLite database: group commit.
-///
-/// A durable commit costs an fsync, and SQLite commits one transaction at a time. So the writer
-/// takes every write waiting in its queue, runs each in a savepoint of one transaction (a write
-/// that fails rolls back alone), commits once, and only then answers each caller. A lone write
-/// goes straight through; under load, one fsync serves many writes.
-async fn sqlite_writer(pool: SqlitePool, mut queue: mpsc::Receiver<WriteJob>) {
-    let mut group = Vec::with_capacity(MAX_GROUP);
-    while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
-        let results = write_group(&pool, &mut group).await;
-        match results {
-            Ok(results) => {
-                for (job, result) in group.drain(..).zip(results) {
-                    // The caller may have gone away; its write stands all the same.
-                    let _ = job.reply.send(result);
-                }
-            }
-            Err(error) => {
-                let error = format!("{error:#}");
-                for job in group.drain(..) {
-                    let _ = job.reply.send(Err(FhirError::Internal(anyhow::anyhow!(
-                        "group commit failed: {error}"
-                    ))));
-                }
-            }
-        }
-    }
-}
-
-async fn write_group(
-    pool: &SqlitePool,
-    group: &mut [WriteJob],
-) -> anyhow::Result<Vec<Result<Written, FhirError>>> {
-    let mut tx = pool.begin().await?;
-    let mut results = Vec::with_capacity(group.len());
-    for job in group.iter_mut() {
-        let change = std::mem::replace(&mut job.change, Change::Delete);
-        let mut savepoint = tx.begin().await?;
-        match write_sqlite(&mut savepoint, job.rt, &job.id, job.precondition, change).await {
-            Ok(written) => {
-                savepoint.commit().await?;
-                results.push(Ok(written));
-            }
-            Err(error) => {
-                savepoint.rollback().await?;
-                results.push(Err(error));
-            }
-        }
-    }
-    tx.commit().await?;
-    Ok(results)
 }
 
 /// The resource store.
@@ -258,26 +192,21 @@ pub struct Store {
     backend: Backend,
 }
 
-/// Runs `$body` with `$pool` bound to the backend's concrete pool for reading (`read`) or writing
-/// (`write`), and `$pg` telling whether it is PostgreSQL.
+/// Runs `$body` with `$pool` bound to the backend's concrete read pool, so a query is written
+/// once and compiled for each backend.
 macro_rules! with_pool {
-    ($store:expr, $which:ident, |$pool:ident, $pg:ident| $body:expr) => {
+    ($store:expr, |$pool:ident| $body:expr) => {
         match &$store.backend {
-            Backend::Sqlite { read, write, .. } => {
-                let _ = (&read, &write);
-                let $pool = with_pool!(@pick $which, read, write);
-                let $pg = false;
+            Backend::Sqlite { read, .. } => {
+                let $pool = read;
                 $body
             }
             Backend::Postgres(pool) => {
                 let $pool = pool;
-                let $pg = true;
                 $body
             }
         }
     };
-    (@pick read, $read:ident, $write:ident) => { $read };
-    (@pick write, $read:ident, $write:ident) => { $write };
 }
 
 /// The current version of one resource.
@@ -318,15 +247,16 @@ impl Store {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("cannot create {}", dir.display()))?;
             }
-            let write = SqlitePoolOptions::new()
+            let migrator = SqlitePoolOptions::new()
                 .max_connections(1)
                 .connect_with(options.clone())
                 .await
                 .context("cannot open the SQLite database")?;
             sqlx::migrate!("migrations/sqlite")
-                .run(&write)
+                .run(&migrator)
                 .await
                 .context("cannot migrate the SQLite database")?;
+            migrator.close().await;
             // Each SQLite connection has its own worker thread; more of them than cores only
             // adds context switches.
             let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -336,12 +266,11 @@ impl Store {
                 .connect_with(options.clone().read_only(true))
                 .await
                 .context("cannot open the SQLite database for reading")?;
-            let (writer, queue) = mpsc::channel(4 * MAX_GROUP);
-            tokio::spawn(sqlite_writer(write.clone(), queue));
+            let writer = sqlite::spawn_writer(options.get_filename())
+                .context("cannot open the SQLite database for writing")?;
             Backend::Sqlite {
                 path: Arc::from(options.get_filename()),
                 read,
-                write,
                 writer,
             }
         } else {
@@ -353,10 +282,7 @@ impl Store {
     /// Closes every connection, waiting for the ones in use.
     pub async fn close(&self) {
         match &self.backend {
-            Backend::Sqlite { read, write, .. } => {
-                read.close().await;
-                write.close().await;
-            }
+            Backend::Sqlite { read, .. } => read.close().await,
             Backend::Postgres(pool) => pool.close().await,
         }
     }
@@ -364,10 +290,10 @@ impl Store {
     /// The current version of a resource (a deleted one included), if it ever existed.
     pub async fn read(&self, rt: ResourceType, id: &str) -> Result<Option<Version>, FhirError> {
         if let Backend::Sqlite { path, .. } = &self.backend {
-            return direct::read(path, rt, id).map_err(FhirError::Internal);
+            return sqlite::read(path, rt, id).map_err(FhirError::Internal);
         }
         let sql = READ_SQL;
-        let row = with_pool!(self, read, |pool, _pg| {
+        let row = with_pool!(self, |pool| {
             match sqlx::query(sql)
                 .bind(rt.as_str())
                 .bind(id)
@@ -392,7 +318,7 @@ impl Store {
             "SELECT {VERSION_COLUMNS} FROM resource_versions \
              WHERE resource_type = $1 AND id = $2 AND version_id = $3"
         );
-        let row = with_pool!(self, read, |pool, _pg| {
+        let row = with_pool!(self, |pool| {
             match sqlx::query(&sql)
                 .bind(rt.as_str())
                 .bind(id)
@@ -418,7 +344,7 @@ impl Store {
         match &self.backend {
             Backend::Sqlite { writer, .. } => {
                 let (reply, answer) = oneshot::channel();
-                let job = WriteJob {
+                let job = sqlite::WriteJob {
                     rt,
                     id: id.to_owned(),
                     precondition,
@@ -445,7 +371,7 @@ impl Store {
     /// A page of history, newest first (at most `count + 1` versions, so the caller can tell
     /// whether there is a next page), and the number of versions in the whole scope.
     pub async fn history(&self, query: &HistoryQuery) -> Result<(Vec<Version>, i64), FhirError> {
-        let result = with_pool!(self, read, |pool, _pg| {
+        let result = with_pool!(self, |pool| {
             let mut page = QueryBuilder::new(format!(
                 "SELECT {VERSION_COLUMNS} FROM resource_versions WHERE 1 = 1"
             ));
@@ -470,139 +396,168 @@ impl Store {
     }
 }
 
-/// The body of a write, run inside a transaction (or savepoint) the caller commits. Written
-/// once, compiled for each backend's connection type; `$lock` is how the backend locks the
-/// current row.
-macro_rules! define_write {
-    ($name:ident, $connection:ty, $lock:literal) => {
-        async fn $name(
-            conn: &mut $connection,
-            rt: ResourceType,
-            id: &str,
-            precondition: Precondition,
-            change: Change,
-        ) -> Result<Written, FhirError> {
-            let lock = $lock;
-            let current = sqlx::query(&format!(
-                "SELECT version_id, last_updated, deleted FROM resources \
-             WHERE resource_type = $1 AND id = $2{lock}"
-            ))
-            .bind(rt.as_str())
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?
-            .map(|row| -> Result<(i64, i64, bool), sqlx::Error> {
-                Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
-            })
-            .transpose()?;
-
-            let live = matches!(current, Some((_, _, false)));
-            match (precondition, current) {
-                (Precondition::Absent, Some(_)) => {
-                    return Err(FhirError::Conflict(format!("{rt}/{id} already exists")));
-                }
-                (Precondition::IfMatch(expected), Some((actual, _, false)))
-                    if expected != actual =>
-                {
-                    return Err(FhirError::PreconditionFailed(format!(
-                        "If-Match names version {expected} but the current version is {actual}"
-                    )));
-                }
-                (Precondition::IfMatch(expected), _) if !live => {
-                    return Err(FhirError::PreconditionFailed(format!(
-                        "If-Match names version {expected} but {rt}/{id} has no current version"
-                    )));
-                }
-                _ => {}
-            }
-            if matches!(change, Change::Delete) && !live {
-                return Ok(Written::NothingToDelete);
-            }
-
-            let version_id = current.map_or(1, |(v, _, _)| v + 1);
-            // Versions of one resource never go back in time, even if the clock does.
-            let last_updated = Micros(
-                Micros::now()
-                    .0
-                    .max(current.map_or(i64::MIN, |(_, t, _)| t + 1)),
-            );
-            let (method, body) = match change {
-                Change::Put { mut body, method } => {
-                    set_meta(&mut body, id, version_id, last_updated);
-                    let bytes = serde_json::to_vec(&body)
-                        .context("cannot serialise a resource")
-                        .map_err(FhirError::Internal)?;
-                    (method, Some(bytes))
-                }
-                Change::Delete => (WriteMethod::Delete, None),
-            };
-
-            let seq: i64 = sqlx::query(
-                "INSERT INTO resource_versions \
-             (resource_type, id, version_id, last_updated, method, body) \
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
-            )
-            .bind(rt.as_str())
-            .bind(id)
-            .bind(version_id)
-            .bind(last_updated.0)
-            .bind(method.as_str())
-            .bind(body.as_deref())
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(|e| conflict_on_unique(e, rt, id))?
-            .try_get(0)?;
-
-            let deleted = body.is_none();
-            if current.is_some() {
-                sqlx::query(
-                    "UPDATE resources SET version_id = $3, last_updated = $4, deleted = $5, \
-                 seq = $6 WHERE resource_type = $1 AND id = $2",
-                )
-                .bind(rt.as_str())
-                .bind(id)
-                .bind(version_id)
-                .bind(last_updated.0)
-                .bind(deleted)
-                .bind(seq)
-                .execute(&mut *conn)
-                .await?;
-            } else {
-                sqlx::query(
-                    "INSERT INTO resources \
-                 (resource_type, id, version_id, last_updated, deleted, seq) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(rt.as_str())
-                .bind(id)
-                .bind(version_id)
-                .bind(last_updated.0)
-                .bind(deleted)
-                .bind(seq)
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| conflict_on_unique(e, rt, id))?;
-            }
-            Ok(Written::Version {
-                version: Version {
-                    seq,
-                    resource_type: rt,
-                    id: id.to_owned(),
-                    version_id,
-                    last_updated,
-                    method,
-                    body,
-                },
-                created: !live,
-            })
-        }
-    };
+/// The current row of a resource, as a write finds it.
+#[derive(Debug, Clone, Copy)]
+struct Current {
+    version_id: i64,
+    last_updated: i64,
+    deleted: bool,
 }
 
-// PostgreSQL: lock the current row so concurrent writers of one resource queue behind each
-// other. SQLite has a single writer already.
-define_write!(write_postgres, PgConnection, " FOR UPDATE");
-define_write!(write_sqlite, SqliteConnection, "");
+/// What a write will store, decided from the current row. Shared by both backends, so the
+/// rules (preconditions, version numbers, time never going back) are written once.
+struct Planned {
+    version_id: i64,
+    last_updated: Micros,
+    method: WriteMethod,
+    body: Option<Vec<u8>>,
+    /// Whether a live version existed before.
+    was_live: bool,
+}
+
+/// `None`: a delete with nothing to delete.
+fn plan_write(
+    rt: ResourceType,
+    id: &str,
+    precondition: Precondition,
+    change: Change,
+    current: Option<Current>,
+) -> Result<Option<Planned>, FhirError> {
+    let live = current.filter(|c| !c.deleted);
+    match (precondition, current, live) {
+        (Precondition::Absent, Some(_), _) => {
+            return Err(FhirError::Conflict(format!("{rt}/{id} already exists")));
+        }
+        (Precondition::IfMatch(expected), _, Some(live)) if expected != live.version_id => {
+            return Err(FhirError::PreconditionFailed(format!(
+                "If-Match names version {expected} but the current version is {}",
+                live.version_id
+            )));
+        }
+        (Precondition::IfMatch(expected), _, None) => {
+            return Err(FhirError::PreconditionFailed(format!(
+                "If-Match names version {expected} but {rt}/{id} has no current version"
+            )));
+        }
+        _ => {}
+    }
+    if matches!(change, Change::Delete) && live.is_none() {
+        return Ok(None);
+    }
+    let version_id = current.map_or(1, |c| c.version_id + 1);
+    // Versions of one resource never go back in time, even if the clock does.
+    let last_updated = Micros(
+        Micros::now()
+            .0
+            .max(current.map_or(i64::MIN, |c| c.last_updated + 1)),
+    );
+    let (method, body) = match change {
+        Change::Put { mut body, method } => {
+            set_meta(&mut body, id, version_id, last_updated);
+            let bytes = serde_json::to_vec(&body)
+                .context("cannot serialise a resource")
+                .map_err(FhirError::Internal)?;
+            (method, Some(bytes))
+        }
+        Change::Delete => (WriteMethod::Delete, None),
+    };
+    Ok(Some(Planned {
+        version_id,
+        last_updated,
+        method,
+        body,
+        was_live: live.is_some(),
+    }))
+}
+
+impl Planned {
+    fn into_written(self, rt: ResourceType, id: &str, seq: i64) -> Written {
+        Written::Version {
+            version: Version {
+                seq,
+                resource_type: rt,
+                id: id.to_owned(),
+                version_id: self.version_id,
+                last_updated: self.last_updated,
+                method: self.method,
+                body: self.body,
+            },
+            created: !self.was_live,
+        }
+    }
+}
+
+// The statements of a write, shared by both backends. Placeholders are numbered in the order
+// they appear: SQLite (through rusqlite) binds `$n` by position of first appearance, not by n.
+const SELECT_CURRENT: &str =
+    "SELECT version_id, last_updated, deleted FROM resources WHERE resource_type = $1 AND id = $2";
+const INSERT_VERSION: &str = "INSERT INTO resource_versions \
+    (resource_type, id, version_id, last_updated, method, body) \
+    VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq";
+const UPDATE_CURRENT: &str = "UPDATE resources SET version_id = $1, last_updated = $2, \
+    deleted = $3, seq = $4 WHERE resource_type = $5 AND id = $6";
+const INSERT_CURRENT: &str = "INSERT INTO resources \
+    (resource_type, id, version_id, last_updated, deleted, seq) VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// A write on PostgreSQL, inside the caller's transaction.
+async fn write_postgres(
+    conn: &mut PgConnection,
+    rt: ResourceType,
+    id: &str,
+    precondition: Precondition,
+    change: Change,
+) -> Result<Written, FhirError> {
+    // Lock the current row so concurrent writers of one resource queue behind each other.
+    let current = sqlx::query(&format!("{SELECT_CURRENT} FOR UPDATE"))
+        .bind(rt.as_str())
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|row| -> Result<Current, sqlx::Error> {
+            Ok(Current {
+                version_id: row.try_get(0)?,
+                last_updated: row.try_get(1)?,
+                deleted: row.try_get(2)?,
+            })
+        })
+        .transpose()?;
+    let Some(planned) = plan_write(rt, id, precondition, change, current)? else {
+        return Ok(Written::NothingToDelete);
+    };
+    let seq: i64 = sqlx::query(INSERT_VERSION)
+        .bind(rt.as_str())
+        .bind(id)
+        .bind(planned.version_id)
+        .bind(planned.last_updated.0)
+        .bind(planned.method.as_str())
+        .bind(planned.body.as_deref())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| conflict_on_unique(e, rt, id))?
+        .try_get(0)?;
+    let query = if current.is_some() {
+        sqlx::query(UPDATE_CURRENT)
+            .bind(planned.version_id)
+            .bind(planned.last_updated.0)
+            .bind(planned.body.is_none())
+            .bind(seq)
+            .bind(rt.as_str())
+            .bind(id)
+    } else {
+        sqlx::query(INSERT_CURRENT)
+            .bind(rt.as_str())
+            .bind(id)
+            .bind(planned.version_id)
+            .bind(planned.last_updated.0)
+            .bind(planned.body.is_none())
+            .bind(seq)
+    };
+    query
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| conflict_on_unique(e, rt, id))?;
+    Ok(planned.into_written(rt, id, seq))
+}
 
 fn push_history_filters<'a, DB>(builder: &mut QueryBuilder<'a, DB>, query: &'a HistoryQuery)
 where

@@ -1,0 +1,246 @@
+//! SQLite's hot paths, on rusqlite: the group-commit writer and point reads.
+//!
+//! sqlx runs each SQLite connection on a worker thread of its own, so every statement is a round
+//! trip between threads; for a read by id, or for the five statements of a write, the hand-offs
+//! cost more than the work. So:
+//!
+//! - Reads by id run on the calling thread, through a read-only connection that thread keeps:
+//!   a B-tree lookup on a warm page cache, a few microseconds. WAL readers never wait for the
+//!   writer. Only short, bounded queries belong here; anything that scans goes through the pool.
+//! - All writes go through one writer thread that owns the only write connection (SQLite allows
+//!   one writer at a time anyway) and commits in groups: it takes every write waiting in its
+//!   queue, runs each in a savepoint of one transaction (a write that fails rolls back alone),
+//!   commits once — one fsync — and only then answers each caller. A lone write goes straight
+//!   through; under load one fsync serves many writes.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use fhir_models::ResourceType;
+use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Change, Current, FhirError, INSERT_CURRENT, INSERT_VERSION, Micros, Precondition, READ_SQL,
+    SELECT_CURRENT, UPDATE_CURRENT, Version, Written, plan_write,
+};
+
+/// Most writes committed together.
+const MAX_GROUP: usize = 256;
+
+/// A write waiting for the writer thread.
+pub(super) struct WriteJob {
+    pub rt: ResourceType,
+    pub id: String,
+    pub precondition: Precondition,
+    pub change: Change,
+    pub reply: oneshot::Sender<Result<Written, FhirError>>,
+}
+
+/// Opens the write connection and starts the writer thread; it stops when every sender is gone.
+pub(super) fn spawn_writer(path: &Path) -> anyhow::Result<mpsc::Sender<WriteJob>> {
+    let mut connection = Connection::open(path)?;
+    // With WAL, FULL syncs the log at every commit: a 2xx means the write is on disk.
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.pragma_update(None, "foreign_keys", "ON")?;
+    connection.busy_timeout(Duration::from_secs(10))?;
+    let (sender, mut queue) = mpsc::channel::<WriteJob>(4 * MAX_GROUP);
+    std::thread::Builder::new()
+        .name("sqlite-writer".to_owned())
+        .spawn(move || {
+            let mut group = Vec::with_capacity(MAX_GROUP);
+            while let Some(job) = queue.blocking_recv() {
+                group.push(job);
+                while group.len() < MAX_GROUP {
+                    match queue.try_recv() {
+                        Ok(job) => group.push(job),
+                        Err(_) => break,
+                    }
+                }
+                match write_group(&mut connection, &mut group) {
+                    Ok(results) => {
+                        for (job, result) in group.drain(..).zip(results) {
+                            // The caller may have gone away; its write stands all the same.
+                            let _ = job.reply.send(result);
+                        }
+                    }
+                    Err(error) => {
+                        let error = format!("{error:#}");
+                        for job in group.drain(..) {
+                            let _ = job.reply.send(Err(FhirError::Internal(anyhow::anyhow!(
+                                "group commit failed: {error}"
+                            ))));
+                        }
+                    }
+                }
+            }
+        })?;
+    Ok(sender)
+}
+
+/// One transaction for the whole group, a savepoint for each write.
+fn write_group(
+    connection: &mut Connection,
+    group: &mut [WriteJob],
+) -> anyhow::Result<Vec<Result<Written, FhirError>>> {
+    let mut tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut results = Vec::with_capacity(group.len());
+    for job in group.iter_mut() {
+        let change = std::mem::replace(&mut job.change, Change::Delete);
+        let savepoint = tx.savepoint()?;
+        match write_one(&savepoint, job.rt, &job.id, job.precondition, change) {
+            Ok(written) => {
+                savepoint.commit()?;
+                results.push(Ok(written));
+            }
+            // Dropping the savepoint rolls this write back, and only this one.
+            Err(error) => results.push(Err(error)),
+        }
+    }
+    tx.commit()?;
+    Ok(results)
+}
+
+fn write_one(
+    connection: &Connection,
+    rt: ResourceType,
+    id: &str,
+    precondition: Precondition,
+    change: Change,
+) -> Result<Written, FhirError> {
+    let internal = |e: rusqlite::Error| FhirError::Internal(e.into());
+    let current = connection
+        .prepare_cached(SELECT_CURRENT)
+        .and_then(|mut statement| {
+            statement
+                .query_row((rt.as_str(), id), |row| {
+                    Ok(Current {
+                        version_id: row.get(0)?,
+                        last_updated: row.get(1)?,
+                        deleted: row.get(2)?,
+                    })
+                })
+                .optional()
+        })
+        .map_err(internal)?;
+    let Some(planned) = plan_write(rt, id, precondition, change, current)? else {
+        return Ok(Written::NothingToDelete);
+    };
+    let seq: i64 = connection
+        .prepare_cached(INSERT_VERSION)
+        .and_then(|mut statement| {
+            statement.query_row(
+                (
+                    rt.as_str(),
+                    id,
+                    planned.version_id,
+                    planned.last_updated.0,
+                    planned.method.as_str(),
+                    planned.body.as_deref(),
+                ),
+                |row| row.get(0),
+            )
+        })
+        .map_err(|e| conflict_on_constraint(e, rt, id))?;
+    let deleted = planned.body.is_none();
+    let moved = if current.is_some() {
+        connection
+            .prepare_cached(UPDATE_CURRENT)
+            .and_then(|mut statement| {
+                statement.execute((
+                    planned.version_id,
+                    planned.last_updated.0,
+                    deleted,
+                    seq,
+                    rt.as_str(),
+                    id,
+                ))
+            })
+    } else {
+        connection
+            .prepare_cached(INSERT_CURRENT)
+            .and_then(|mut statement| {
+                statement.execute((
+                    rt.as_str(),
+                    id,
+                    planned.version_id,
+                    planned.last_updated.0,
+                    deleted,
+                    seq,
+                ))
+            })
+    };
+    moved.map_err(|e| conflict_on_constraint(e, rt, id))?;
+    Ok(planned.into_written(rt, id, seq))
+}
+
+fn conflict_on_constraint(error: rusqlite::Error, rt: ResourceType, id: &str) -> FhirError {
+    match error.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::ConstraintViolation) => FhirError::Conflict(format!(
+            "{rt}/{id} was changed by another request at the same time; retry"
+        )),
+        _ => FhirError::Internal(error.into()),
+    }
+}
+
+thread_local! {
+    /// This thread's read-only connections, one per database file it has read.
+    static READERS: RefCell<HashMap<Arc<Path>, Connection>> = RefCell::new(HashMap::new());
+}
+
+fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    connection.busy_timeout(Duration::from_secs(10))?;
+    Ok(connection)
+}
+
+/// The current version of `rt/id`, as [`super::Store::read`], on the calling thread.
+pub(super) fn read(
+    path: &Arc<Path>,
+    rt: ResourceType,
+    id: &str,
+) -> anyhow::Result<Option<Version>> {
+    READERS.with(|readers| {
+        let mut readers = readers.borrow_mut();
+        let connection = match readers.get(path) {
+            Some(connection) => connection,
+            None => {
+                let connection = open(path).context("cannot open the SQLite database")?;
+                readers.entry(path.clone()).or_insert(connection)
+            }
+        };
+        let mut statement = connection.prepare_cached(READ_SQL)?;
+        let row = statement
+            .query_row((rt.as_str(), id), |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, i64>(4)?,
+                    row.get::<_, String>(5)?,
+                    row.get::<_, Option<Vec<u8>>>(6)?,
+                ))
+            })
+            .optional()?;
+        let Some((seq, id, version_id, last_updated, method, body)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(Version {
+            seq,
+            resource_type: rt,
+            id,
+            version_id,
+            last_updated: Micros(last_updated),
+            method: method.parse()?,
+            body,
+        }))
+    })
+}
