@@ -524,38 +524,29 @@ async fn write_postgres(
     let Some(planned) = plan_write(rt, id, precondition, change, current)? else {
         return Ok(Written::NothingToDelete);
     };
-    let seq: i64 = sqlx::query(INSERT_VERSION)
-        .bind(rt.as_str())
-        .bind(id)
-        .bind(planned.version_id)
-        .bind(planned.last_updated.0)
-        .bind(planned.method.as_str())
-        .bind(planned.body.as_deref())
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| conflict_on_unique(e, rt, id))?
-        .try_get(0)?;
-    let query = if current.is_some() {
-        sqlx::query(UPDATE_CURRENT)
-            .bind(planned.version_id)
-            .bind(planned.last_updated.0)
-            .bind(planned.body.is_none())
-            .bind(seq)
-            .bind(rt.as_str())
-            .bind(id)
-    } else {
-        sqlx::query(INSERT_CURRENT)
-            .bind(rt.as_str())
-            .bind(id)
-            .bind(planned.version_id)
-            .bind(planned.last_updated.0)
-            .bind(planned.body.is_none())
-            .bind(seq)
-    };
-    query
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| conflict_on_unique(e, rt, id))?;
+    // One round trip for the version and the current row.
+    let seq: i64 = sqlx::query(
+        "WITH version AS (\
+           INSERT INTO resource_versions \
+           (resource_type, id, version_id, last_updated, method, body) \
+           VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq) \
+         INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, seq) \
+         SELECT $1, $2, $3, $4, $7, seq FROM version \
+         ON CONFLICT (resource_type, id) DO UPDATE SET version_id = EXCLUDED.version_id, \
+           last_updated = EXCLUDED.last_updated, deleted = EXCLUDED.deleted, seq = EXCLUDED.seq \
+         RETURNING seq",
+    )
+    .bind(rt.as_str())
+    .bind(id)
+    .bind(planned.version_id)
+    .bind(planned.last_updated.0)
+    .bind(planned.method.as_str())
+    .bind(planned.body.as_deref())
+    .bind(planned.body.is_none())
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|e| conflict_on_unique(e, rt, id))?
+    .try_get(0)?;
     Ok(planned.into_written(rt, id, seq))
 }
 
