@@ -1,1 +1,92 @@
-fn main() {}
+//! `codegen`: writes the generated code of `fhir-models` from the vendored FHIR R4 definitions.
+//!
+//! ```sh
+//! cargo run -p codegen            # regenerate fhir-models/src/generated/
+//! cargo run -p codegen -- --check # exit 1 if the committed files differ from what it would write
+//! ```
+//!
+//! Inputs are `spec/fhir.schema.json` (the resource types) and `spec/profiles-resources.json`
+//! (the elements of each type). Output is deterministic, so CI can compare bytes.
+#![expect(clippy::print_stdout, reason = "a command-line tool reports on stdout")]
+
+mod elements;
+mod resource_type;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// A generated file: where it goes (relative to the workspace root) and what it holds.
+struct Output {
+    path: &'static str,
+    text: String,
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn read(root: &Path, relative: &str) -> Result<String, String> {
+    std::fs::read_to_string(root.join(relative)).map_err(|e| format!("cannot read {relative}: {e}"))
+}
+
+fn generate(root: &Path) -> Result<Vec<Output>, String> {
+    let schema = read(root, "spec/fhir.schema.json")?;
+    let profiles = read(root, "spec/profiles-resources.json")?;
+    Ok(vec![
+        Output {
+            path: "fhir-models/src/generated/resource_type.rs",
+            text: resource_type::generate(&schema)?,
+        },
+        Output {
+            path: "fhir-models/src/generated/elements.rs",
+            text: elements::generate(&profiles)?,
+        },
+    ])
+}
+
+fn main() -> ExitCode {
+    let check = std::env::args().skip(1).any(|a| a == "--check");
+    let root = workspace_root();
+    let outputs = match generate(&root) {
+        Ok(outputs) => outputs,
+        Err(error) => {
+            eprintln!("codegen: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut stale = Vec::new();
+    for output in &outputs {
+        let path = root.join(output.path);
+        let current = std::fs::read_to_string(&path).ok();
+        if current.as_deref() == Some(output.text.as_str()) {
+            continue;
+        }
+        if check {
+            stale.push(output.path);
+            continue;
+        }
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&path, &output.text));
+        if let Err(error) = written {
+            eprintln!("codegen: cannot write {}: {error}", output.path);
+            return ExitCode::FAILURE;
+        }
+        println!("wrote {}", output.path);
+    }
+    if stale.is_empty() {
+        if check {
+            println!("generated code is up to date");
+        }
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "codegen: out of date (run `cargo run -p codegen` and commit): {}",
+            stale.join(", ")
+        );
+        ExitCode::FAILURE
+    }
+}

@@ -1,165 +1,87 @@
-//! Typed FHIR R4 resources, generated from the official JSON schema by `codegen`, and small
-//! hand-written helpers.
+//! FHIR R4 knowledge the rest of telemed shares, generated from the official definitions in
+//! `spec/` by `codegen` (committed; CI checks it is up to date) plus small hand-written helpers.
 //!
-//! PLACEHOLDER: the API the server builds on, until the generated models replace this file.
-use std::str::FromStr;
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ResourceType {
-    Account,
-    ActivityDefinition,
-    AdverseEvent,
-    AllergyIntolerance,
-    Appointment,
-    AppointmentResponse,
-    AuditEvent,
-    Basic,
-    Binary,
-    BiologicallyDerivedProduct,
-    BodyStructure,
-    Bundle,
-    CapabilityStatement,
-    CarePlan,
-    CareTeam,
-    CatalogEntry,
-    ChargeItem,
-    ChargeItemDefinition,
-    Claim,
-    ClaimResponse,
-    ClinicalImpression,
-    CodeSystem,
-    Communication,
-    CommunicationRequest,
-    CompartmentDefinition,
-    Composition,
-    ConceptMap,
-    Condition,
-    Consent,
-    Contract,
-    Coverage,
-    CoverageEligibilityRequest,
-    CoverageEligibilityResponse,
-    DetectedIssue,
-    Device,
-    DeviceDefinition,
-    DeviceMetric,
-    DeviceRequest,
-    DeviceUseStatement,
-    DiagnosticReport,
-    DocumentManifest,
-    DocumentReference,
-    EffectEvidenceSynthesis,
-    Encounter,
-    Endpoint,
-    EnrollmentRequest,
-    EnrollmentResponse,
-    EpisodeOfCare,
-    EventDefinition,
-    Evidence,
-    EvidenceVariable,
-    ExampleScenario,
-    ExplanationOfBenefit,
-    FamilyMemberHistory,
-    Flag,
-    Goal,
-    GraphDefinition,
-    Group,
-    GuidanceResponse,
-    HealthcareService,
-    ImagingStudy,
-    Immunization,
-    ImmunizationEvaluation,
-    ImmunizationRecommendation,
-    ImplementationGuide,
-    InsurancePlan,
-    Invoice,
-    Library,
-    Linkage,
-    List,
-    Location,
-    Measure,
-    MeasureReport,
-    Media,
-    Medication,
-    MedicationAdministration,
-    MedicationDispense,
-    MedicationKnowledge,
-    MedicationRequest,
-    MedicationStatement,
-    MedicinalProduct,
-    MedicinalProductAuthorization,
-    MedicinalProductContraindication,
-    MedicinalProductIndication,
-    MedicinalProductIngredient,
-    MedicinalProductInteraction,
-    MedicinalProductManufactured,
-    MedicinalProductPackaged,
-    MedicinalProductPharmaceutical,
-    MedicinalProductUndesirableEffect,
-    MessageDefinition,
-    MessageHeader,
-    MolecularSequence,
-    NamingSystem,
-    NutritionOrder,
-    Observation,
-    ObservationDefinition,
-    OperationDefinition,
-    OperationOutcome,
-    Organization,
-    OrganizationAffiliation,
-    Parameters,
-    Patient,
-    PaymentNotice,
-    PaymentReconciliation,
-    Person,
-    PlanDefinition,
-    Practitioner,
-    PractitionerRole,
-    Procedure,
-    Provenance,
-    Questionnaire,
-    QuestionnaireResponse,
-    RelatedPerson,
-    RequestGroup,
-    ResearchDefinition,
-    ResearchElementDefinition,
-    ResearchStudy,
-    ResearchSubject,
-    RiskAssessment,
-    RiskEvidenceSynthesis,
-    Schedule,
-    SearchParameter,
-    ServiceRequest,
-    Slot,
-    Specimen,
-    SpecimenDefinition,
-    StructureDefinition,
-    StructureMap,
-    Subscription,
-    Substance,
-    SubstanceNucleicAcid,
-    SubstancePolymer,
-    SubstanceProtein,
-    SubstanceReferenceInformation,
-    SubstanceSourceMaterial,
-    SubstanceSpecification,
-    SupplyDelivery,
-    SupplyRequest,
-    Task,
-    TerminologyCapabilities,
-    TestReport,
-    TestScript,
-    ValueSet,
-    VerificationResult,
-    VisionPrescription,
+//! - [`ResourceType`]: the closed set of the 146 R4 resource types.
+//! - [`elements`], [`summary_elements`], [`mandatory_elements`]: each type's top-level elements,
+//!   those `_summary=true` keeps and those that are required, from the StructureDefinitions.
+//! - [`element_matches`]: whether a JSON key is an element of a given name (choice types,
+//!   primitive extensions).
+//!
+//! This crate knows nothing of HTTP or storage.
+
+#[rustfmt::skip]
+mod generated {
+    pub mod elements;
+    pub mod resource_type;
 }
-impl ResourceType {
-    pub const ALL: &'static [ResourceType] = &[ResourceType::Account, ResourceType::ActivityDefinition, ResourceType::AdverseEvent, ResourceType::AllergyIntolerance, ResourceType::Appointment, ResourceType::AppointmentResponse, ResourceType::AuditEvent, ResourceType::Basic, ResourceType::Binary, ResourceType::BiologicallyDerivedProduct, ResourceType::BodyStructure, ResourceType::Bundle, ResourceType::CapabilityStatement, ResourceType::CarePlan, ResourceType::CareTeam, ResourceType::CatalogEntry, ResourceType::ChargeItem, ResourceType::ChargeItemDefinition, ResourceType::Claim, ResourceType::ClaimResponse, ResourceType::ClinicalImpression, ResourceType::CodeSystem, ResourceType::Communication, ResourceType::CommunicationRequest, ResourceType::CompartmentDefinition, ResourceType::Composition, ResourceType::ConceptMap, ResourceType::Condition, ResourceType::Consent, ResourceType::Contract, ResourceType::Coverage, ResourceType::CoverageEligibilityRequest, ResourceType::CoverageEligibilityResponse, ResourceType::DetectedIssue, ResourceType::Device, ResourceType::DeviceDefinition, ResourceType::DeviceMetric, ResourceType::DeviceRequest, ResourceType::DeviceUseStatement, ResourceType::DiagnosticReport, ResourceType::DocumentManifest, ResourceType::DocumentReference, ResourceType::EffectEvidenceSynthesis, ResourceType::Encounter, ResourceType::Endpoint, ResourceType::EnrollmentRequest, ResourceType::EnrollmentResponse, ResourceType::EpisodeOfCare, ResourceType::EventDefinition, ResourceType::Evidence, ResourceType::EvidenceVariable, ResourceType::ExampleScenario, ResourceType::ExplanationOfBenefit, ResourceType::FamilyMemberHistory, ResourceType::Flag, ResourceType::Goal, ResourceType::GraphDefinition, ResourceType::Group, ResourceType::GuidanceResponse, ResourceType::HealthcareService, ResourceType::ImagingStudy, ResourceType::Immunization, ResourceType::ImmunizationEvaluation, ResourceType::ImmunizationRecommendation, ResourceType::ImplementationGuide, ResourceType::InsurancePlan, ResourceType::Invoice, ResourceType::Library, ResourceType::Linkage, ResourceType::List, ResourceType::Location, ResourceType::Measure, ResourceType::MeasureReport, ResourceType::Media, ResourceType::Medication, ResourceType::MedicationAdministration, ResourceType::MedicationDispense, ResourceType::MedicationKnowledge, ResourceType::MedicationRequest, ResourceType::MedicationStatement, ResourceType::MedicinalProduct, ResourceType::MedicinalProductAuthorization, ResourceType::MedicinalProductContraindication, ResourceType::MedicinalProductIndication, ResourceType::MedicinalProductIngredient, ResourceType::MedicinalProductInteraction, ResourceType::MedicinalProductManufactured, ResourceType::MedicinalProductPackaged, ResourceType::MedicinalProductPharmaceutical, ResourceType::MedicinalProductUndesirableEffect, ResourceType::MessageDefinition, ResourceType::MessageHeader, ResourceType::MolecularSequence, ResourceType::NamingSystem, ResourceType::NutritionOrder, ResourceType::Observation, ResourceType::ObservationDefinition, ResourceType::OperationDefinition, ResourceType::OperationOutcome, ResourceType::Organization, ResourceType::OrganizationAffiliation, ResourceType::Parameters, ResourceType::Patient, ResourceType::PaymentNotice, ResourceType::PaymentReconciliation, ResourceType::Person, ResourceType::PlanDefinition, ResourceType::Practitioner, ResourceType::PractitionerRole, ResourceType::Procedure, ResourceType::Provenance, ResourceType::Questionnaire, ResourceType::QuestionnaireResponse, ResourceType::RelatedPerson, ResourceType::RequestGroup, ResourceType::ResearchDefinition, ResourceType::ResearchElementDefinition, ResourceType::ResearchStudy, ResourceType::ResearchSubject, ResourceType::RiskAssessment, ResourceType::RiskEvidenceSynthesis, ResourceType::Schedule, ResourceType::SearchParameter, ResourceType::ServiceRequest, ResourceType::Slot, ResourceType::Specimen, ResourceType::SpecimenDefinition, ResourceType::StructureDefinition, ResourceType::StructureMap, ResourceType::Subscription, ResourceType::Substance, ResourceType::SubstanceNucleicAcid, ResourceType::SubstancePolymer, ResourceType::SubstanceProtein, ResourceType::SubstanceReferenceInformation, ResourceType::SubstanceSourceMaterial, ResourceType::SubstanceSpecification, ResourceType::SupplyDelivery, ResourceType::SupplyRequest, ResourceType::Task, ResourceType::TerminologyCapabilities, ResourceType::TestReport, ResourceType::TestScript, ResourceType::ValueSet, ResourceType::VerificationResult, ResourceType::VisionPrescription];
-    pub fn as_str(self) -> &'static str { match self {ResourceType::Account => "Account", ResourceType::ActivityDefinition => "ActivityDefinition", ResourceType::AdverseEvent => "AdverseEvent", ResourceType::AllergyIntolerance => "AllergyIntolerance", ResourceType::Appointment => "Appointment", ResourceType::AppointmentResponse => "AppointmentResponse", ResourceType::AuditEvent => "AuditEvent", ResourceType::Basic => "Basic", ResourceType::Binary => "Binary", ResourceType::BiologicallyDerivedProduct => "BiologicallyDerivedProduct", ResourceType::BodyStructure => "BodyStructure", ResourceType::Bundle => "Bundle", ResourceType::CapabilityStatement => "CapabilityStatement", ResourceType::CarePlan => "CarePlan", ResourceType::CareTeam => "CareTeam", ResourceType::CatalogEntry => "CatalogEntry", ResourceType::ChargeItem => "ChargeItem", ResourceType::ChargeItemDefinition => "ChargeItemDefinition", ResourceType::Claim => "Claim", ResourceType::ClaimResponse => "ClaimResponse", ResourceType::ClinicalImpression => "ClinicalImpression", ResourceType::CodeSystem => "CodeSystem", ResourceType::Communication => "Communication", ResourceType::CommunicationRequest => "CommunicationRequest", ResourceType::CompartmentDefinition => "CompartmentDefinition", ResourceType::Composition => "Composition", ResourceType::ConceptMap => "ConceptMap", ResourceType::Condition => "Condition", ResourceType::Consent => "Consent", ResourceType::Contract => "Contract", ResourceType::Coverage => "Coverage", ResourceType::CoverageEligibilityRequest => "CoverageEligibilityRequest", ResourceType::CoverageEligibilityResponse => "CoverageEligibilityResponse", ResourceType::DetectedIssue => "DetectedIssue", ResourceType::Device => "Device", ResourceType::DeviceDefinition => "DeviceDefinition", ResourceType::DeviceMetric => "DeviceMetric", ResourceType::DeviceRequest => "DeviceRequest", ResourceType::DeviceUseStatement => "DeviceUseStatement", ResourceType::DiagnosticReport => "DiagnosticReport", ResourceType::DocumentManifest => "DocumentManifest", ResourceType::DocumentReference => "DocumentReference", ResourceType::EffectEvidenceSynthesis => "EffectEvidenceSynthesis", ResourceType::Encounter => "Encounter", ResourceType::Endpoint => "Endpoint", ResourceType::EnrollmentRequest => "EnrollmentRequest", ResourceType::EnrollmentResponse => "EnrollmentResponse", ResourceType::EpisodeOfCare => "EpisodeOfCare", ResourceType::EventDefinition => "EventDefinition", ResourceType::Evidence => "Evidence", ResourceType::EvidenceVariable => "EvidenceVariable", ResourceType::ExampleScenario => "ExampleScenario", ResourceType::ExplanationOfBenefit => "ExplanationOfBenefit", ResourceType::FamilyMemberHistory => "FamilyMemberHistory", ResourceType::Flag => "Flag", ResourceType::Goal => "Goal", ResourceType::GraphDefinition => "GraphDefinition", ResourceType::Group => "Group", ResourceType::GuidanceResponse => "GuidanceResponse", ResourceType::HealthcareService => "HealthcareService", ResourceType::ImagingStudy => "ImagingStudy", ResourceType::Immunization => "Immunization", ResourceType::ImmunizationEvaluation => "ImmunizationEvaluation", ResourceType::ImmunizationRecommendation => "ImmunizationRecommendation", ResourceType::ImplementationGuide => "ImplementationGuide", ResourceType::InsurancePlan => "InsurancePlan", ResourceType::Invoice => "Invoice", ResourceType::Library => "Library", ResourceType::Linkage => "Linkage", ResourceType::List => "List", ResourceType::Location => "Location", ResourceType::Measure => "Measure", ResourceType::MeasureReport => "MeasureReport", ResourceType::Media => "Media", ResourceType::Medication => "Medication", ResourceType::MedicationAdministration => "MedicationAdministration", ResourceType::MedicationDispense => "MedicationDispense", ResourceType::MedicationKnowledge => "MedicationKnowledge", ResourceType::MedicationRequest => "MedicationRequest", ResourceType::MedicationStatement => "MedicationStatement", ResourceType::MedicinalProduct => "MedicinalProduct", ResourceType::MedicinalProductAuthorization => "MedicinalProductAuthorization", ResourceType::MedicinalProductContraindication => "MedicinalProductContraindication", ResourceType::MedicinalProductIndication => "MedicinalProductIndication", ResourceType::MedicinalProductIngredient => "MedicinalProductIngredient", ResourceType::MedicinalProductInteraction => "MedicinalProductInteraction", ResourceType::MedicinalProductManufactured => "MedicinalProductManufactured", ResourceType::MedicinalProductPackaged => "MedicinalProductPackaged", ResourceType::MedicinalProductPharmaceutical => "MedicinalProductPharmaceutical", ResourceType::MedicinalProductUndesirableEffect => "MedicinalProductUndesirableEffect", ResourceType::MessageDefinition => "MessageDefinition", ResourceType::MessageHeader => "MessageHeader", ResourceType::MolecularSequence => "MolecularSequence", ResourceType::NamingSystem => "NamingSystem", ResourceType::NutritionOrder => "NutritionOrder", ResourceType::Observation => "Observation", ResourceType::ObservationDefinition => "ObservationDefinition", ResourceType::OperationDefinition => "OperationDefinition", ResourceType::OperationOutcome => "OperationOutcome", ResourceType::Organization => "Organization", ResourceType::OrganizationAffiliation => "OrganizationAffiliation", ResourceType::Parameters => "Parameters", ResourceType::Patient => "Patient", ResourceType::PaymentNotice => "PaymentNotice", ResourceType::PaymentReconciliation => "PaymentReconciliation", ResourceType::Person => "Person", ResourceType::PlanDefinition => "PlanDefinition", ResourceType::Practitioner => "Practitioner", ResourceType::PractitionerRole => "PractitionerRole", ResourceType::Procedure => "Procedure", ResourceType::Provenance => "Provenance", ResourceType::Questionnaire => "Questionnaire", ResourceType::QuestionnaireResponse => "QuestionnaireResponse", ResourceType::RelatedPerson => "RelatedPerson", ResourceType::RequestGroup => "RequestGroup", ResourceType::ResearchDefinition => "ResearchDefinition", ResourceType::ResearchElementDefinition => "ResearchElementDefinition", ResourceType::ResearchStudy => "ResearchStudy", ResourceType::ResearchSubject => "ResearchSubject", ResourceType::RiskAssessment => "RiskAssessment", ResourceType::RiskEvidenceSynthesis => "RiskEvidenceSynthesis", ResourceType::Schedule => "Schedule", ResourceType::SearchParameter => "SearchParameter", ResourceType::ServiceRequest => "ServiceRequest", ResourceType::Slot => "Slot", ResourceType::Specimen => "Specimen", ResourceType::SpecimenDefinition => "SpecimenDefinition", ResourceType::StructureDefinition => "StructureDefinition", ResourceType::StructureMap => "StructureMap", ResourceType::Subscription => "Subscription", ResourceType::Substance => "Substance", ResourceType::SubstanceNucleicAcid => "SubstanceNucleicAcid", ResourceType::SubstancePolymer => "SubstancePolymer", ResourceType::SubstanceProtein => "SubstanceProtein", ResourceType::SubstanceReferenceInformation => "SubstanceReferenceInformation", ResourceType::SubstanceSourceMaterial => "SubstanceSourceMaterial", ResourceType::SubstanceSpecification => "SubstanceSpecification", ResourceType::SupplyDelivery => "SupplyDelivery", ResourceType::SupplyRequest => "SupplyRequest", ResourceType::Task => "Task", ResourceType::TerminologyCapabilities => "TerminologyCapabilities", ResourceType::TestReport => "TestReport", ResourceType::TestScript => "TestScript", ResourceType::ValueSet => "ValueSet", ResourceType::VerificationResult => "VerificationResult", ResourceType::VisionPrescription => "VisionPrescription",} }
+
+pub use generated::elements::{elements, mandatory_elements, summary_elements};
+pub use generated::resource_type::ResourceType;
+
+/// The name given is not an R4 resource type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownResourceType;
+
+impl std::fmt::Display for UnknownResourceType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not a FHIR R4 resource type")
+    }
 }
-#[derive(Debug)] pub struct UnknownResourceType;
-impl FromStr for ResourceType { type Err = UnknownResourceType; fn from_str(s:&str)->Result<Self,Self::Err>{ match s {"Account" => Ok(ResourceType::Account), "ActivityDefinition" => Ok(ResourceType::ActivityDefinition), "AdverseEvent" => Ok(ResourceType::AdverseEvent), "AllergyIntolerance" => Ok(ResourceType::AllergyIntolerance), "Appointment" => Ok(ResourceType::Appointment), "AppointmentResponse" => Ok(ResourceType::AppointmentResponse), "AuditEvent" => Ok(ResourceType::AuditEvent), "Basic" => Ok(ResourceType::Basic), "Binary" => Ok(ResourceType::Binary), "BiologicallyDerivedProduct" => Ok(ResourceType::BiologicallyDerivedProduct), "BodyStructure" => Ok(ResourceType::BodyStructure), "Bundle" => Ok(ResourceType::Bundle), "CapabilityStatement" => Ok(ResourceType::CapabilityStatement), "CarePlan" => Ok(ResourceType::CarePlan), "CareTeam" => Ok(ResourceType::CareTeam), "CatalogEntry" => Ok(ResourceType::CatalogEntry), "ChargeItem" => Ok(ResourceType::ChargeItem), "ChargeItemDefinition" => Ok(ResourceType::ChargeItemDefinition), "Claim" => Ok(ResourceType::Claim), "ClaimResponse" => Ok(ResourceType::ClaimResponse), "ClinicalImpression" => Ok(ResourceType::ClinicalImpression), "CodeSystem" => Ok(ResourceType::CodeSystem), "Communication" => Ok(ResourceType::Communication), "CommunicationRequest" => Ok(ResourceType::CommunicationRequest), "CompartmentDefinition" => Ok(ResourceType::CompartmentDefinition), "Composition" => Ok(ResourceType::Composition), "ConceptMap" => Ok(ResourceType::ConceptMap), "Condition" => Ok(ResourceType::Condition), "Consent" => Ok(ResourceType::Consent), "Contract" => Ok(ResourceType::Contract), "Coverage" => Ok(ResourceType::Coverage), "CoverageEligibilityRequest" => Ok(ResourceType::CoverageEligibilityRequest), "CoverageEligibilityResponse" => Ok(ResourceType::CoverageEligibilityResponse), "DetectedIssue" => Ok(ResourceType::DetectedIssue), "Device" => Ok(ResourceType::Device), "DeviceDefinition" => Ok(ResourceType::DeviceDefinition), "DeviceMetric" => Ok(ResourceType::DeviceMetric), "DeviceRequest" => Ok(ResourceType::DeviceRequest), "DeviceUseStatement" => Ok(ResourceType::DeviceUseStatement), "DiagnosticReport" => Ok(ResourceType::DiagnosticReport), "DocumentManifest" => Ok(ResourceType::DocumentManifest), "DocumentReference" => Ok(ResourceType::DocumentReference), "EffectEvidenceSynthesis" => Ok(ResourceType::EffectEvidenceSynthesis), "Encounter" => Ok(ResourceType::Encounter), "Endpoint" => Ok(ResourceType::Endpoint), "EnrollmentRequest" => Ok(ResourceType::EnrollmentRequest), "EnrollmentResponse" => Ok(ResourceType::EnrollmentResponse), "EpisodeOfCare" => Ok(ResourceType::EpisodeOfCare), "EventDefinition" => Ok(ResourceType::EventDefinition), "Evidence" => Ok(ResourceType::Evidence), "EvidenceVariable" => Ok(ResourceType::EvidenceVariable), "ExampleScenario" => Ok(ResourceType::ExampleScenario), "ExplanationOfBenefit" => Ok(ResourceType::ExplanationOfBenefit), "FamilyMemberHistory" => Ok(ResourceType::FamilyMemberHistory), "Flag" => Ok(ResourceType::Flag), "Goal" => Ok(ResourceType::Goal), "GraphDefinition" => Ok(ResourceType::GraphDefinition), "Group" => Ok(ResourceType::Group), "GuidanceResponse" => Ok(ResourceType::GuidanceResponse), "HealthcareService" => Ok(ResourceType::HealthcareService), "ImagingStudy" => Ok(ResourceType::ImagingStudy), "Immunization" => Ok(ResourceType::Immunization), "ImmunizationEvaluation" => Ok(ResourceType::ImmunizationEvaluation), "ImmunizationRecommendation" => Ok(ResourceType::ImmunizationRecommendation), "ImplementationGuide" => Ok(ResourceType::ImplementationGuide), "InsurancePlan" => Ok(ResourceType::InsurancePlan), "Invoice" => Ok(ResourceType::Invoice), "Library" => Ok(ResourceType::Library), "Linkage" => Ok(ResourceType::Linkage), "List" => Ok(ResourceType::List), "Location" => Ok(ResourceType::Location), "Measure" => Ok(ResourceType::Measure), "MeasureReport" => Ok(ResourceType::MeasureReport), "Media" => Ok(ResourceType::Media), "Medication" => Ok(ResourceType::Medication), "MedicationAdministration" => Ok(ResourceType::MedicationAdministration), "MedicationDispense" => Ok(ResourceType::MedicationDispense), "MedicationKnowledge" => Ok(ResourceType::MedicationKnowledge), "MedicationRequest" => Ok(ResourceType::MedicationRequest), "MedicationStatement" => Ok(ResourceType::MedicationStatement), "MedicinalProduct" => Ok(ResourceType::MedicinalProduct), "MedicinalProductAuthorization" => Ok(ResourceType::MedicinalProductAuthorization), "MedicinalProductContraindication" => Ok(ResourceType::MedicinalProductContraindication), "MedicinalProductIndication" => Ok(ResourceType::MedicinalProductIndication), "MedicinalProductIngredient" => Ok(ResourceType::MedicinalProductIngredient), "MedicinalProductInteraction" => Ok(ResourceType::MedicinalProductInteraction), "MedicinalProductManufactured" => Ok(ResourceType::MedicinalProductManufactured), "MedicinalProductPackaged" => Ok(ResourceType::MedicinalProductPackaged), "MedicinalProductPharmaceutical" => Ok(ResourceType::MedicinalProductPharmaceutical), "MedicinalProductUndesirableEffect" => Ok(ResourceType::MedicinalProductUndesirableEffect), "MessageDefinition" => Ok(ResourceType::MessageDefinition), "MessageHeader" => Ok(ResourceType::MessageHeader), "MolecularSequence" => Ok(ResourceType::MolecularSequence), "NamingSystem" => Ok(ResourceType::NamingSystem), "NutritionOrder" => Ok(ResourceType::NutritionOrder), "Observation" => Ok(ResourceType::Observation), "ObservationDefinition" => Ok(ResourceType::ObservationDefinition), "OperationDefinition" => Ok(ResourceType::OperationDefinition), "OperationOutcome" => Ok(ResourceType::OperationOutcome), "Organization" => Ok(ResourceType::Organization), "OrganizationAffiliation" => Ok(ResourceType::OrganizationAffiliation), "Parameters" => Ok(ResourceType::Parameters), "Patient" => Ok(ResourceType::Patient), "PaymentNotice" => Ok(ResourceType::PaymentNotice), "PaymentReconciliation" => Ok(ResourceType::PaymentReconciliation), "Person" => Ok(ResourceType::Person), "PlanDefinition" => Ok(ResourceType::PlanDefinition), "Practitioner" => Ok(ResourceType::Practitioner), "PractitionerRole" => Ok(ResourceType::PractitionerRole), "Procedure" => Ok(ResourceType::Procedure), "Provenance" => Ok(ResourceType::Provenance), "Questionnaire" => Ok(ResourceType::Questionnaire), "QuestionnaireResponse" => Ok(ResourceType::QuestionnaireResponse), "RelatedPerson" => Ok(ResourceType::RelatedPerson), "RequestGroup" => Ok(ResourceType::RequestGroup), "ResearchDefinition" => Ok(ResourceType::ResearchDefinition), "ResearchElementDefinition" => Ok(ResourceType::ResearchElementDefinition), "ResearchStudy" => Ok(ResourceType::ResearchStudy), "ResearchSubject" => Ok(ResourceType::ResearchSubject), "RiskAssessment" => Ok(ResourceType::RiskAssessment), "RiskEvidenceSynthesis" => Ok(ResourceType::RiskEvidenceSynthesis), "Schedule" => Ok(ResourceType::Schedule), "SearchParameter" => Ok(ResourceType::SearchParameter), "ServiceRequest" => Ok(ResourceType::ServiceRequest), "Slot" => Ok(ResourceType::Slot), "Specimen" => Ok(ResourceType::Specimen), "SpecimenDefinition" => Ok(ResourceType::SpecimenDefinition), "StructureDefinition" => Ok(ResourceType::StructureDefinition), "StructureMap" => Ok(ResourceType::StructureMap), "Subscription" => Ok(ResourceType::Subscription), "Substance" => Ok(ResourceType::Substance), "SubstanceNucleicAcid" => Ok(ResourceType::SubstanceNucleicAcid), "SubstancePolymer" => Ok(ResourceType::SubstancePolymer), "SubstanceProtein" => Ok(ResourceType::SubstanceProtein), "SubstanceReferenceInformation" => Ok(ResourceType::SubstanceReferenceInformation), "SubstanceSourceMaterial" => Ok(ResourceType::SubstanceSourceMaterial), "SubstanceSpecification" => Ok(ResourceType::SubstanceSpecification), "SupplyDelivery" => Ok(ResourceType::SupplyDelivery), "SupplyRequest" => Ok(ResourceType::SupplyRequest), "Task" => Ok(ResourceType::Task), "TerminologyCapabilities" => Ok(ResourceType::TerminologyCapabilities), "TestReport" => Ok(ResourceType::TestReport), "TestScript" => Ok(ResourceType::TestScript), "ValueSet" => Ok(ResourceType::ValueSet), "VerificationResult" => Ok(ResourceType::VerificationResult), "VisionPrescription" => Ok(ResourceType::VisionPrescription), _ => Err(UnknownResourceType) } } }
-impl std::fmt::Display for ResourceType { fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(self.as_str()) } }
-pub struct ModelError { pub path: String, pub message: String }
-pub fn check_typed(_rt: ResourceType, _v: &serde_json::Value) -> Result<(), ModelError> { Ok(()) }
-pub fn summary_elements(_rt: ResourceType) -> &'static [&'static str] { &[] }
-pub fn mandatory_elements(_rt: ResourceType) -> &'static [&'static str] { &[] }
+
+impl std::error::Error for UnknownResourceType {}
+
+impl std::fmt::Display for ResourceType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether the JSON property `key` holds the element `name`: `birthDate` and its primitive
+/// extension `_birthDate` both hold `birthDate`; `deceasedBoolean` holds `deceased[x]`.
+pub fn element_matches(name: &str, key: &str) -> bool {
+    let key = key.strip_prefix('_').unwrap_or(key);
+    if key == name {
+        return true;
+    }
+    name.strip_suffix("[x]").is_some_and(|stem| {
+        key.strip_prefix(stem)
+            .and_then(|rest| rest.chars().next())
+            .is_some_and(|c| c.is_ascii_uppercase())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_r4_resource_type_round_trips_through_its_name() {
+        assert_eq!(ResourceType::ALL.len(), 146);
+        for (index, rt) in ResourceType::ALL.iter().enumerate() {
+            assert_eq!(rt.as_str().parse::<ResourceType>(), Ok(*rt));
+            assert_eq!(*rt as usize, index);
+        }
+        assert_eq!("patient".parse::<ResourceType>(), Err(UnknownResourceType));
+    }
+
+    #[test]
+    fn summary_and_mandatory_elements_come_from_the_definitions() {
+        let summary = summary_elements(ResourceType::Patient);
+        assert!(summary.contains(&"birthDate") && summary.contains(&"deceased[x]"));
+        assert!(!summary.contains(&"photo"));
+        assert!(elements(ResourceType::Patient).contains(&"photo"));
+        assert_eq!(
+            mandatory_elements(ResourceType::Observation),
+            ["status", "code"]
+        );
+    }
+
+    #[test]
+    fn choice_elements_and_primitive_extensions_match_their_element() {
+        assert!(element_matches("deceased[x]", "deceasedBoolean"));
+        assert!(!element_matches("deceased", "deceasedDateTime"));
+        assert!(element_matches("birthDate", "_birthDate"));
+        assert!(!element_matches("birth", "birthDate"));
+        assert!(!element_matches("name", "names"));
+    }
+}

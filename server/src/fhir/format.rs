@@ -2,6 +2,7 @@
 //! what it sends and what it wants back.
 
 use axum::http::{HeaderMap, header};
+use fhir_models::ResourceType;
 use serde_json::Value;
 
 use crate::error::FhirError;
@@ -83,41 +84,50 @@ impl Shape {
         !self.pretty && self.summary == Summary::False && self.elements.is_none()
     }
 
-    /// Applies `_summary` and `_elements` to a resource.
+    /// Applies `_summary` and `_elements` to a resource: keeps `resourceType`, `id`, `meta`,
+    /// the mandatory elements and what was asked for, and tags the result SUBSETTED.
     pub fn subset(&self, resource: &mut Value) {
         let Some(object) = resource.as_object_mut() else {
             return;
         };
-        let keep: Box<dyn Fn(&str) -> bool> = match (&self.elements, self.summary) {
-            (Some(elements), _) => {
-                Box::new(move |key: &str| is_always_kept(key) || elements.iter().any(|e| e == key))
+        let rt = object
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .and_then(|name| name.parse::<ResourceType>().ok());
+        let mandatory = rt.map(fhir_models::mandatory_elements).unwrap_or_default();
+        let mut keep: Vec<String> = mandatory.iter().map(|e| (*e).to_owned()).collect();
+        match (&self.elements, self.summary) {
+            (Some(requested), _) => {
+                let known = rt.map(fhir_models::elements).unwrap_or_default();
+                // A choice element may be asked for without its `[x]`: `deceased`.
+                keep.extend(requested.iter().map(|name| {
+                    let choice = format!("{name}[x]");
+                    if known.contains(&choice.as_str()) {
+                        choice
+                    } else {
+                        name.clone()
+                    }
+                }));
             }
             (None, Summary::True) => {
-                let rt = object
-                    .get("resourceType")
-                    .and_then(Value::as_str)
-                    .and_then(|rt| rt.parse().ok());
                 let summary = rt.map(fhir_models::summary_elements).unwrap_or_default();
-                Box::new(move |key: &str| is_always_kept(key) || summary.contains(&key))
+                keep.extend(summary.iter().map(|e| (*e).to_owned()));
             }
-            (None, Summary::Text) => {
-                let rt = object
-                    .get("resourceType")
-                    .and_then(Value::as_str)
-                    .and_then(|rt| rt.parse().ok());
-                let mandatory = rt.map(fhir_models::mandatory_elements).unwrap_or_default();
-                Box::new(move |key: &str| {
-                    is_always_kept(key) || key == "text" || mandatory.contains(&key)
-                })
+            (None, Summary::Text) => keep.push("text".to_owned()),
+            (None, Summary::Data) => {
+                object.remove("text");
+                mark_subsetted(object);
+                return;
             }
-            (None, Summary::Data) => Box::new(|key: &str| key != "text"),
             (None, Summary::False | Summary::Count) => return,
-        };
-        let before = object.len();
-        object.retain(|key, _| keep(key));
-        if object.len() != before || self.summary == Summary::Data {
-            mark_subsetted(object);
         }
+        object.retain(|key, _| {
+            is_always_kept(key)
+                || keep
+                    .iter()
+                    .any(|name| fhir_models::element_matches(name, key))
+        });
+        mark_subsetted(object);
     }
 
     /// Serialises a response body as this request asked (`_pretty`).
@@ -317,5 +327,51 @@ mod tests {
         );
         assert!(Shape::from_request(&[], &headers).is_ok());
         assert!(Shape::from_request(&pairs(&[("_format", "xml")]), &HeaderMap::new()).is_err());
+    }
+}
+
+#[cfg(test)]
+mod summary_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn shape(name: &str, value: &str) -> Shape {
+        Shape::from_request(&[(name.to_owned(), value.to_owned())], &HeaderMap::new())
+            .expect("valid parameters")
+    }
+
+    #[test]
+    fn summary_true_keeps_the_summary_elements_only() {
+        let mut patient = json!({"resourceType": "Patient", "id": "1", "birthDate": "2000",
+            "_birthDate": {"extension": []}, "deceasedBoolean": false, "photo": [{"url": "x"}],
+            "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"}});
+        shape("_summary", "true").subset(&mut patient);
+        assert_eq!(patient["birthDate"], "2000");
+        assert!(patient.get("_birthDate").is_some());
+        assert_eq!(patient["deceasedBoolean"], false);
+        assert!(patient.get("photo").is_none() && patient.get("text").is_none());
+        assert_eq!(patient["meta"]["tag"][0]["code"], "SUBSETTED");
+    }
+
+    #[test]
+    fn summary_text_and_data_keep_and_drop_the_narrative() {
+        let observation = json!({"resourceType": "Observation", "id": "1", "status": "final",
+            "code": {"text": "x"}, "valueString": "v", "text": {"status": "empty", "div": "<div/>"}});
+        let mut text = observation.clone();
+        shape("_summary", "text").subset(&mut text);
+        assert!(text.get("text").is_some() && text.get("valueString").is_none());
+        assert_eq!(text["status"], "final");
+        let mut data = observation;
+        shape("_summary", "data").subset(&mut data);
+        assert!(data.get("text").is_none() && data.get("valueString").is_some());
+    }
+
+    #[test]
+    fn elements_accept_a_choice_element_without_its_suffix() {
+        let mut patient =
+            json!({"resourceType": "Patient", "deceasedBoolean": true, "gender": "male"});
+        shape("_elements", "deceased").subset(&mut patient);
+        assert_eq!(patient["deceasedBoolean"], true);
+        assert!(patient.get("gender").is_none());
     }
 }
