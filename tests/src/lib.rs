@@ -1,1 +1,172 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests: a real server on a random port, on its own fresh
+//! database, and a real HTTP client.
+//!
+//! The database is SQLite (a new file per test) unless `TELEMED_TEST_DATABASE_URL` names a
+//! PostgreSQL server, on which each test creates a database of its own and drops it afterwards.
+
+use reqwest::{Client, Method, RequestBuilder, Response};
+use serde_json::Value;
+use sqlx::Connection as _;
+use telemed_server::{Application, Config};
+
+/// A running server and a client for it.
+pub struct TestApp {
+    /// The FHIR base URL, e.g. `http://127.0.0.1:41234/fhir`.
+    pub base: String,
+    pub client: Client,
+    database: Database,
+}
+
+enum Database {
+    Sqlite(std::path::PathBuf),
+    Postgres { admin_url: String, name: String },
+}
+
+/// Starts a server with the default test configuration.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts a server after `configure` has adjusted its configuration.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    let (url, database) = match std::env::var("TELEMED_TEST_DATABASE_URL") {
+        Ok(admin_url) => {
+            let name = format!("telemed_test_{}", uuid::Uuid::new_v4().simple());
+            let mut connection = sqlx::PgConnection::connect(&admin_url)
+                .await
+                .expect("TELEMED_TEST_DATABASE_URL is reachable");
+            sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+                .execute(&mut connection)
+                .await
+                .expect("CREATE DATABASE");
+            let (prefix, _) = admin_url
+                .rsplit_once('/')
+                .expect("TELEMED_TEST_DATABASE_URL ends with /database");
+            let url = format!("{prefix}/{name}");
+            (url, Database::Postgres { admin_url, name })
+        }
+        Err(_) => {
+            let path = std::env::temp_dir()
+                .join(format!("telemed-test-{}.db", uuid::Uuid::new_v4().simple()));
+            (
+                format!("sqlite://{}", path.display()),
+                Database::Sqlite(path),
+            )
+        }
+    };
+    let mut config = Config::for_tests(url);
+    config.max_db_connections = 4;
+    configure(&mut config);
+    let app = Application::build(config).await.expect("the server starts");
+    let base = format!("{}/fhir", app.base_url());
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        base,
+        client: Client::new(),
+        database,
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        match &self.database {
+            Database::Sqlite(path) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut file = path.clone().into_os_string();
+                    file.push(suffix);
+                    let _ = std::fs::remove_file(file);
+                }
+            }
+            Database::Postgres { admin_url, name } => {
+                let (admin_url, name) = (admin_url.clone(), name.clone());
+                // Drop runs inside the test's runtime; do the async clean-up on a thread of its own.
+                let _ = std::thread::spawn(move || {
+                    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    else {
+                        return;
+                    };
+                    runtime.block_on(async {
+                        if let Ok(mut connection) = sqlx::PgConnection::connect(&admin_url).await {
+                            let _ = sqlx::query(&format!(
+                                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                            ))
+                            .execute(&mut connection)
+                            .await;
+                        }
+                    });
+                })
+                .join();
+            }
+        }
+    }
+}
+
+impl TestApp {
+    /// A request to `{base}/{path}`.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, format!("{}/{path}", self.base))
+    }
+
+    /// `POST {type}` with a FHIR JSON body.
+    pub async fn create(&self, resource: &Value) -> Response {
+        let rt = resource["resourceType"].as_str().unwrap_or("Unknown");
+        self.request(Method::POST, rt)
+            .header("content-type", "application/fhir+json")
+            .body(resource.to_string())
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Creates `resource` and returns the stored resource; panics unless the answer is 201.
+    pub async fn created(&self, resource: &Value) -> Value {
+        let response = self.create(resource).await;
+        assert_eq!(response.status(), 201, "create failed");
+        response.json().await.expect("a JSON body")
+    }
+
+    /// `PUT {type}/{id}` with a FHIR JSON body.
+    pub async fn update(&self, resource: &Value) -> Response {
+        let rt = resource["resourceType"].as_str().unwrap_or("Unknown");
+        let id = resource["id"].as_str().unwrap_or("none");
+        self.request(Method::PUT, &format!("{rt}/{id}"))
+            .header("content-type", "application/fhir+json")
+            .body(resource.to_string())
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// `GET {path}`.
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// The number of versions in a type's history.
+    pub async fn history_total(&self, rt: &str) -> i64 {
+        let bundle: Value = self
+            .get(&format!("{rt}/_history?_count=1"))
+            .await
+            .json()
+            .await
+            .expect("a Bundle");
+        bundle["total"].as_i64().expect("history has a total")
+    }
+}
+
+/// The `expression`s of an OperationOutcome's issues, joined for easy assertions.
+pub fn expressions(outcome: &Value) -> String {
+    outcome["issue"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|issue| issue["expression"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e.as_str().map(str::to_owned))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

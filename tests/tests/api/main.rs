@@ -1,1 +1,9 @@
-mod placeholder {}
+//! End-to-end tests of the FHIR REST API: the real server on a random port, a real HTTP client.
+
+mod bad_input;
+mod capability;
+mod concurrency;
+mod examples;
+mod history;
+mod interactions;
+mod representation;

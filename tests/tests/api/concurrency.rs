@@ -1,0 +1,121 @@
+//! Racing writes never lose an update.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use telemed_tests::spawn_app;
+
+const WRITERS: usize = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_conditional_updates_let_exactly_one_win() {
+    let app = spawn_app().await;
+    let created = app.created(&json!({"resourceType": "Patient"})).await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    let mut tasks = Vec::new();
+    for i in 0..WRITERS {
+        let request = app
+            .request(Method::PUT, &format!("Patient/{id}"))
+            .header("content-type", "application/fhir+json")
+            .header("if-match", "W/\"1\"")
+            .body(
+                json!({"resourceType": "Patient", "id": id, "multipleBirthInteger": i}).to_string(),
+            );
+        tasks.push(tokio::spawn(async move {
+            request.send().await.expect("sent").status().as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.expect("task"));
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| [200, 409, 412].contains(s)),
+        "{statuses:?}"
+    );
+    let read: Value = app
+        .get(&format!("Patient/{id}"))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(read["meta"]["versionId"], "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_plain_updates_each_make_a_version() {
+    let app = spawn_app().await;
+    let created = app.created(&json!({"resourceType": "Patient"})).await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    let mut tasks = Vec::new();
+    for i in 0..WRITERS {
+        let request = app
+            .request(Method::PUT, &format!("Patient/{id}"))
+            .header("content-type", "application/fhir+json")
+            .body(
+                json!({"resourceType": "Patient", "id": id, "multipleBirthInteger": i}).to_string(),
+            );
+        tasks.push(tokio::spawn(async move {
+            request.send().await.expect("sent").status().as_u16()
+        }));
+    }
+    let mut successes = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            200 => successes += 1,
+            409 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    let read: Value = app
+        .get(&format!("Patient/{id}"))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(read["meta"]["versionId"], (1 + successes).to_string());
+    let history: Value = app
+        .get(&format!("Patient/{id}/_history?_count=100"))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(history["total"], 1 + successes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_creates_of_one_new_id_make_one_resource() {
+    let app = spawn_app().await;
+    let mut tasks = Vec::new();
+    for _ in 0..WRITERS {
+        let request = app
+            .request(Method::PUT, "Patient/contested")
+            .header("content-type", "application/fhir+json")
+            .body(r#"{"resourceType":"Patient","id":"contested"}"#);
+        tasks.push(tokio::spawn(async move {
+            request.send().await.expect("sent").status().as_u16()
+        }));
+    }
+    let mut created = 0;
+    let mut updated = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            201 => created += 1,
+            200 => updated += 1,
+            409 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(created, 1);
+    let read: Value = app
+        .get("Patient/contested")
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(read["meta"]["versionId"], (1 + updated).to_string());
+}
