@@ -6,4 +6,5 @@ mod concurrency;
 mod examples;
 mod history;
 mod interactions;
+mod lifecycle;
 mod representation;
