@@ -11,6 +11,7 @@
 
 mod elements;
 mod resource_type;
+mod typed;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -37,7 +38,7 @@ fn generate(root: &Path) -> Result<Vec<Output>, String> {
     Ok(vec![
         Output {
             path: "fhir-models/src/generated/resource_type.rs",
-            text: resource_type::generate(&schema)?,
+            text: resource_type::generate(&schema, typed::TYPED_RESOURCES)?,
         },
         Output {
             path: "fhir-models/src/generated/elements.rs",

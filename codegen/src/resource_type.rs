@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 /// Rust source for `fhir_models::generated::resource_type`, from the text of `fhir.schema.json`.
-pub fn generate(schema: &str) -> Result<String, String> {
+pub fn generate(schema: &str, typed: &[&str]) -> Result<String, String> {
     let schema: Value =
         serde_json::from_str(schema).map_err(|e| format!("fhir.schema.json is not JSON: {e}"))?;
     let mapping = schema
@@ -14,6 +14,11 @@ pub fn generate(schema: &str) -> Result<String, String> {
         .ok_or("fhir.schema.json has no discriminator mapping")?;
     let mut names: Vec<&str> = mapping.keys().map(String::as_str).collect();
     names.sort_unstable();
+    if let Some(missing) = typed.iter().find(|t| !names.contains(t)) {
+        return Err(format!(
+            "typed model {missing:?} is not a resource type of the schema"
+        ));
+    }
     if let Some(bad) = names
         .iter()
         .find(|n| n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric()))
@@ -51,7 +56,18 @@ pub fn generate(schema: &str) -> Result<String, String> {
         let _ = writeln!(out, "            ResourceType::{name} => \"{name}\",");
     }
     out.push_str(
-        "        }\n    }\n}\n\nimpl std::str::FromStr for ResourceType {\n    \
+        "        }\n    }\n\n    \
+         /// Whether `fhir-models` has a typed struct for this type (and `check_typed` checks it).\n    \
+         pub fn has_typed_model(self) -> bool {\n        matches!(\n            self,\n",
+    );
+    let mut typed_sorted = typed.to_vec();
+    typed_sorted.sort_unstable();
+    for (i, name) in typed_sorted.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "| " };
+        let _ = writeln!(out, "            {sep}ResourceType::{name}");
+    }
+    out.push_str(
+        "        )\n    }\n}\n\nimpl std::str::FromStr for ResourceType {\n    \
          type Err = crate::UnknownResourceType;\n\n    \
          /// Exact and case-sensitive, as FHIR type names are.\n    \
          fn from_str(s: &str) -> Result<Self, Self::Err> {\n        Ok(match s {\n",

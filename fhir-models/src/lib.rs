@@ -30,6 +30,34 @@ impl std::fmt::Display for UnknownResourceType {
 
 impl std::error::Error for UnknownResourceType {}
 
+/// Why JSON did not fit a typed model, and where: `path` is FHIRPath-like, starting with the
+/// resource type (`Patient.name[0].given[1]`), so it can go straight into
+/// `OperationOutcome.issue.expression`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelError {
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ModelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+impl std::error::Error for ModelError {}
+
+/// Deserialises `value` into the typed model of `resource_type`, if that type has one, and
+/// reports the first error with the JSON path where it happened. Types without a model: Ok(()).
+pub fn check_typed(
+    resource_type: ResourceType,
+    value: &serde_json::Value,
+) -> Result<(), ModelError> {
+    // Typed models are being generated; until they land every type passes.
+    let _ = (resource_type, value);
+    Ok(())
+}
+
 impl std::fmt::Display for ResourceType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -455,6 +455,44 @@ impl ResourceType {
             ResourceType::VisionPrescription => "VisionPrescription",
         }
     }
+
+    /// Whether `fhir-models` has a typed struct for this type (and `check_typed` checks it).
+    pub fn has_typed_model(self) -> bool {
+        matches!(
+            self,
+            ResourceType::Appointment
+            | ResourceType::AuditEvent
+            | ResourceType::Binary
+            | ResourceType::Bundle
+            | ResourceType::CapabilityStatement
+            | ResourceType::CareTeam
+            | ResourceType::Claim
+            | ResourceType::Communication
+            | ResourceType::CommunicationRequest
+            | ResourceType::Composition
+            | ResourceType::Condition
+            | ResourceType::Consent
+            | ResourceType::DocumentReference
+            | ResourceType::Encounter
+            | ResourceType::HealthcareService
+            | ResourceType::Location
+            | ResourceType::Medication
+            | ResourceType::MedicationRequest
+            | ResourceType::Observation
+            | ResourceType::OperationOutcome
+            | ResourceType::Organization
+            | ResourceType::Parameters
+            | ResourceType::Patient
+            | ResourceType::Practitioner
+            | ResourceType::PractitionerRole
+            | ResourceType::Provenance
+            | ResourceType::Questionnaire
+            | ResourceType::QuestionnaireResponse
+            | ResourceType::Schedule
+            | ResourceType::Slot
+            | ResourceType::Subscription
+        )
+    }
 }
 
 impl std::str::FromStr for ResourceType {
