@@ -151,23 +151,19 @@ pub async fn create(
         body: value,
         method: WriteMethod::Post,
     };
-    match state
+    let (version, _) = state
         .store
         .write(rt, &id, Precondition::Absent, change)
         .await?
-    {
-        Written::Version { version, .. } => write_response(
-            &state,
-            &headers,
-            &shape,
-            StatusCode::CREATED,
-            &version,
-            "created",
-        ),
-        Written::NothingToDelete => Err(FhirError::Internal(anyhow::anyhow!(
-            "a create reported a delete"
-        ))),
-    }
+        .into_version()?;
+    write_response(
+        &state,
+        &headers,
+        &shape,
+        StatusCode::CREATED,
+        &version,
+        "created",
+    )
 }
 
 /// `GET /fhir/{type}/{id}`.
@@ -281,19 +277,17 @@ pub async fn update(
         body: value,
         method: WriteMethod::Put,
     };
-    match state.store.write(rt, &id, precondition, change).await? {
-        Written::Version { version, created } => {
-            let (status, message) = if created {
-                (StatusCode::CREATED, "created")
-            } else {
-                (StatusCode::OK, "updated")
-            };
-            write_response(&state, &headers, &shape, status, &version, message)
-        }
-        Written::NothingToDelete => Err(FhirError::Internal(anyhow::anyhow!(
-            "an update reported a delete"
-        ))),
-    }
+    let (version, created) = state
+        .store
+        .write(rt, &id, precondition, change)
+        .await?
+        .into_version()?;
+    let (status, message) = if created {
+        (StatusCode::CREATED, "created")
+    } else {
+        (StatusCode::OK, "updated")
+    };
+    write_response(&state, &headers, &shape, status, &version, message)
 }
 
 /// `PATCH /fhir/{type}/{id}` with a JSON Patch (RFC 6902) document.

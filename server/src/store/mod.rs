@@ -157,6 +157,18 @@ pub enum Written {
     NothingToDelete,
 }
 
+impl Written {
+    /// The version a `Change::Put` stored, and whether it created the resource.
+    pub fn into_version(self) -> Result<(Version, bool), FhirError> {
+        match self {
+            Self::Version { version, created } => Ok((version, created)),
+            Self::NothingToDelete => Err(FhirError::Internal(anyhow::anyhow!(
+                "a write that stores a body reported nothing to delete"
+            ))),
+        }
+    }
+}
+
 /// Which history to list.
 #[derive(Debug, Clone)]
 pub enum HistoryScope {
