@@ -10,6 +10,7 @@
 #![expect(clippy::print_stdout, reason = "a command-line tool reports on stdout")]
 
 mod elements;
+mod models;
 mod resource_type;
 mod typed;
 
@@ -35,7 +36,16 @@ fn read(root: &Path, relative: &str) -> Result<String, String> {
 fn generate(root: &Path) -> Result<Vec<Output>, String> {
     let schema = read(root, "spec/fhir.schema.json")?;
     let profiles = read(root, "spec/profiles-resources.json")?;
+    let models = models::generate(&schema, typed::TYPED_RESOURCES)?;
     Ok(vec![
+        Output {
+            path: "fhir-models/src/generated/models.rs",
+            text: models.models,
+        },
+        Output {
+            path: "fhir-models/src/generated/resource.rs",
+            text: models.resource,
+        },
         Output {
             path: "fhir-models/src/generated/resource_type.rs",
             text: resource_type::generate(&schema, typed::TYPED_RESOURCES)?,

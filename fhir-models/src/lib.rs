@@ -9,14 +9,23 @@
 //!
 //! This crate knows nothing of HTTP or storage.
 
+mod resource;
+
 #[rustfmt::skip]
 mod generated {
     pub mod elements;
+    pub mod models;
+    pub mod resource;
     pub mod resource_type;
 }
 
 pub use generated::elements::{elements, mandatory_elements, summary_elements};
+pub use generated::models;
+pub use generated::resource::Resource;
 pub use generated::resource_type::ResourceType;
+pub use resource::{
+    check_typed, parse_resource, resource_from_value, resource_to_value, resource_to_vec,
+};
 
 /// The name given is not an R4 resource type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,17 +55,6 @@ impl std::fmt::Display for ModelError {
 }
 
 impl std::error::Error for ModelError {}
-
-/// Deserialises `value` into the typed model of `resource_type`, if that type has one, and
-/// reports the first error with the JSON path where it happened. Types without a model: Ok(()).
-pub fn check_typed(
-    resource_type: ResourceType,
-    value: &serde_json::Value,
-) -> Result<(), ModelError> {
-    // Typed models are being generated; until they land every type passes.
-    let _ = (resource_type, value);
-    Ok(())
-}
 
 impl std::fmt::Display for ResourceType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
