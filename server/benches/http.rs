@@ -9,6 +9,7 @@
 //!
 //! PostgreSQL is taken from `TELEMED_BENCH_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`); a fresh database is created for the run.
+//! `TELEMED_BENCH_DB_CONNECTIONS` overrides the server's connection pool size (default 16).
 //!
 //! The server runs on its own runtime with two worker threads and the clients on another, so
 //! both share this machine's cores as a separate load generator would. Figures are comparable
@@ -348,7 +349,13 @@ fn main() -> anyhow::Result<()> {
                 },
             };
             let mut config = Config::for_tests(url);
-            config.max_db_connections = 32;
+            // The server as an operator runs it: the default pool, unless the run says otherwise.
+            if let Some(n) = std::env::var("TELEMED_BENCH_DB_CONNECTIONS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
+                config.max_db_connections = n;
+            }
             let base = start_server(config)?;
             let ids = Arc::new(seed(&base, 1000).await?);
             for workload in [
