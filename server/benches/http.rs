@@ -78,6 +78,8 @@ fn options() -> Options {
 enum Workload {
     Baseline,
     Create,
+    /// A create the schema refuses (`birthDate` is not a date): how fast bad input is turned away.
+    CreateInvalid,
     Read,
     Update,
     /// 20% create, 60% read, 20% update.
@@ -89,6 +91,7 @@ impl Workload {
         match self {
             Self::Baseline => "baseline (axum JSON)",
             Self::Create => "create",
+            Self::CreateInvalid => "create invalid (400)",
             Self::Read => "read by id",
             Self::Update => "update",
             Self::Mix => "mix 20c/60r/20u",
@@ -162,6 +165,14 @@ async fn run(
                         .header("content-type", "application/fhir+json")
                         .header("prefer", "return=minimal")
                         .body(patient(i).to_string()),
+                    Workload::CreateInvalid => {
+                        let mut body = patient(i);
+                        body["birthDate"] = json!("25/12/1974");
+                        client
+                            .post(format!("{base}/fhir/Patient"))
+                            .header("content-type", "application/fhir+json")
+                            .body(body.to_string())
+                    }
                     Workload::Update | Workload::Mix => {
                         let mut body = patient(i);
                         body["id"] = json!(id);
@@ -172,8 +183,12 @@ async fn run(
                             .body(body.to_string())
                     }
                 };
+                let expected = |status: reqwest::StatusCode| match kind {
+                    Workload::CreateInvalid => status == reqwest::StatusCode::BAD_REQUEST,
+                    _ => status.is_success(),
+                };
                 match request.send().await {
-                    Ok(response) if response.status().is_success() => {
+                    Ok(response) if expected(response.status()) => {
                         let _ = response.bytes().await;
                         let micros = started.elapsed().as_micros() as u64;
                         let _ = histogram.record(micros.max(1));
@@ -360,6 +375,7 @@ fn main() -> anyhow::Result<()> {
             let ids = Arc::new(seed(&base, 1000).await?);
             for workload in [
                 Workload::Create,
+                Workload::CreateInvalid,
                 Workload::Read,
                 Workload::Update,
                 Workload::Mix,
