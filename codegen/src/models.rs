@@ -238,6 +238,15 @@ fn clean(value: &mut Value) {
                             name.is_empty() || !names.insert(name)
                         })
                     });
+            // The published R4 schema predates 4.0.1: its FHIRVersion enums end at 4.0.0, so every
+            // R4 CapabilityStatement would fail. The server's validator applies the same
+            // erratum to the schema it loads (server/src/validate.rs).
+            if let Some(Value::Array(values)) = map.get_mut("enum")
+                && values.iter().any(|v| v == "4.0.0")
+                && !values.iter().any(|v| v == "4.0.1")
+            {
+                values.push(Value::String("4.0.1".to_owned()));
+            }
             if punctuation_enum {
                 // `<`, `<=`, `>=`, `>` give typify no distinct variant names (it panics).
                 map.remove("enum");
@@ -405,7 +414,6 @@ fn resource_source(typed: &[&str]) -> Result<String, String> {
     let idents: Vec<syn::Ident> = names.iter().map(|n| format_ident!("{n}")).collect();
     let docs: Vec<String> = names.iter().map(|n| format!("A `{n}`.")).collect();
     let tokens: TokenStream = quote! {
-        use serde::de::{Deserialize as _, MapAccess};
         use serde::ser::{Serialize, Serializer};
 
         use super::models::*;
@@ -443,30 +451,28 @@ fn resource_source(typed: &[&str]) -> Result<String, String> {
                 }
             }
 
-            /// The typed model of `resource_type`, read from a map that yields
-            /// `resourceType` first (see `crate::resource`).
-            pub(crate) fn from_map<'de, A: MapAccess<'de>>(
-                resource_type: ResourceType,
-                map: A,
-            ) -> Result<Self, A::Error> {
-                let de = serde::de::value::MapAccessDeserializer::new(map);
-                Ok(match resource_type {
-                    #( ResourceType::#idents => Resource::#idents(Box::new(#idents::deserialize(de)?)), )*
-                    _ => Resource::Other(Box::new(serde_json::Value::deserialize(de)?)),
-                })
-            }
         }
 
-        /// Reads `value` as the typed model of `resource_type`; types without one pass.
-        pub(crate) fn check_typed_value(
+        /// `value` read as the typed model of `resource_type`, or kept as JSON if that type has
+        /// none. Every model is read only here, from `&Value` through the path tracker: one
+        /// deserializer type means serde's code for each model is compiled once.
+        pub(crate) fn typed_from_value(
             resource_type: ResourceType,
             value: &serde_json::Value,
-        ) -> Result<(), serde_path_to_error::Error<serde_json::Error>> {
-            match resource_type {
-                #( ResourceType::#idents => serde_path_to_error::deserialize::<_, #idents>(value).map(drop), )*
-                _ => Ok(()),
-            }
+        ) -> Result<Resource, serde_path_to_error::Error<serde_json::Error>> {
+            Ok(match resource_type {
+                #( ResourceType::#idents => Resource::#idents(Box::new(serde_path_to_error::deserialize(value)?)), )*
+                _ => Resource::Other(Box::new(value.clone())),
+            })
         }
+
+        #(
+            impl From<#idents> for Resource {
+                fn from(resource: #idents) -> Self {
+                    Resource::#idents(Box::new(resource))
+                }
+            }
+        )*
     };
     let file: syn::File = syn::parse2(tokens).map_err(|e| format!("resource.rs: {e}"))?;
     Ok(format!(

@@ -1,5 +1,5 @@
-//! Checks every resource a client writes against the official JSON schema of its type before
-//! any business rule sees it.
+//! Checks every resource a client writes: the official JSON schema of its type, then the typed
+//! model (for the types that have one), before any business rule sees it.
 //!
 //! The R4 schema's root is a `oneOf` over all 146 types, and so is `ResourceList` (what
 //! `contained`, `Bundle.entry.resource` and `Parameters.parameter.resource` point at). Validating
@@ -112,7 +112,7 @@ impl SchemaValidator {
         }
     }
 
-    /// Every schema error in `resource` (a resource of type `rt`), nested resources
+    /// Every schema and model error in `resource` (a resource of type `rt`), nested resources
     /// included, each with the FHIRPath of the element at fault. Empty when it is valid.
     pub fn check(&self, rt: ResourceType, resource: &Value) -> Vec<Issue> {
         let mut issues = Vec::new();
@@ -168,6 +168,19 @@ impl SchemaValidator {
                     .at(format!("{nested_path}.resourceType")),
                 ),
             }
+        }
+        if issues.len() > before {
+            return;
+        }
+        // Last the typed model, for the types our own logic reads: it catches what the schema
+        // cannot say (an integer out of range, for one). Nested resources were checked first, so
+        // their errors name their own elements.
+        if let Err(error) = fhir_models::check_typed(rt, resource) {
+            let at = error.path.strip_prefix(rt.as_str()).map_or_else(
+                || format!("{path}.{}", error.path),
+                |rest| format!("{path}{rest}"),
+            );
+            issues.push(Issue::error("structure", error.message).at(at));
         }
     }
 }

@@ -2062,6 +2062,8 @@ pub enum CapabilityStatementFhirVersion {
     X350,
     #[serde(rename = "4.0.0")]
     X400,
+    #[serde(rename = "4.0.1")]
+    X401,
 }
 impl ::std::fmt::Display for CapabilityStatementFhirVersion {
     fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
@@ -2087,6 +2089,7 @@ impl ::std::fmt::Display for CapabilityStatementFhirVersion {
             Self::X330 => f.write_str("3.3.0"),
             Self::X350 => f.write_str("3.5.0"),
             Self::X400 => f.write_str("4.0.0"),
+            Self::X401 => f.write_str("4.0.1"),
         }
     }
 }

@@ -213,3 +213,19 @@ async fn a_bad_contained_resource_is_named_by_its_path() {
         "{at}"
     );
 }
+
+/// The schema cannot bound an integer; the typed model can (FHIR integers are 32-bit).
+#[tokio::test]
+async fn an_integer_out_of_range_is_400_naming_the_element() {
+    let app = spawn_app().await;
+    let (status, outcome) = post(
+        &app,
+        "Patient",
+        FHIR,
+        r#"{"resourceType":"Patient","multipleBirthInteger":3000000000}"#,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(expressions(&outcome), "Patient.multipleBirthInteger");
+    assert_eq!(app.history_total("Patient").await, 0);
+}
