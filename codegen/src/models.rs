@@ -280,6 +280,21 @@ fn post_process(file: &mut syn::File, orders: &BTreeMap<String, Vec<String>>) {
         })
         .collect();
     ShortPaths.visit_file_mut(file);
+    // `resourceType` is a one-value enum; giving it a Default lets resources whose other
+    // elements are all optional derive Default too (`Patient { id, ..Default::default() }`).
+    let mut tags = BTreeSet::new();
+    for item in &mut file.items {
+        if let syn::Item::Enum(e) = item
+            && e.ident.to_string().ends_with("ResourceType")
+            && e.variants.len() == 1
+        {
+            e.attrs.push(syn::parse_quote!(#[derive(Default)]));
+            if let Some(v) = e.variants.first_mut() {
+                v.attrs.push(syn::parse_quote!(#[default]));
+            }
+            tags.insert(e.ident.to_string());
+        }
+    }
     for item in &mut file.items {
         if let syn::Item::Struct(s) = item {
             let order = orders.get(&s.ident.to_string());
@@ -294,6 +309,18 @@ fn post_process(file: &mut syn::File, orders: &BTreeMap<String, Vec<String>>) {
                         let name = json_name(f);
                         order.iter().position(|p| *p == name).unwrap_or(usize::MAX)
                     });
+                }
+                let defaultable = list.iter().all(|f| {
+                    generic_arg(&f.ty, "Option").is_some()
+                        || generic_arg(&f.ty, "Vec").is_some()
+                        || matches!(&f.ty, syn::Type::Path(p)
+                            if p.path.get_ident().is_some_and(|i| tags.contains(&i.to_string())))
+                });
+                let has_default = s.attrs.iter().any(|a| {
+                    a.path().is_ident("derive") && quote!(#a).to_string().contains("Default")
+                });
+                if defaultable && !has_default {
+                    s.attrs.push(syn::parse_quote!(#[derive(Default)]));
                 }
                 fields.named = list.into_iter().collect();
             }

@@ -1,13 +1,23 @@
 //! FHIR R4 knowledge the rest of telemed shares, generated from the official definitions in
-//! `spec/` by `codegen` (committed; CI checks it is up to date) plus small hand-written helpers.
+//! `spec/` by `codegen` (committed; CI runs `cargo run -p codegen -- --check`) plus small
+//! hand-written helpers. This crate knows nothing of HTTP or storage.
 //!
-//! - [`ResourceType`]: the closed set of the 146 R4 resource types.
+//! - [`ResourceType`]: the closed set of the 146 R4 resource types;
+//!   [`ResourceType::has_typed_model`] says which of them have typed models.
+//! - [`models`]: typed structs for the resources our own logic reads (the list is in
+//!   `codegen/src/typed.rs`) and every datatype and backbone element they use. They read and
+//!   write FHIR JSON exactly: `_birthDate`-style extensions, `4.50` decimals, keys in FHIR order.
+//! - [`Resource`]: any resource, typed where a model exists and JSON otherwise, read by its
+//!   `resourceType` (`Bundle.entry.resource`, `contained`, `Parameters.parameter.resource`).
+//! - [`check_typed`], [`parse_resource`], [`resource_from_value`], [`resource_to_vec`],
+//!   [`resource_to_value`]: the entry points. They are not generic on purpose: serde code is
+//!   monomorphised where a generic function is called, so calling `serde_json::from_*::<Patient>`
+//!   in another crate compiles the models' serde code again there. Errors are [`ModelError`]s
+//!   with a FHIRPath-like path (`Bundle.entry[1].resource.name[0].given[1]`).
 //! - [`elements`], [`summary_elements`], [`mandatory_elements`]: each type's top-level elements,
 //!   those `_summary=true` keeps and those that are required, from the StructureDefinitions.
 //! - [`element_matches`]: whether a JSON key is an element of a given name (choice types,
 //!   primitive extensions).
-//!
-//! This crate knows nothing of HTTP or storage.
 
 mod resource;
 
@@ -44,7 +54,9 @@ impl std::error::Error for UnknownResourceType {}
 /// `OperationOutcome.issue.expression`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelError {
+    /// Where, starting with the resource type: `Patient.name[0].given[1]`.
     pub path: String,
+    /// What was wrong there, in serde's words.
     pub message: String,
 }
 

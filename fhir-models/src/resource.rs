@@ -7,6 +7,8 @@
 //! the same way. The nested read's path travels up inside the error message, marked, and
 //! [`ModelError`] splices it back into one path.
 
+use std::fmt::Write as _;
+
 use serde::de::{Deserialize, Deserializer, Error as _};
 use serde_json::Value;
 
@@ -43,6 +45,56 @@ fn read(value: &Value) -> Result<Resource, (String, String)> {
             )
         })?;
     typed_from_value(resource_type, value).map_err(|e| split(&e.path().to_string(), e.inner()))
+}
+
+/// FHIR JSON has no `null` properties and no empty arrays (its only nulls are items of a
+/// primitive's extension array, `"_given": [null, {…}]`). A typed model reads both as
+/// absent and would drop them on the way out, so a typed read rejects them instead of
+/// silently changing the resource. Checked once over the whole tree by the entry points.
+fn lossless(value: &Value, path: &mut String) -> Result<(), (String, String)> {
+    match value {
+        Value::Object(map) => {
+            for (key, item) in map {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+                match item {
+                    Value::Null => {
+                        return Err((
+                            path.clone(),
+                            "null is not allowed; leave the element out".to_owned(),
+                        ));
+                    }
+                    Value::Array(items) if items.is_empty() => {
+                        return Err((
+                            path.clone(),
+                            "empty arrays are not allowed; leave the element out".to_owned(),
+                        ));
+                    }
+                    Value::Array(items) => {
+                        for (index, element) in items.iter().enumerate() {
+                            let len = path.len();
+                            let _ = write!(path, "[{index}]");
+                            match element {
+                                Value::Null if key.starts_with('_') => {}
+                                Value::Null => {
+                                    return Err((path.clone(), "null is only allowed in the extension array of a primitive (`_name`)".to_owned()));
+                                }
+                                other => lossless(other, path)?,
+                            }
+                            path.truncate(len);
+                        }
+                    }
+                    other => lossless(other, path)?,
+                }
+                path.truncate(len);
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `(path, message)` of an error, with any marked inner path moved from message to path.
@@ -98,14 +150,13 @@ pub fn check_typed(resource_type: ResourceType, value: &Value) -> Result<(), Mod
     if !resource_type.has_typed_model() {
         return Ok(());
     }
-    typed_from_value(resource_type, value)
-        .map(drop)
-        .map_err(|e| {
-            ModelError::at(
-                resource_type.as_str(),
-                split(&e.path().to_string(), e.inner()),
-            )
+    lossless(value, &mut String::new())
+        .and_then(|()| {
+            typed_from_value(resource_type, value)
+                .map(drop)
+                .map_err(|e| split(&e.path().to_string(), e.inner()))
         })
+        .map_err(|e| ModelError::at(resource_type.as_str(), e))
 }
 
 /// Parses a resource of any type from JSON bytes: typed if its type has a model.
@@ -119,7 +170,16 @@ pub fn parse_resource(bytes: &[u8]) -> Result<Resource, ModelError> {
 
 /// Reads a resource of any type from JSON: typed if its type has a model.
 pub fn resource_from_value(value: &Value) -> Result<Resource, ModelError> {
-    read(value).map_err(|e| ModelError::at(root_name(value), e))
+    let root = root_name(value);
+    let typed = root.parse().is_ok_and(ResourceType::has_typed_model);
+    let checked = if typed {
+        lossless(value, &mut String::new())
+    } else {
+        Ok(())
+    };
+    checked
+        .and_then(|()| read(value))
+        .map_err(|e| ModelError::at(root, e))
 }
 
 /// The resource as JSON bytes, keys in FHIR's order.

@@ -270,3 +270,35 @@ fn models_stay_small_on_the_stack() {
     );
     assert!(size_of::<Resource>() <= 16);
 }
+
+#[test]
+fn nulls_and_empty_arrays_are_rejected_not_dropped() {
+    let null = error(&json!({"resourceType": "Patient", "name": [{"family": null}]}));
+    assert_eq!(null.path, "Patient.name[0].family");
+    let empty = error(&json!({"resourceType": "Patient", "name": [{"given": []}]}));
+    assert_eq!(empty.path, "Patient.name[0].given");
+    let null_item = check_typed(
+        ResourceType::Patient,
+        &json!({"resourceType": "Patient", "name": [{"given": [null]}]}),
+    );
+    assert_eq!(
+        null_item.expect_err("null given").path,
+        "Patient.name[0].given[0]"
+    );
+    let ext = json!({"resourceType": "Patient", "_active": null});
+    assert_eq!(error(&ext).path, "Patient._active");
+}
+
+#[test]
+fn resources_can_be_built_in_code() {
+    let patient = Patient {
+        id: Some("p1".to_owned()),
+        active: Some(true),
+        ..Default::default()
+    };
+    let value = resource_to_value(&Resource::from(patient));
+    assert_eq!(
+        value,
+        json!({"resourceType": "Patient", "id": "p1", "active": true})
+    );
+}

@@ -238,6 +238,7 @@ pub struct Annotation {
 ///A booking of a healthcare event among patient(s), practitioner(s), related person(s) and/or device(s) for a specific date/time. This may result in one or more Encounter(s).
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct Appointment {
     ///This is a Appointment resource
     #[serde(rename = "resourceType")]
@@ -554,7 +555,9 @@ impl ::std::fmt::Display for AppointmentParticipantStatus {
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum AppointmentResourceType {
+    #[default]
     Appointment,
 }
 impl ::std::fmt::Display for AppointmentResourceType {
@@ -1129,7 +1132,9 @@ impl ::std::fmt::Display for AuditEventOutcome {
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum AuditEventResourceType {
+    #[default]
     AuditEvent,
 }
 impl ::std::fmt::Display for AuditEventResourceType {
@@ -1173,6 +1178,7 @@ Modifier extensions SHALL NOT change the meaning of any elements on Resource or 
 ///A resource that represents the data of a single raw artifact as digital content accessible in its native format.  A Binary resource can contain any content, whether text, image, pdf, zip archive, etc.
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct Binary {
     ///This is a Binary resource
     #[serde(rename = "resourceType")]
@@ -1242,7 +1248,9 @@ pub struct Binary {
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum BinaryResourceType {
+    #[default]
     Binary,
 }
 impl ::std::fmt::Display for BinaryResourceType {
@@ -1255,6 +1263,7 @@ impl ::std::fmt::Display for BinaryResourceType {
 ///A container for a collection of resources.
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct Bundle {
     ///This is a Bundle resource
     #[serde(rename = "resourceType")]
@@ -1524,7 +1533,9 @@ impl ::std::fmt::Display for BundleRequestMethod {
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum BundleResourceType {
+    #[default]
     Bundle,
 }
 impl ::std::fmt::Display for BundleResourceType {
@@ -1703,6 +1714,7 @@ impl ::std::fmt::Display for BundleType {
 ///A Capability Statement documents a set of capabilities (behaviors) of a FHIR Server for a particular version of FHIR that may be used as a statement of actual server functionality or a statement of required or desired server implementation.
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct CapabilityStatement {
     ///This is a CapabilityStatement resource
     #[serde(rename = "resourceType")]
@@ -2693,7 +2705,9 @@ impl ::std::fmt::Display for CapabilityStatementResourceReferencePolicyItem {
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum CapabilityStatementResourceType {
+    #[default]
     CapabilityStatement,
 }
 impl ::std::fmt::Display for CapabilityStatementResourceType {
@@ -3082,6 +3096,7 @@ impl ::std::fmt::Display for CapabilityStatementSupportedMessageMode {
 ///The Care Team includes all the people and organizations who plan to participate in the coordination and delivery of care for a patient.
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct CareTeam {
     ///This is a CareTeam resource
     #[serde(rename = "resourceType")]
@@ -3237,7 +3252,9 @@ Modifier extensions SHALL NOT change the meaning of any elements on Resource or 
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum CareTeamResourceType {
+    #[default]
     CareTeam,
 }
 impl ::std::fmt::Display for CareTeamResourceType {
@@ -4028,7 +4045,9 @@ Modifier extensions SHALL NOT change the meaning of any elements on Resource or 
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum ClaimResourceType {
+    #[default]
     Claim,
 }
 impl ::std::fmt::Display for ClaimResourceType {
@@ -4304,6 +4323,7 @@ pub struct Coding {
 ///An occurrence of information being transmitted; e.g. an alert that was sent to a responsible provider, a public health agency that was notified about a reportable condition.
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct Communication {
     ///This is a Communication resource
     #[serde(rename = "resourceType")]
@@ -4526,6 +4546,7 @@ Modifier extensions SHALL NOT change the meaning of any elements on Resource or 
 ///A request to convey information; e.g. the CDS system proposes that an alert be sent to a responsible provider, the CDS system proposes that the public health agency be notified about a reportable condition.
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct CommunicationRequest {
     ///This is a CommunicationRequest resource
     #[serde(rename = "resourceType")]
@@ -4759,7 +4780,9 @@ Modifier extensions SHALL NOT change the meaning of any elements on Resource or 
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum CommunicationRequestResourceType {
+    #[default]
     CommunicationRequest,
 }
 impl ::std::fmt::Display for CommunicationRequestResourceType {
@@ -4782,7 +4805,9 @@ impl ::std::fmt::Display for CommunicationRequestResourceType {
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum CommunicationResourceType {
+    #[default]
     Communication,
 }
 impl ::std::fmt::Display for CommunicationResourceType {
@@ -5056,7 +5081,9 @@ Modifier extensions SHALL NOT change the meaning of any elements on Resource or 
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum CompositionResourceType {
+    #[default]
     Composition,
 }
 impl ::std::fmt::Display for CompositionResourceType {
@@ -5397,7 +5424,9 @@ Modifier extensions SHALL NOT change the meaning of any elements on Resource or 
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum ConditionResourceType {
+    #[default]
     Condition,
 }
 impl ::std::fmt::Display for ConditionResourceType {
@@ -5770,7 +5799,9 @@ impl ::std::fmt::Display for ConsentProvisionType {
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum ConsentResourceType {
+    #[default]
     Consent,
 }
 impl ::std::fmt::Display for ConsentResourceType {
@@ -6391,6 +6422,7 @@ pub struct Distance {
 ///A reference to a document of any kind for any purpose. Provides metadata about the document so that the document can be discovered and managed. The scope of a document is any seralized object with a mime-type, so includes formal patient centric documents (CDA), cliical notes, scanned paper, and non-patient specific documents like policy text.
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct DocumentReference {
     ///This is a DocumentReference resource
     #[serde(rename = "resourceType")]
@@ -6669,7 +6701,9 @@ impl ::std::fmt::Display for DocumentReferenceRelatesToCode {
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum DocumentReferenceResourceType {
+    #[default]
     DocumentReference,
 }
 impl ::std::fmt::Display for DocumentReferenceResourceType {
@@ -7318,7 +7352,9 @@ Modifier extensions SHALL NOT change the meaning of any elements on Resource or 
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum EncounterResourceType {
+    #[default]
     Encounter,
 }
 impl ::std::fmt::Display for EncounterResourceType {
@@ -7945,6 +7981,7 @@ pub struct Extension {
 ///The details of a healthcare service available at a location.
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct HealthcareService {
     ///This is a HealthcareService resource
     #[serde(rename = "resourceType")]
@@ -8306,7 +8343,9 @@ Modifier extensions SHALL NOT change the meaning of any elements on Resource or 
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum HealthcareServiceResourceType {
+    #[default]
     HealthcareService,
 }
 impl ::std::fmt::Display for HealthcareServiceResourceType {
@@ -8497,6 +8536,7 @@ impl ::std::fmt::Display for IdentifierUse {
 ///Details and position information for a physical place where services are provided and resources and participants may be stored, found, contained, or accommodated.
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct Location {
     ///This is a Location resource
     #[serde(rename = "resourceType")]
@@ -8793,7 +8833,9 @@ Modifier extensions SHALL NOT change the meaning of any elements on Resource or 
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum LocationResourceType {
+    #[default]
     Location,
 }
 impl ::std::fmt::Display for LocationResourceType {
@@ -8836,6 +8878,7 @@ impl ::std::fmt::Display for LocationStatus {
 ///This resource is primarily used for the identification and definition of a medication for the purposes of prescribing, dispensing, and administering a medication as well as for making statements about medication use.
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct Medication {
     ///This is a Medication resource
     #[serde(rename = "resourceType")]
@@ -9372,7 +9415,9 @@ Modifier extensions SHALL NOT change the meaning of any elements on Resource or 
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum MedicationRequestResourceType {
+    #[default]
     MedicationRequest,
 }
 impl ::std::fmt::Display for MedicationRequestResourceType {
@@ -9436,7 +9481,9 @@ Modifier extensions SHALL NOT change the meaning of any elements on Resource or 
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum MedicationResourceType {
+    #[default]
     Medication,
 }
 impl ::std::fmt::Display for MedicationResourceType {
@@ -10045,7 +10092,9 @@ Modifier extensions SHALL NOT change the meaning of any elements on Resource or 
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum ObservationResourceType {
+    #[default]
     Observation,
 }
 impl ::std::fmt::Display for ObservationResourceType {
@@ -10103,6 +10152,7 @@ impl ::std::fmt::Display for ObservationStatus {
 ///A collection of error, warning, or information messages that result from a system action.
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct OperationOutcome {
     ///This is a OperationOutcome resource
     #[serde(rename = "resourceType")]
@@ -10384,7 +10434,9 @@ impl ::std::fmt::Display for OperationOutcomeIssueSeverity {
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum OperationOutcomeResourceType {
+    #[default]
     OperationOutcome,
 }
 impl ::std::fmt::Display for OperationOutcomeResourceType {
@@ -10397,6 +10449,7 @@ impl ::std::fmt::Display for OperationOutcomeResourceType {
 ///A formally or informally recognized grouping of people or organizations formed for the purpose of achieving some form of collective action.  Includes companies, institutions, corporations, departments, community groups, healthcare practice groups, payer/insurer, etc.
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct Organization {
     ///This is a Organization resource
     #[serde(rename = "resourceType")]
@@ -10535,7 +10588,9 @@ Modifier extensions SHALL NOT change the meaning of any elements on Resource or 
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum OrganizationResourceType {
+    #[default]
     Organization,
 }
 impl ::std::fmt::Display for OrganizationResourceType {
@@ -10601,6 +10656,7 @@ pub struct ParameterDefinition {
 ///This resource is a non-persisted resource used to pass information into and back from an [operation](operations.html). It has no other use, and there is no RESTful endpoint associated with it.
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct Parameters {
     ///This is a Parameters resource
     #[serde(rename = "resourceType")]
@@ -11071,7 +11127,9 @@ Modifier extensions SHALL NOT change the meaning of any elements on Resource or 
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum ParametersResourceType {
+    #[default]
     Parameters,
 }
 impl ::std::fmt::Display for ParametersResourceType {
@@ -11084,6 +11142,7 @@ impl ::std::fmt::Display for ParametersResourceType {
 ///Demographics and other administrative information about an individual or animal receiving care or other health-related services.
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct Patient {
     ///This is a Patient resource
     #[serde(rename = "resourceType")]
@@ -11469,7 +11528,9 @@ impl ::std::fmt::Display for PatientLinkType {
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum PatientResourceType {
+    #[default]
     Patient,
 }
 impl ::std::fmt::Display for PatientResourceType {
@@ -11505,6 +11566,7 @@ pub struct Period {
 ///A person who is directly or indirectly involved in the provisioning of healthcare.
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct Practitioner {
     ///This is a Practitioner resource
     #[serde(rename = "resourceType")]
@@ -11678,7 +11740,9 @@ Modifier extensions SHALL NOT change the meaning of any elements on Resource or 
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum PractitionerResourceType {
+    #[default]
     Practitioner,
 }
 impl ::std::fmt::Display for PractitionerResourceType {
@@ -11691,6 +11755,7 @@ impl ::std::fmt::Display for PractitionerResourceType {
 ///A specific set of Roles/Locations/specialties/services that a practitioner may perform at an organization for a period of time.
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct PractitionerRole {
     ///This is a PractitionerRole resource
     #[serde(rename = "resourceType")]
@@ -11916,7 +11981,9 @@ Modifier extensions SHALL NOT change the meaning of any elements on Resource or 
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum PractitionerRoleResourceType {
+    #[default]
     PractitionerRole,
 }
 impl ::std::fmt::Display for PractitionerRoleResourceType {
@@ -11929,6 +11996,7 @@ impl ::std::fmt::Display for PractitionerRoleResourceType {
 ///Provenance of a resource is a record that describes entities and processes involved in producing and delivering or otherwise influencing that resource. Provenance provides a critical foundation for assessing authenticity, enabling trust, and allowing reproducibility. Provenance assertions are a form of contextual metadata and can themselves become important records with their own provenance. Provenance statement indicates clinical significance in terms of confidence in authenticity, reliability, and trustworthiness, integrity, and stage in lifecycle (e.g. Document Completion - has the artifact been legally authenticated), all of which may impact security, privacy, and trust policies.
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct Provenance {
     ///This is a Provenance resource
     #[serde(rename = "resourceType")]
@@ -12149,7 +12217,9 @@ impl ::std::fmt::Display for ProvenanceEntityRole {
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum ProvenanceResourceType {
+    #[default]
     Provenance,
 }
 impl ::std::fmt::Display for ProvenanceResourceType {
@@ -12206,6 +12276,7 @@ pub struct Quantity {
 ///A structured set of questions intended to guide the collection of answers from end-users. Questionnaires provide detailed control over order, presentation, phraseology and grouping to allow coherent, consistent data collection.
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct Questionnaire {
     ///This is a Questionnaire resource
     #[serde(rename = "resourceType")]
@@ -13023,7 +13094,9 @@ impl ::std::fmt::Display for QuestionnaireItemType {
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum QuestionnaireResourceType {
+    #[default]
     Questionnaire,
 }
 impl ::std::fmt::Display for QuestionnaireResourceType {
@@ -13036,6 +13109,7 @@ impl ::std::fmt::Display for QuestionnaireResourceType {
 ///A structured set of questions and their answers. The questions are ordered and grouped into coherent subsets, corresponding to the structure of the grouping of the questionnaire being responded to.
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct QuestionnaireResponse {
     ///This is a QuestionnaireResponse resource
     #[serde(rename = "resourceType")]
@@ -13336,7 +13410,9 @@ Modifier extensions SHALL NOT change the meaning of any elements on Resource or 
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum QuestionnaireResponseResourceType {
+    #[default]
     QuestionnaireResponse,
 }
 impl ::std::fmt::Display for QuestionnaireResponseResourceType {
@@ -13648,6 +13724,7 @@ pub struct SampledData {
 ///A container for slots of time that may be available for booking appointments.
 #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct Schedule {
     ///This is a Schedule resource
     #[serde(rename = "resourceType")]
@@ -13751,7 +13828,9 @@ Modifier extensions SHALL NOT change the meaning of any elements on Resource or 
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum ScheduleResourceType {
+    #[default]
     Schedule,
 }
 impl ::std::fmt::Display for ScheduleResourceType {
@@ -13946,7 +14025,9 @@ Modifier extensions SHALL NOT change the meaning of any elements on Resource or 
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum SlotResourceType {
+    #[default]
     Slot,
 }
 impl ::std::fmt::Display for SlotResourceType {
@@ -14183,7 +14264,9 @@ impl ::std::fmt::Display for SubscriptionChannelType {
     PartialEq,
     PartialOrd
 )]
+#[derive(Default)]
 pub enum SubscriptionResourceType {
+    #[default]
     Subscription,
 }
 impl ::std::fmt::Display for SubscriptionResourceType {
