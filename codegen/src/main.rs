@@ -5,8 +5,10 @@
 //! cargo run -p codegen -- --check # exit 1 if the committed files differ from what it would write
 //! ```
 //!
-//! Inputs are `spec/fhir.schema.json` (the resource types) and `spec/profiles-resources.json`
-//! (the elements of each type). Output is deterministic, so CI can compare bytes.
+//! Inputs are `spec/fhir.schema.json` (the resource types, and the typed models made from it
+//! with typify, see `models.rs`) and `spec/profiles-resources.json` (the elements of each type).
+//! Which types get typed models is the one list in `typed.rs`. Output is formatted here with
+//! prettyplease and is deterministic, so CI can compare bytes.
 #![expect(clippy::print_stdout, reason = "a command-line tool reports on stdout")]
 
 mod elements;
