@@ -302,3 +302,18 @@ fn resources_can_be_built_in_code() {
         json!({"resourceType": "Patient", "id": "p1", "active": true})
     );
 }
+
+#[test]
+fn parameters_carry_typed_resources_and_values() {
+    // No official Parameters example is vendored, so this stands in for one.
+    let text = r#"{"resourceType":"Parameters","parameter":[{"name":"dose","valueDecimal":1.50},{"name":"patient","resource":{"resourceType":"Patient","id":"p"}},{"name":"group","part":[{"name":"n","valueInteger":3}]}]}"#;
+    let Resource::Parameters(parameters) = parse_resource(text.as_bytes()).expect("valid") else {
+        panic!("not Parameters");
+    };
+    assert!(matches!(
+        parameters.parameter[1].resource,
+        Some(Resource::Patient(_))
+    ));
+    let again = resource_to_vec(&Resource::Parameters(parameters));
+    assert_eq!(String::from_utf8(again).expect("utf-8"), text);
+}
