@@ -116,11 +116,20 @@ impl SchemaValidator {
     /// included, each with the FHIRPath of the element at fault. Empty when it is valid.
     pub fn check(&self, rt: ResourceType, resource: &Value) -> Vec<Issue> {
         let mut issues = Vec::new();
-        self.check_at(rt, resource, rt.as_str(), &mut issues);
+        self.check_at(rt, resource, rt.as_str(), true, &mut issues);
         issues
     }
 
-    fn check_at(&self, rt: ResourceType, resource: &Value, path: &str, issues: &mut Vec<Issue>) {
+    /// `typed`: whether to check `resource` against its typed model here. A typed container
+    /// reads its nested resources into their models itself, so they are not read twice.
+    fn check_at(
+        &self,
+        rt: ResourceType,
+        resource: &Value,
+        path: &str,
+        typed: bool,
+        issues: &mut Vec<Issue>,
+    ) {
         let Some(validator) = self.validator(rt) else {
             issues.push(
                 Issue::error("exception", format!("no schema is available for {rt}")).at(path),
@@ -159,7 +168,15 @@ impl SchemaValidator {
                 .and_then(Value::as_str)
                 .map(ResourceType::from_str)
             {
-                Some(Ok(nested_rt)) => self.check_at(nested_rt, nested, &nested_path, issues),
+                Some(Ok(nested_rt)) => self.check_at(
+                    nested_rt,
+                    nested,
+                    &nested_path,
+                    // A resource is read into its model exactly when its container is: a typed
+                    // container reads what it holds; an untyped one (JSON) does not.
+                    !rt.has_typed_model(),
+                    issues,
+                ),
                 _ => issues.push(
                     Issue::error(
                         "structure",
@@ -175,6 +192,9 @@ impl SchemaValidator {
         // Last the typed model, for the types our own logic reads: it catches what the schema
         // cannot say (an integer out of range, for one). Nested resources were checked first, so
         // their errors name their own elements.
+        if !typed {
+            return;
+        }
         if let Err(error) = fhir_models::check_typed(rt, resource) {
             let at = error.path.strip_prefix(rt.as_str()).map_or_else(
                 || format!("{path}.{}", error.path),
@@ -301,5 +321,46 @@ mod tests {
             issues.iter().all(|i| !i.diagnostics.contains("secret")),
             "{issues:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod typed_tests {
+    use super::*;
+
+    /// A typed resource inside an untyped container is still read into its model.
+    #[test]
+    fn a_typed_resource_in_an_untyped_container_is_checked_by_its_model() {
+        let procedure = json!({"resourceType": "Procedure", "status": "completed",
+            "subject": {"reference": "#p"},
+            "contained": [{"resourceType": "Patient", "id": "p", "multipleBirthInteger": 3000000000u64}]});
+        let issues = SchemaValidator::new().check(ResourceType::Procedure, &procedure);
+        let paths: Vec<_> = issues.iter().filter_map(|i| i.expression.clone()).collect();
+        assert_eq!(paths, ["Procedure.contained[0].multipleBirthInteger"]);
+    }
+
+    /// Under a typed container, an untyped resource's own contents are still checked.
+    #[test]
+    fn a_typed_resource_under_an_untyped_one_in_a_typed_bundle_is_checked() {
+        let bundle = json!({"resourceType": "Bundle", "type": "collection",
+            "entry": [{"resource": {"resourceType": "Procedure", "status": "completed",
+                "subject": {"reference": "#p"},
+                "contained": [{"resourceType": "Patient", "id": "p", "multipleBirthInteger": 3000000000u64}]}}]});
+        let issues = SchemaValidator::new().check(ResourceType::Bundle, &bundle);
+        let paths: Vec<_> = issues.iter().filter_map(|i| i.expression.clone()).collect();
+        assert_eq!(
+            paths,
+            ["Bundle.entry[0].resource.contained[0].multipleBirthInteger"]
+        );
+    }
+
+    /// A typed container reads its typed entries itself, with the full path.
+    #[test]
+    fn a_typed_resource_in_a_typed_container_is_checked_once_with_its_full_path() {
+        let bundle = json!({"resourceType": "Bundle", "type": "collection",
+            "entry": [{"resource": {"resourceType": "Patient", "multipleBirthInteger": 3000000000u64}}]});
+        let issues = SchemaValidator::new().check(ResourceType::Bundle, &bundle);
+        let paths: Vec<_> = issues.iter().filter_map(|i| i.expression.clone()).collect();
+        assert_eq!(paths, ["Bundle.entry[0].resource.multipleBirthInteger"]);
     }
 }
