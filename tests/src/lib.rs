@@ -147,6 +147,38 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// `GET {type}/{id}`.
+    pub async fn read(&self, rt: &str, id: &str) -> Response {
+        self.get(&format!("{rt}/{id}")).await
+    }
+
+    /// `GET {type}/{id}` as JSON; panics unless the answer is 200.
+    pub async fn read_json(&self, rt: &str, id: &str) -> Value {
+        let response = self.read(rt, id).await;
+        assert_eq!(response.status(), 200, "read {rt}/{id}");
+        response.json().await.expect("a JSON body")
+    }
+
+    /// `GET {type}/{id}/_history/{vid}`.
+    pub async fn vread(&self, rt: &str, id: &str, vid: &str) -> Response {
+        self.get(&format!("{rt}/{id}/_history/{vid}")).await
+    }
+
+    /// `DELETE {type}/{id}`.
+    pub async fn delete(&self, rt: &str, id: &str) -> Response {
+        self.request(Method::DELETE, &format!("{rt}/{id}"))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// `PATCH {type}/{id}` with a JSON Patch (RFC 6902) body.
+    pub fn patch(&self, rt: &str, id: &str, ops: &Value) -> RequestBuilder {
+        self.request(Method::PATCH, &format!("{rt}/{id}"))
+            .header("content-type", "application/json-patch+json")
+            .body(ops.to_string())
+    }
+
     /// The number of versions in a type's history.
     pub async fn history_total(&self, rt: &str) -> i64 {
         let bundle: Value = self
@@ -169,4 +201,23 @@ pub fn expressions(outcome: &Value) -> String {
         .filter_map(|e| e.as_str().map(str::to_owned))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The `id` of a resource returned by the server; panics if it has none.
+pub fn id_of(resource: &Value) -> &str {
+    resource["id"].as_str().expect("the resource has an id")
+}
+
+/// Panics unless `outcome` is an OperationOutcome whose issues all carry a severity and a code.
+pub fn assert_operation_outcome(outcome: &Value) {
+    assert_eq!(outcome["resourceType"], "OperationOutcome", "{outcome}");
+    let issues = outcome["issue"].as_array().expect("issue is an array");
+    assert!(!issues.is_empty(), "an OperationOutcome needs an issue");
+    for issue in issues {
+        assert!(
+            issue["severity"].is_string(),
+            "issue without severity: {issue}"
+        );
+        assert!(issue["code"].is_string(), "issue without code: {issue}");
+    }
 }

@@ -2,7 +2,7 @@
 
 use reqwest::Method;
 use serde_json::Value;
-use telemed_tests::{TestApp, expressions, spawn_app, spawn_app_with};
+use telemed_tests::{TestApp, assert_operation_outcome, expressions, spawn_app, spawn_app_with};
 
 async fn post(
     app: &TestApp,
@@ -19,10 +19,7 @@ async fn post(
         .expect("sent");
     let status = response.status().as_u16();
     let outcome: Value = response.json().await.expect("an OperationOutcome");
-    assert_eq!(
-        outcome["resourceType"], "OperationOutcome",
-        "status {status}"
-    );
+    assert_operation_outcome(&outcome);
     (status, outcome)
 }
 
@@ -78,6 +75,8 @@ async fn resource_type_must_match_the_url() {
     assert_eq!(expressions(&outcome), "Patient.resourceType");
     let (status, _) = post(&app, "Patient", FHIR, r#"{"name":[]}"#).await;
     assert_eq!(status, 400);
+    assert_eq!(app.history_total("Patient").await, 0);
+    assert_eq!(app.history_total("Observation").await, 0);
 }
 
 #[tokio::test]
@@ -87,6 +86,7 @@ async fn malformed_json_and_non_objects_are_400() {
         let (status, _) = post(&app, "Patient", FHIR, body).await;
         assert_eq!(status, 400, "{body:?}");
     }
+    assert_eq!(app.history_total("Patient").await, 0);
 }
 
 #[tokio::test]
@@ -97,6 +97,7 @@ async fn invalid_utf8_is_400() {
     body.extend_from_slice(br#""}]}"#);
     let (status, _) = post(&app, "Patient", FHIR, body).await;
     assert_eq!(status, 400);
+    assert_eq!(app.history_total("Patient").await, 0);
 }
 
 #[tokio::test]
@@ -110,6 +111,13 @@ async fn deep_nesting_is_400_and_the_server_keeps_serving() {
     let (status, _) = post(&app, "Patient", FHIR, body).await;
     assert_eq!(status, 400);
     assert_eq!(app.get("metadata").await.status(), 200);
+    assert_eq!(
+        app.create(&serde_json::json!({"resourceType": "Patient"}))
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(app.history_total("Patient").await, 1);
 }
 
 #[tokio::test]
@@ -121,6 +129,61 @@ async fn a_body_over_the_limit_is_413() {
     );
     let (status, _) = post(&app, "Patient", FHIR, body).await;
     assert_eq!(status, 413);
+    assert_eq!(app.history_total("Patient").await, 0);
+}
+
+#[tokio::test]
+async fn a_body_just_under_the_limit_is_accepted() {
+    let app = spawn_app_with(|config| config.max_body_bytes = 4096).await;
+    let body = format!(
+        r#"{{"resourceType":"Patient","name":[{{"family":"{}"}}]}}"#,
+        "a".repeat(3000)
+    );
+    let response = app
+        .request(Method::POST, "Patient")
+        .header("content-type", FHIR)
+        .body(body)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 201);
+}
+
+/// Without a Content-Length the limit must still hold while the body streams in.
+#[tokio::test]
+async fn a_chunked_body_over_the_limit_is_413() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = spawn_app_with(|config| config.max_body_bytes = 4096).await;
+    let authority = app
+        .base
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split('/').next())
+        .expect("an http base URL")
+        .to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&authority)
+        .await
+        .expect("connect");
+    let mut request = format!(
+        "POST /fhir/Patient HTTP/1.1\r\nHost: {authority}\r\nContent-Type: {FHIR}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    let body = format!(
+        r#"{{"resourceType":"Patient","name":[{{"family":"{}"}}]}}"#,
+        "a".repeat(8192)
+    );
+    for chunk in body.as_bytes().chunks(1000) {
+        request.push_str(&format!("{:x}\r\n", chunk.len()));
+        request.push_str(std::str::from_utf8(chunk).expect("ASCII"));
+        request.push_str("\r\n");
+    }
+    request.push_str("0\r\n\r\n");
+    // The server may answer and close before it has read everything; that is its right.
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert_eq!(app.history_total("Patient").await, 0);
 }
 
 #[tokio::test]
@@ -157,6 +220,47 @@ async fn a_non_json_media_type_is_415() {
         .await;
         assert_eq!(status, 415, "{content_type}");
     }
+    assert_eq!(app.history_total("Patient").await, 0);
+}
+
+#[tokio::test]
+async fn an_update_with_a_non_json_media_type_is_415() {
+    let app = spawn_app().await;
+    let response = app
+        .request(Method::PUT, "Patient/p")
+        .header("content-type", "application/xml")
+        .body(r#"{"resourceType":"Patient","id":"p"}"#)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 415);
+    assert_operation_outcome(&response.json().await.expect("JSON"));
+    assert_eq!(app.history_total("Patient").await, 0);
+}
+
+#[tokio::test]
+async fn an_invalid_update_changes_nothing() {
+    let app = spawn_app().await;
+    let created = app
+        .created(&serde_json::json!({"resourceType": "Patient", "gender": "male"}))
+        .await;
+    let id = created["id"].as_str().expect("id");
+    let response = app
+        .request(Method::PUT, &format!("Patient/{id}"))
+        .header("content-type", FHIR)
+        .body(format!(
+            r#"{{"resourceType":"Patient","id":"{id}","gender":"dunno"}}"#
+        ))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 400);
+    let outcome: Value = response.json().await.expect("JSON");
+    assert!(
+        expressions(&outcome).contains("Patient.gender"),
+        "{outcome}"
+    );
+    assert_eq!(app.read_json("Patient", id).await, created);
 }
 
 #[tokio::test]
@@ -165,7 +269,27 @@ async fn an_unknown_type_is_404() {
     let (status, _) = post(&app, "Foo", FHIR, r#"{"resourceType":"Foo"}"#).await;
     assert_eq!(status, 404);
     assert_eq!(app.get("Foo/1").await.status(), 404);
+    assert_eq!(app.get("Foo/_history").await.status(), 404);
     assert_eq!(app.get("patient/1").await.status(), 404);
+    let response = app
+        .request(Method::PUT, "Foo/1")
+        .header("content-type", FHIR)
+        .body(r#"{"resourceType":"Foo","id":"1"}"#)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 404);
+    assert_operation_outcome(&response.json().await.expect("JSON"));
+}
+
+/// Abstract types and data types are not resource types one can write.
+#[tokio::test]
+async fn abstract_and_data_types_are_404() {
+    let app = spawn_app().await;
+    for rt in ["Resource", "DomainResource", "HumanName", "Extension"] {
+        let (status, _) = post(&app, rt, FHIR, format!(r#"{{"resourceType":"{rt}"}}"#)).await;
+        assert_eq!(status, 404, "{rt}");
+    }
 }
 
 #[tokio::test]

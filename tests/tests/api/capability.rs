@@ -3,6 +3,23 @@
 use serde_json::Value;
 use telemed_tests::spawn_app;
 
+/// Every concrete resource type of R4, from the official JSON schema's discriminator (146).
+fn r4_resource_types() -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../spec/fhir.schema.json");
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("the vendored R4 schema"))
+            .expect("JSON");
+    let mut types: Vec<String> = schema["discriminator"]["mapping"]
+        .as_object()
+        .expect("a discriminator mapping")
+        .keys()
+        .cloned()
+        .collect();
+    types.sort_unstable();
+    assert_eq!(types.len(), 146);
+    types
+}
+
 #[tokio::test]
 async fn the_capability_statement_lists_every_type_and_interaction() {
     let app = spawn_app().await;
@@ -20,15 +37,23 @@ async fn the_capability_statement_lists_every_type_and_interaction() {
     let rest = &statement["rest"][0];
     assert_eq!(rest["mode"], "server");
     let resources = rest["resource"].as_array().expect("resources");
-    assert_eq!(resources.len(), 146);
+    let mut listed: Vec<&str> = resources
+        .iter()
+        .filter_map(|r| r["type"].as_str())
+        .collect();
+    listed.sort_unstable();
+    assert_eq!(listed, r4_resource_types());
     for rt in [
         "Patient",
         "Procedure",
         "Immunization",
         "ExplanationOfBenefit",
-        "Encounter",
+        "Binary",
+        "Bundle",
     ] {
-        let resource = resources.iter().find(|r| r["type"] == rt).expect(rt);
+        assert!(resources.iter().any(|r| r["type"] == rt), "{rt} is missing");
+    }
+    for resource in resources {
         let codes: Vec<&str> = resource["interaction"]
             .as_array()
             .into_iter()
@@ -45,10 +70,18 @@ async fn the_capability_statement_lists_every_type_and_interaction() {
             "history-type",
             "create",
         ] {
-            assert!(codes.contains(&code), "{rt} lacks {code}");
+            assert!(codes.contains(&code), "{} lacks {code}", resource["type"]);
         }
     }
-    assert_eq!(rest["interaction"][0]["code"], "history-system");
+    assert!(
+        rest["interaction"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|i| i["code"] == "history-system"),
+        "{}",
+        rest["interaction"]
+    );
     assert_eq!(statement["implementation"]["url"], app.base);
 }
 

@@ -119,3 +119,65 @@ async fn racing_creates_of_one_new_id_make_one_resource() {
         .expect("JSON");
     assert_eq!(read["meta"]["versionId"], (1 + updated).to_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_creates_each_get_their_own_id() {
+    let app = spawn_app().await;
+    let mut tasks = Vec::new();
+    for _ in 0..WRITERS {
+        let request = app
+            .request(Method::POST, "Patient")
+            .header("content-type", "application/fhir+json")
+            .body(r#"{"resourceType":"Patient"}"#);
+        tasks.push(tokio::spawn(async move {
+            let response = request.send().await.expect("sent");
+            assert_eq!(response.status(), 201);
+            let body: Value = response.json().await.expect("JSON");
+            body["id"].as_str().expect("id").to_owned()
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.push(task.await.expect("task"));
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), WRITERS);
+    assert_eq!(app.history_total("Patient").await, WRITERS as i64);
+}
+
+/// Each patch appends an identifier; a lost update would lose one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_patches_lose_nothing() {
+    let app = spawn_app().await;
+    let created = app
+        .created(&json!({"resourceType": "Patient", "identifier": [{"value": "first"}]}))
+        .await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    let mut tasks = Vec::new();
+    for i in 0..WRITERS {
+        let request = app.patch(
+            "Patient",
+            &id,
+            &json!([{"op": "add", "path": "/identifier/-", "value": {"value": i.to_string()}}]),
+        );
+        tasks.push(tokio::spawn(async move {
+            request.send().await.expect("sent").status().as_u16()
+        }));
+    }
+    let mut successes = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            200 => successes += 1,
+            409 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    let read = app.read_json("Patient", &id).await;
+    assert_eq!(read["meta"]["versionId"], (1 + successes).to_string());
+    assert_eq!(
+        read["identifier"].as_array().map(Vec::len),
+        Some(1 + successes),
+        "{read}"
+    );
+}

@@ -1,5 +1,9 @@
 //! The official R4 examples (tests/data/r4-examples, see the README there): each is written
 //! through the API, read back and compared.
+//!
+//! Every one of the 711 vendored examples validates against the official R4 JSON schema
+//! (`spec/fhir.schema.json`, checked independently with Python's `jsonschema`, draft 6), so the
+//! server must accept them all: there is no list of examples it may refuse.
 
 use reqwest::Method;
 use serde_json::Value;
@@ -58,7 +62,7 @@ async fn every_official_example_round_trips() {
         .expect("sent");
         let status = response.status();
         let body: Value = response.json().await.expect("JSON");
-        if !status.is_success() {
+        if status != 201 {
             failures.push(format!("{name}: {status} {}", body["issue"]));
             continue;
         }

@@ -3,6 +3,7 @@
 mod bad_input;
 mod capability;
 mod concurrency;
+mod conditional;
 mod examples;
 mod history;
 mod interactions;

@@ -1,120 +1,170 @@
-//! What comes back: Prefer, conditional reads, _summary, _elements, _pretty, _format, fidelity.
+//! What comes back: Prefer, _summary, _elements, _pretty, _format, fidelity.
 
-use reqwest::Method;
+use reqwest::{Method, Response};
 use serde_json::{Value, json};
-use telemed_tests::spawn_app;
+use telemed_tests::{TestApp, assert_operation_outcome, id_of, spawn_app};
 
-#[tokio::test]
-async fn prefer_return_minimal_and_operation_outcome() {
-    let app = spawn_app().await;
-    let response = app
-        .request(Method::POST, "Patient")
+async fn post_preferring(app: &TestApp, prefer: &str) -> Response {
+    app.request(Method::POST, "Patient")
         .header("content-type", "application/fhir+json")
-        .header("prefer", "return=minimal")
-        .body(r#"{"resourceType":"Patient"}"#)
+        .header("prefer", prefer)
+        .body(r#"{"resourceType":"Patient","active":true}"#)
         .send()
         .await
-        .expect("sent");
+        .expect("sent")
+}
+
+#[tokio::test]
+async fn prefer_return_minimal_gives_an_empty_body() {
+    let app = spawn_app().await;
+    let response = post_preferring(&app, "return=minimal").await;
     assert_eq!(response.status(), 201);
     assert!(response.headers().contains_key("location"));
+    assert_eq!(response.headers()["etag"], "W/\"1\"");
     assert!(response.text().await.expect("body").is_empty());
-    let response = app
-        .request(Method::POST, "Patient")
-        .header("content-type", "application/fhir+json")
-        .header("prefer", "return=OperationOutcome")
-        .body(r#"{"resourceType":"Patient"}"#)
-        .send()
-        .await
-        .expect("sent");
+    assert_eq!(app.history_total("Patient").await, 1);
+}
+
+#[tokio::test]
+async fn prefer_return_operation_outcome_gives_an_operation_outcome() {
+    let app = spawn_app().await;
+    let response = post_preferring(&app, "return=OperationOutcome").await;
     assert_eq!(response.status(), 201);
     let body: Value = response.json().await.expect("JSON");
-    assert_eq!(body["resourceType"], "OperationOutcome");
+    assert_operation_outcome(&body);
 }
 
 #[tokio::test]
-async fn if_none_match_and_if_modified_since_give_304() {
+async fn prefer_return_representation_is_the_default() {
+    let app = spawn_app().await;
+    for prefer in ["return=representation", "respond-async-is-not-a-thing"] {
+        let response = post_preferring(&app, prefer).await;
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.expect("JSON");
+        assert_eq!(body["resourceType"], "Patient", "{prefer}");
+        assert_eq!(body["active"], true, "{prefer}");
+    }
+}
+
+#[tokio::test]
+async fn prefer_return_minimal_applies_to_update() {
     let app = spawn_app().await;
     let created = app.created(&json!({"resourceType": "Patient"})).await;
-    let path = format!("Patient/{}", created["id"].as_str().expect("id"));
     let response = app
-        .request(Method::GET, &path)
-        .header("if-none-match", "W/\"1\"")
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(response.status(), 304);
-    let response = app
-        .request(Method::GET, &path)
-        .header("if-none-match", "W/\"2\"")
+        .request(Method::PUT, &format!("Patient/{}", id_of(&created)))
+        .header("content-type", "application/fhir+json")
+        .header("prefer", "return=minimal")
+        .body(created.to_string())
         .send()
         .await
         .expect("sent");
     assert_eq!(response.status(), 200);
-    let later =
-        httpdate::fmt_http_date(std::time::SystemTime::now() + std::time::Duration::from_secs(60));
-    let response = app
-        .request(Method::GET, &path)
-        .header("if-modified-since", later)
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(response.status(), 304);
-    let response = app
-        .request(Method::GET, &path)
-        .header("if-modified-since", "Sat, 01 Jan 2000 00:00:00 GMT")
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["etag"], "W/\"2\"");
+    assert!(response.text().await.expect("body").is_empty());
+}
+
+fn is_subsetted(resource: &Value) -> bool {
+    resource["meta"]["tag"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|t| {
+            t["code"] == "SUBSETTED"
+                && t["system"] == "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
+        })
+}
+
+async fn stored_patient(app: &TestApp) -> Value {
+    app.created(
+        &json!({"resourceType": "Patient", "gender": "male", "birthDate": "1974-12-25",
+                        "name": [{"family": "Chalmers"}],
+                        "photo": [{"contentType": "image/png"}]}),
+    )
+    .await
 }
 
 #[tokio::test]
-async fn summary_and_elements_return_a_tagged_subset() {
+async fn summary_true_keeps_only_summary_elements_and_is_tagged() {
     let app = spawn_app().await;
-    let created = app
-        .created(
-            &json!({"resourceType": "Patient", "gender": "male", "birthDate": "1974-12-25",
-                          "photo": [{"contentType": "image/png"}]}),
-        )
-        .await;
-    let path = format!("Patient/{}", created["id"].as_str().expect("id"));
+    let created = stored_patient(&app).await;
     let summary: Value = app
-        .get(&format!("{path}?_summary=true"))
+        .get(&format!("Patient/{}?_summary=true", id_of(&created)))
         .await
         .json()
         .await
         .expect("JSON");
     assert_eq!(summary["gender"], "male");
-    assert!(summary.get("photo").is_none());
-    assert_eq!(summary["meta"]["tag"][0]["code"], "SUBSETTED");
+    assert_eq!(summary["name"], created["name"]);
+    assert!(summary.get("photo").is_none(), "{summary}");
+    assert!(is_subsetted(&summary), "{summary}");
+}
+
+#[tokio::test]
+async fn elements_keeps_the_named_elements_and_is_tagged() {
+    let app = spawn_app().await;
+    let created = stored_patient(&app).await;
     let elements: Value = app
-        .get(&format!("{path}?_elements=birthDate"))
+        .get(&format!(
+            "Patient/{}?_elements=name,birthDate",
+            id_of(&created)
+        ))
         .await
         .json()
         .await
         .expect("JSON");
     assert_eq!(elements["birthDate"], "1974-12-25");
-    assert!(elements.get("gender").is_none());
+    assert_eq!(elements["name"], created["name"]);
     assert_eq!(elements["id"], created["id"]);
+    assert_eq!(elements["resourceType"], "Patient");
+    assert!(elements.get("gender").is_none(), "{elements}");
+    assert!(elements.get("photo").is_none(), "{elements}");
+    assert!(is_subsetted(&elements), "{elements}");
 }
 
 #[tokio::test]
-async fn pretty_output_is_indented_and_format_json_is_accepted() {
+async fn a_full_read_is_not_tagged_subsetted() {
+    let app = spawn_app().await;
+    let created = stored_patient(&app).await;
+    let read = app.read_json("Patient", id_of(&created)).await;
+    assert!(!is_subsetted(&read));
+}
+
+#[tokio::test]
+async fn pretty_output_is_indented() {
     let app = spawn_app().await;
     let created = app.created(&json!({"resourceType": "Patient"})).await;
-    let path = format!("Patient/{}", created["id"].as_str().expect("id"));
+    let path = format!("Patient/{}", id_of(&created));
     let pretty = app
-        .get(&format!("{path}?_pretty=true&_format=json"))
+        .get(&format!("{path}?_pretty=true"))
         .await
         .text()
         .await
         .expect("text");
     assert!(pretty.contains("\n  \"resourceType\""), "{pretty}");
+    let compact = app.get(&path).await.text().await.expect("text");
+    assert!(!compact.contains('\n'), "{compact}");
+}
+
+#[tokio::test]
+async fn format_json_is_accepted_and_answers_fhir_json() {
+    let app = spawn_app().await;
+    let created = app.created(&json!({"resourceType": "Patient"})).await;
+    let path = format!("Patient/{}", id_of(&created));
+    for format in ["json", "application/fhir%2Bjson", "application/json"] {
+        let response = app.get(&format!("{path}?_format={format}")).await;
+        assert_eq!(response.status(), 200, "{format}");
+        let body: Value = response.json().await.expect("JSON");
+        assert_eq!(body, created, "{format}");
+    }
+}
+
+#[tokio::test]
+async fn format_xml_is_406() {
+    let app = spawn_app().await;
+    let created = app.created(&json!({"resourceType": "Patient"})).await;
     let response = app
-        .get(&format!("{path}?_format=application/fhir%2Bjson"))
+        .get(&format!("Patient/{}?_format=xml", id_of(&created)))
         .await;
-    assert_eq!(response.status(), 200);
-    let response = app.get(&format!("{path}?_format=xml")).await;
     assert_eq!(response.status(), 406);
 }
 
@@ -125,44 +175,62 @@ async fn plain_application_json_is_accepted_both_ways() {
         .request(Method::POST, "Patient")
         .header("content-type", "application/json")
         .header("accept", "application/json")
-        .body(r#"{"resourceType":"Patient"}"#)
+        .body(r#"{"resourceType":"Patient","active":true}"#)
         .send()
         .await
         .expect("sent");
     assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["active"], true);
 }
 
-/// Primitive extensions, nulls in `_given`, extensions, contained resources, decimal precision
-/// and key order come back exactly as sent, plus id and meta.
-#[tokio::test]
-async fn a_resource_round_trips_to_the_byte() {
-    let app = spawn_app().await;
-    let sent = r##"{"resourceType":"Observation","contained":[{"resourceType":"Patient","id":"p1","name":[{"given":["A","B"],"_given":[null,{"extension":[{"url":"http://example.org/x","valueString":"y"}]}]}]}],"extension":[{"url":"http://example.org/e","valueDecimal":1.50}],"modifierExtension":[{"url":"http://example.org/m","valueBoolean":true}],"status":"final","code":{"text":"weight"},"subject":{"reference":"#p1"},"effectiveDateTime":"2024-05-01","_effectiveDateTime":{"extension":[{"url":"http://example.org/d","valueCode":"approx"}]},"valueQuantity":{"value":72.50,"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"}}"##;
+/// PUTs `sent` (which must start with `{"resourceType":"{rt}",`) as `{rt}/{id}` and returns the
+/// raw text of a read, together with what the read should say byte for byte.
+async fn round_trip(app: &TestApp, rt: &str, id: &str, sent: &str) -> (String, String) {
+    let prefix = format!("{{\"resourceType\":\"{rt}\",");
+    assert!(sent.starts_with(&prefix));
     let response = app
-        .request(Method::PUT, "Observation/exact")
+        .request(Method::PUT, &format!("{rt}/{id}"))
         .header("content-type", "application/fhir+json")
-        .body(sent.replacen(
-            "{\"resourceType\":\"Observation\",",
-            "{\"resourceType\":\"Observation\",\"id\":\"exact\",",
-            1,
-        ))
+        .body(sent.replacen(&prefix, &format!("{prefix}\"id\":\"{id}\","), 1))
         .send()
         .await
         .expect("sent");
     assert_eq!(response.status(), 201);
-    let read = app
-        .get("Observation/exact")
-        .await
-        .text()
-        .await
-        .expect("text");
+    let read = app.read(rt, id).await.text().await.expect("text");
     let version: Value = serde_json::from_str(&read).expect("JSON");
     let meta = serde_json::to_string(&version["meta"]).expect("meta");
     let expected = sent.replacen(
-        "{\"resourceType\":\"Observation\",",
-        &format!("{{\"resourceType\":\"Observation\",\"id\":\"exact\",\"meta\":{meta},"),
+        &prefix,
+        &format!("{prefix}\"id\":\"{id}\",\"meta\":{meta},"),
         1,
     );
+    (read, expected)
+}
+
+/// Primitive extensions, nulls in `_given`, extensions, contained resources and key order come
+/// back exactly as sent, plus id and meta.
+#[tokio::test]
+async fn primitive_extensions_and_nulls_round_trip_to_the_byte() {
+    let app = spawn_app().await;
+    let sent = r##"{"resourceType":"Patient","extension":[{"url":"http://example.org/e","valueString":"x"}],"modifierExtension":[{"url":"http://example.org/m","valueBoolean":true}],"name":[{"given":["A","B"],"_given":[null,{"extension":[{"url":"http://example.org/x","valueString":"y"}]}],"family":"Z"}],"birthDate":"1970-03-30","_birthDate":{"extension":[{"url":"http://hl7.org/fhir/StructureDefinition/patient-birthTime","valueDateTime":"1970-03-30T13:25:00+01:00"}]},"gender":"other"}"##;
+    let (read, expected) = round_trip(&app, "Patient", "exact", sent).await;
     assert_eq!(read, expected);
-    assert!(read.contains("\"value\":72.50"));
+}
+
+#[tokio::test]
+async fn contained_resources_and_decimals_round_trip_to_the_byte() {
+    let app = spawn_app().await;
+    let sent = r##"{"resourceType":"Observation","contained":[{"resourceType":"Patient","id":"p1","name":[{"family":"Q"}]}],"extension":[{"url":"http://example.org/e","valueDecimal":1.000}],"status":"final","code":{"text":"weight"},"subject":{"reference":"#p1"},"effectiveDateTime":"2024-05-01","_effectiveDateTime":{"extension":[{"url":"http://example.org/d","valueCode":"approx"}]},"valueQuantity":{"value":1.50,"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"}}"##;
+    let (read, expected) = round_trip(&app, "Observation", "exact", sent).await;
+    assert!(read.contains("\"value\":1.50"), "{read}");
+    assert_eq!(read, expected);
+}
+
+#[tokio::test]
+async fn large_and_tiny_decimals_keep_every_digit() {
+    let app = spawn_app().await;
+    let sent = r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},"component":[{"code":{"text":"a"},"valueQuantity":{"value":12345678901234567890.123456789}},{"code":{"text":"b"},"valueQuantity":{"value":0.000000000000000000001}},{"code":{"text":"c"},"valueQuantity":{"value":-0.0}}]}"#;
+    let (read, expected) = round_trip(&app, "Observation", "digits", sent).await;
+    assert_eq!(read, expected);
 }
