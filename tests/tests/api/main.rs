@@ -1,6 +1,7 @@
 //! End-to-end tests of the FHIR REST API: the real server on a random port, a real HTTP client.
 
 mod bad_input;
+mod beyond_schema;
 mod capability;
 mod concurrency;
 mod conditional;

@@ -234,3 +234,12 @@ async fn large_and_tiny_decimals_keep_every_digit() {
     let (read, expected) = round_trip(&app, "Observation", "digits", sent).await;
     assert_eq!(read, expected);
 }
+
+/// FHIR decimals may use an exponent; the literal, not just the number, comes back.
+#[tokio::test]
+async fn decimals_in_exponent_form_come_back_as_sent() {
+    let app = spawn_app().await;
+    let sent = r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},"component":[{"code":{"text":"a"},"valueQuantity":{"value":1.5e3}},{"code":{"text":"b"},"valueQuantity":{"value":2.50E-3}}]}"#;
+    let (read, expected) = round_trip(&app, "Observation", "exponents", sent).await;
+    assert_eq!(read, expected);
+}
