@@ -489,6 +489,34 @@ async fn deleting_what_does_not_exist_is_2xx_or_404_and_makes_no_version() {
     assert_eq!(app.history_total("Patient").await, 0);
 }
 
+/// R4 http.html#delete: deleting what is already deleted has no effect.
+#[tokio::test]
+async fn deleting_twice_makes_one_delete_version() {
+    let app = spawn_app().await;
+    let created = app.created(&patient()).await;
+    let id = id_of(&created);
+    app.delete("Patient", id).await;
+    let again = app.delete("Patient", id).await;
+    assert!(
+        [200, 204].contains(&again.status().as_u16()),
+        "{}",
+        again.status()
+    );
+    assert_eq!(app.history_total("Patient").await, 2);
+}
+
+#[tokio::test]
+async fn ids_are_scoped_by_type() {
+    let app = spawn_app().await;
+    for rt in ["Patient", "Organization"] {
+        let response = app.update(&json!({"resourceType": rt, "id": "same"})).await;
+        assert_eq!(response.status(), 201, "{rt}");
+    }
+    app.delete("Organization", "same").await;
+    assert_eq!(app.read("Patient", "same").await.status(), 200);
+    assert_eq!(app.read("Organization", "same").await.status(), 410);
+}
+
 #[tokio::test]
 async fn a_deleted_resource_can_be_recreated_by_update() {
     let app = spawn_app().await;

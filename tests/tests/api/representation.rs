@@ -122,6 +122,49 @@ async fn elements_keeps_the_named_elements_and_is_tagged() {
 }
 
 #[tokio::test]
+async fn summary_text_keeps_text_and_mandatory_elements_only() {
+    let app = spawn_app().await;
+    let created = app
+        .created(
+            &json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                         "text": {"status": "generated",
+                                  "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"},
+                         "valueString": "secret"}),
+        )
+        .await;
+    let summary: Value = app
+        .get(&format!("Observation/{}?_summary=text", id_of(&created)))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(summary["text"], created["text"]);
+    assert_eq!(summary["status"], "final");
+    assert_eq!(summary["code"], created["code"]);
+    assert!(summary.get("valueString").is_none(), "{summary}");
+    assert!(is_subsetted(&summary), "{summary}");
+}
+
+#[tokio::test]
+async fn summary_data_drops_the_text() {
+    let app = spawn_app().await;
+    let created = app
+        .created(&json!({"resourceType": "Patient", "gender": "male",
+                         "text": {"status": "generated",
+                                  "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"}}))
+        .await;
+    let summary: Value = app
+        .get(&format!("Patient/{}?_summary=data", id_of(&created)))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert!(summary.get("text").is_none(), "{summary}");
+    assert_eq!(summary["gender"], "male");
+    assert!(is_subsetted(&summary), "{summary}");
+}
+
+#[tokio::test]
 async fn a_full_read_is_not_tagged_subsetted() {
     let app = spawn_app().await;
     let created = stored_patient(&app).await;
