@@ -117,6 +117,9 @@ impl SchemaValidator {
     pub fn check(&self, rt: ResourceType, resource: &Value) -> Vec<Issue> {
         let mut issues = Vec::new();
         self.check_at(rt, resource, rt.as_str(), true, &mut issues);
+        if issues.is_empty() {
+            json_rules(resource, rt.as_str(), &mut issues);
+        }
         issues
     }
 
@@ -202,6 +205,93 @@ impl SchemaValidator {
             );
             issues.push(Issue::error("structure", error.message).at(at));
         }
+    }
+}
+
+/// Largest string FHIR allows (http://hl7.org/fhir/R4/datatypes.html#string: 1 MB).
+const MAX_STRING_BYTES: usize = 1024 * 1024;
+
+/// The rules of FHIR's JSON form and of every element that the JSON schema cannot express
+/// (http://hl7.org/fhir/R4/json.html, ele-1, ext-1), checked over the whole tree:
+/// no empty objects or arrays, `null` only inside a primitive's `_x` array and that array as
+/// long as its values, strings of at most 1 MB, and an extension with either a value or nested
+/// extensions, not both and not neither.
+fn json_rules(value: &Value, path: &str, issues: &mut Vec<Issue>) {
+    fn fail(issues: &mut Vec<Issue>, text: &str, at: &str) {
+        if issues.len() < MAX_ISSUES {
+            issues.push(Issue::error("structure", text).at(at));
+        }
+    }
+    if issues.len() >= MAX_ISSUES {
+        return;
+    }
+    match value {
+        Value::String(s) if s.len() > MAX_STRING_BYTES => {
+            fail(issues, "a string may not be longer than 1 MB", path);
+        }
+        Value::Object(object) if object.is_empty() => {
+            fail(
+                issues,
+                "an element must have a value or children (ele-1)",
+                path,
+            );
+        }
+        Value::Object(object) => {
+            for (key, child) in object {
+                let child_path = format!("{path}.{key}");
+                let Value::Array(items) = child else {
+                    if child.is_null() {
+                        fail(issues, "null is not allowed here", &child_path);
+                    } else {
+                        json_rules(child, &child_path, issues);
+                    }
+                    continue;
+                };
+                if items.is_empty() {
+                    fail(issues, "an array may not be empty", &child_path);
+                    continue;
+                }
+                if let Some(primitive) = key.strip_prefix('_')
+                    && let Some(values) = object.get(primitive).and_then(Value::as_array)
+                    && values.len() != items.len()
+                {
+                    let text = format!(
+                        "{key} must have as many entries as {primitive} (null where a value has \
+                         no extension)"
+                    );
+                    fail(issues, &text, &child_path);
+                }
+                let is_extension_list = key == "extension" || key == "modifierExtension";
+                for (i, item) in items.iter().enumerate() {
+                    let item_path = format!("{child_path}[{i}]");
+                    if item.is_null() {
+                        // Nulls keep a primitive's extensions aligned with its values.
+                        if !key.starts_with('_') {
+                            fail(issues, "null is not allowed here", &item_path);
+                        }
+                        continue;
+                    }
+                    if is_extension_list && let Some(extension) = item.as_object() {
+                        let has_value = extension.keys().any(|k| {
+                            k.strip_prefix("value")
+                                .and_then(|rest| rest.chars().next())
+                                .is_some_and(|c| c.is_ascii_uppercase())
+                        });
+                        if !extension.is_empty() && has_value == extension.contains_key("extension")
+                        {
+                            fail(
+                                issues,
+                                "an extension has either a value or nested extensions, not both \
+                                 and not neither (ext-1)",
+                                &item_path,
+                            );
+                        }
+                    }
+                    json_rules(item, &item_path, issues);
+                }
+            }
+        }
+        _ => {}
     }
 }
 
