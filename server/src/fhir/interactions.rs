@@ -166,6 +166,16 @@ pub async fn create(
     )
 }
 
+/// The current version of `rt/id` (a deleted one included); 404 if it never existed or the id
+/// cannot be one.
+async fn stored_version(state: &AppState, rt: ResourceType, id: &str) -> FhirResult<Version> {
+    let not_found = || FhirError::NotFound(format!("{rt} has no resource with that id"));
+    if !is_valid_id(id) {
+        return Err(not_found());
+    }
+    state.store.read(rt, id).await?.ok_or_else(not_found)
+}
+
 /// `GET /fhir/{type}/{id}`.
 pub async fn read(
     State(state): State<AppState>,
@@ -175,16 +185,7 @@ pub async fn read(
 ) -> FhirResult<Response> {
     let rt = resource_type(&type_name)?;
     let shape = Shape::from_request(&query, &headers)?;
-    if !is_valid_id(&id) {
-        return Err(FhirError::NotFound(format!(
-            "{rt} has no resource with that id"
-        )));
-    }
-    let version = state
-        .store
-        .read(rt, &id)
-        .await?
-        .ok_or_else(|| FhirError::NotFound(format!("{rt}/{id} does not exist")))?;
+    let version = stored_version(&state, rt, &id).await?;
     version_response(&state, &headers, &shape, &version)
 }
 
@@ -318,16 +319,7 @@ pub async fn patch(
             format!("the body is not a JSON Patch document: {e}"),
         )
     })?;
-    if !is_valid_id(&id) {
-        return Err(FhirError::NotFound(format!(
-            "{rt} has no resource with that id"
-        )));
-    }
-    let current = state
-        .store
-        .read(rt, &id)
-        .await?
-        .ok_or_else(|| FhirError::NotFound(format!("{rt}/{id} does not exist")))?;
+    let current = stored_version(&state, rt, &id).await?;
     let Some(current_body) = &current.body else {
         return Err(FhirError::Gone(format!("{rt}/{id} was deleted")));
     };
@@ -459,14 +451,7 @@ pub async fn history_instance(
     headers: HeaderMap,
 ) -> FhirResult<Response> {
     let rt = resource_type(&type_name)?;
-    if !is_valid_id(&id) {
-        return Err(FhirError::NotFound(format!(
-            "{rt} has no resource with that id"
-        )));
-    }
-    if state.store.read(rt, &id).await?.is_none() {
-        return Err(FhirError::NotFound(format!("{rt}/{id} does not exist")));
-    }
+    stored_version(&state, rt, &id).await?;
     history(&state, HistoryScope::Instance(rt, id), &query, &headers).await
 }
 
