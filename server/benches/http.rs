@@ -308,6 +308,24 @@ async fn postgres_database() -> anyhow::Result<String> {
     Ok(format!("{prefix}/{name}"))
 }
 
+/// Removes the run's database: the SQLite file, or the PostgreSQL database (its server is still
+/// connected, hence FORCE).
+async fn remove_database(url: &str) {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{path}{suffix}"));
+        }
+    } else if let Some((_, name)) = url.rsplit_once('/') {
+        let admin = std::env::var("TELEMED_BENCH_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        if let Ok(mut connection) = sqlx::PgConnection::connect(&admin).await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .execute(&mut connection)
+                .await;
+        }
+    }
+}
+
 fn print(label: &str, report: &Report, baseline: Option<&Report>) {
     let ratio = baseline.map_or(String::new(), |b| {
         format!("{:>6.2}", report.per_second / b.per_second)
@@ -363,7 +381,7 @@ fn main() -> anyhow::Result<()> {
                     }
                 },
             };
-            let mut config = Config::for_tests(url);
+            let mut config = Config::for_tests(url.clone());
             // The server as an operator runs it: the default pool, unless the run says otherwise.
             if let Some(n) = std::env::var("TELEMED_BENCH_DB_CONNECTIONS")
                 .ok()
@@ -393,6 +411,7 @@ fn main() -> anyhow::Result<()> {
                 );
                 let _ = report.requests;
             }
+            remove_database(&url).await;
         }
         anyhow::Ok(())
     })
