@@ -100,7 +100,6 @@ impl Workload {
 }
 
 struct Report {
-    requests: u64,
     errors: u64,
     per_second: f64,
     p50_us: u64,
@@ -207,7 +206,6 @@ async fn run(
         errors += e;
     }
     Ok(Report {
-        requests: histogram.len(),
         errors,
         per_second: histogram.len() as f64 / duration.as_secs_f64(),
         p50_us: histogram.value_at_quantile(0.5),
@@ -215,8 +213,15 @@ async fn run(
     })
 }
 
-/// Starts a server on its own two-thread runtime; returns its base URL.
-fn start_server(config: Config) -> anyhow::Result<String> {
+/// Runs `serve` on a runtime of its own with two worker threads, as a separate server process
+/// would, and returns what it sends back once it is listening.
+fn on_own_runtime<T, F>(
+    serve: impl FnOnce(std::sync::mpsc::Sender<T>) -> F + Send + 'static,
+) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: Future<Output = ()>,
+{
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -224,48 +229,42 @@ fn start_server(config: Config) -> anyhow::Result<String> {
             .enable_all()
             .build()
             .expect("a runtime");
-        runtime.block_on(async move {
-            match Application::build(config).await {
-                Ok(app) => {
-                    let _ = tx.send(Ok(app.base_url().to_owned()));
-                    let _ = app.run_until(std::future::pending()).await;
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                }
-            }
-        });
-    });
-    rx.recv()?
-}
-
-/// A trivial axum JSON endpoint on its own two-thread runtime: the baseline.
-fn start_baseline() -> anyhow::Result<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        runtime.block_on(async move {
-            let app = axum::Router::new().route(
-                "/ping",
-                axum::routing::get(|| async {
-                    axum::Json(
-                        json!({ "resourceType": "Patient", "id": "example", "active": true }),
-                    )
-                }),
-            );
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("a port");
-            let address = listener.local_addr().expect("an address");
-            let _ = tx.send(format!("http://{address}"));
-            let _ = axum::serve(listener, app).await;
-        });
+        runtime.block_on(serve(tx));
     });
     Ok(rx.recv()?)
+}
+
+/// Starts the server; returns its base URL.
+fn start_server(config: Config) -> anyhow::Result<String> {
+    on_own_runtime(move |tx| async move {
+        match Application::build(config).await {
+            Ok(app) => {
+                let _ = tx.send(Ok(app.base_url().to_owned()));
+                let _ = app.run_until(std::future::pending()).await;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    })?
+}
+
+/// A trivial axum JSON endpoint: the baseline.
+fn start_baseline() -> anyhow::Result<String> {
+    on_own_runtime(|tx| async move {
+        let app = axum::Router::new().route(
+            "/ping",
+            axum::routing::get(|| async {
+                axum::Json(json!({ "resourceType": "Patient", "id": "example", "active": true }))
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let address = listener.local_addr().expect("an address");
+        let _ = tx.send(format!("http://{address}"));
+        let _ = axum::serve(listener, app).await;
+    })
 }
 
 async fn seed(base: &str, n: usize) -> anyhow::Result<Vec<String>> {
@@ -409,7 +408,6 @@ fn main() -> anyhow::Result<()> {
                     &report,
                     Some(&baseline),
                 );
-                let _ = report.requests;
             }
             remove_database(&url).await;
         }

@@ -186,7 +186,7 @@ pub async fn read(
     let rt = resource_type(&type_name)?;
     let shape = Shape::from_request(&query, &headers)?;
     let version = stored_version(&state, rt, &id).await?;
-    version_response(&state, &headers, &shape, &version)
+    version_response(&headers, &shape, &version)
 }
 
 /// `GET /fhir/{type}/{id}/_history/{vid}`.
@@ -208,16 +208,11 @@ pub async fn vread(
         .vread(rt, &id, version_id)
         .await?
         .ok_or_else(not_found)?;
-    version_response(&state, &headers, &shape, &version)
+    version_response(&headers, &shape, &version)
 }
 
 /// A read or vread answer: the body, 304 for a conditional read, 410 for a delete.
-fn version_response(
-    state: &AppState,
-    headers: &HeaderMap,
-    shape: &Shape,
-    version: &Version,
-) -> FhirResult<Response> {
+fn version_response(headers: &HeaderMap, shape: &Shape, version: &Version) -> FhirResult<Response> {
     let version_headers = headers::version_headers(version, None);
     let Some(body) = &version.body else {
         let mut response = FhirError::Gone(format!(
@@ -234,7 +229,6 @@ fn version_response(
         json_response(StatusCode::OK, shape_body(shape, body)?)
     };
     response.headers_mut().extend(version_headers);
-    let _ = state;
     Ok(response)
 }
 
