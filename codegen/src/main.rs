@@ -6,7 +6,8 @@
 //! ```
 //!
 //! Inputs are `spec/fhir.schema.json` (the resource types, and the typed models made from it
-//! with typify, see `models.rs`) and `spec/profiles-resources.json` (the elements of each type).
+//! with typify, see `models.rs`), `spec/profiles-resources.json` (the elements of each type) and
+//! `spec/search-parameters.json` (the search parameters of each type).
 //! Which types get typed models is the one list in `typed.rs`. Output is formatted here with
 //! prettyplease and is deterministic, so CI can compare bytes.
 #![expect(clippy::print_stdout, reason = "a command-line tool reports on stdout")]
@@ -14,6 +15,7 @@
 mod elements;
 mod models;
 mod resource_type;
+mod search_parameters;
 mod typed;
 
 use std::path::{Path, PathBuf};
@@ -38,7 +40,9 @@ fn read(root: &Path, relative: &str) -> Result<String, String> {
 fn generate(root: &Path) -> Result<Vec<Output>, String> {
     let schema = read(root, "spec/fhir.schema.json")?;
     let profiles = read(root, "spec/profiles-resources.json")?;
+    let search_parameters = read(root, "spec/search-parameters.json")?;
     let models = models::generate(&schema, typed::TYPED_RESOURCES)?;
+    let resource_types = resource_type::names(&schema)?;
     Ok(vec![
         Output {
             path: "fhir-models/src/generated/models.rs",
@@ -55,6 +59,10 @@ fn generate(root: &Path) -> Result<Vec<Output>, String> {
         Output {
             path: "fhir-models/src/generated/elements.rs",
             text: elements::generate(&profiles)?,
+        },
+        Output {
+            path: "fhir-models/src/generated/search_parameters.rs",
+            text: search_parameters::generate(&search_parameters, &resource_types)?,
         },
     ])
 }

@@ -80,3 +80,16 @@ pub fn generate(schema: &str, typed: &[&str]) -> Result<String, String> {
     );
     Ok(out)
 }
+
+/// The resource type names of `fhir.schema.json`, sorted.
+pub fn names(schema: &str) -> Result<Vec<String>, String> {
+    let schema: Value =
+        serde_json::from_str(schema).map_err(|e| format!("fhir.schema.json is not JSON: {e}"))?;
+    let mapping = schema
+        .pointer("/discriminator/mapping")
+        .and_then(Value::as_object)
+        .ok_or("fhir.schema.json has no discriminator mapping")?;
+    let mut names: Vec<String> = mapping.keys().cloned().collect();
+    names.sort_unstable();
+    Ok(names)
+}

@@ -16,10 +16,13 @@
 //!   with a FHIRPath-like path (`Bundle.entry[1].resource.name[0].given[1]`).
 //! - [`elements`], [`summary_elements`], [`mandatory_elements`]: each type's top-level elements,
 //!   those `_summary=true` keeps and those that are required, from the StructureDefinitions.
+//! - [`search_parameters`], [`COMMON_SEARCH_PARAMETERS`], [`search::search_parameter`]: the
+//!   official search parameters of each type (code, type, FHIRPath expression, targets).
 //! - [`element_matches`]: whether a JSON key is an element of a given name (choice types,
 //!   primitive extensions).
 
 mod resource;
+pub mod search;
 
 #[rustfmt::skip]
 mod generated {
@@ -27,12 +30,14 @@ mod generated {
     pub mod models;
     pub mod resource;
     pub mod resource_type;
+    pub mod search_parameters;
 }
 
 pub use generated::elements::{elements, mandatory_elements, summary_elements};
 pub use generated::models;
 pub use generated::resource::Resource;
 pub use generated::resource_type::ResourceType;
+pub use generated::search_parameters::{COMMON as COMMON_SEARCH_PARAMETERS, search_parameters};
 pub use resource::{
     check_typed, parse_resource, resource_from_value, resource_to_value, resource_to_vec,
 };

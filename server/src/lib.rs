@@ -7,6 +7,7 @@
 //!
 //! - [`config`]: typed configuration from defaults, a TOML file, the environment and flags.
 //! - [`startup`]: [`Application`], which the `telemed` binary and the tests start.
+//! - [`search`]: search parameters, index rows and the FHIRPath subset that finds them.
 //! - [`error`]: [`error::FhirError`], the one error type of the API.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
@@ -14,6 +15,7 @@ pub mod app;
 pub mod config;
 pub mod error;
 pub mod fhir;
+pub mod search;
 pub mod startup;
 pub mod store;
 pub mod validate;

@@ -19,6 +19,9 @@ struct Cli {
 enum Command {
     /// Run the server (FHIR base at /fhir).
     Serve(ServeArgs),
+    /// Rebuild the search index of every stored resource (after an upgrade that adds or
+    /// changes search parameters). Safe while the server runs.
+    Reindex(ServeArgs),
 }
 
 #[derive(clap::Args)]
@@ -47,10 +50,12 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
+        Command::Reindex(args) => reindex(args).await,
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// The configuration from defaults, the `--config` file, the environment and the flags.
+fn config(args: ServeArgs) -> anyhow::Result<Config> {
     let config = match &args.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
@@ -65,6 +70,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(url) = args.base_url {
         config.base_url = Some(url);
     }
+    Ok(config)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = config(args)?;
     let app = Application::build(config)
         .await
         .context("cannot start telemed")?;
@@ -73,5 +83,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "telemed is serving FHIR at /fhir"
     );
     app.run_until_stopped().await?;
+    Ok(())
+}
+
+async fn reindex(args: ServeArgs) -> anyhow::Result<()> {
+    let config = config(args)?;
+    let started = std::time::Instant::now();
+    let count = telemed_server::startup::reindex(&config, |done| {
+        tracing::info!(resources = done, "reindexing");
+    })
+    .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(
+        resources = count,
+        seconds,
+        per_second = count as f64 / seconds.max(1e-9),
+        "reindexed"
+    );
     Ok(())
 }

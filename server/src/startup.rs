@@ -40,13 +40,11 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let address = listener.local_addr()?;
-        let base_url = config
-            .base_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{address}"))
-            .trim_end_matches('/')
+        let fhir_base = fhir_base(&config, address);
+        let base_url = fhir_base
+            .strip_suffix("/fhir")
+            .unwrap_or(&fhir_base)
             .to_owned();
-        let fhir_base = format!("{base_url}/fhir");
         let capability = capability_statement(&fhir_base, &Micros::now().to_instant());
         let capability_statement = serde_json::to_vec(&capability)?.into();
         let validator = SchemaValidator::new();
@@ -58,7 +56,10 @@ impl Application {
             capability_statement,
         });
         let warm = app.clone();
-        tokio::task::spawn_blocking(move || warm.validator.warm(WARM_TYPES));
+        tokio::task::spawn_blocking(move || {
+            warm.validator.warm(WARM_TYPES);
+            crate::search::index::warm();
+        });
         Ok(Self {
             listener,
             state: AppState(app),
@@ -116,4 +117,29 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutting down: finishing in-flight requests");
+}
+
+/// The public FHIR base URL: the configured base URL, else the address listened on, + `/fhir`.
+fn fhir_base(config: &Config, address: std::net::SocketAddr) -> String {
+    let base_url = config
+        .base_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{address}"));
+    format!("{}/fhir", base_url.trim_end_matches('/'))
+}
+
+/// Rebuilds the search index of every live resource in the configured database (the
+/// `telemed reindex` command); `progress` hears the running count. Returns how many.
+pub async fn reindex(config: &Config, progress: impl FnMut(u64)) -> anyhow::Result<u64> {
+    let store = Store::open(&config.database_url, config.max_db_connections).await?;
+    let fhir_base = fhir_base(config, config.listen);
+    let count = store
+        .reindex(
+            500,
+            |rt, value| crate::search::index::extract(rt, value, &fhir_base),
+            progress,
+        )
+        .await?;
+    store.close().await;
+    Ok(count)
 }

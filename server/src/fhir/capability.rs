@@ -4,6 +4,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fhir_models::ResourceType;
+use fhir_models::search::{SearchParamType, SearchParameterDef};
 use serde_json::{Value, json};
 
 use super::Interaction;
@@ -20,18 +21,26 @@ pub fn capability_statement(fhir_base: &str, date: &str) -> Value {
     let resources: Vec<Value> = ResourceType::ALL
         .iter()
         .map(|rt| {
-            json!({
+            let mut resource = json!({
                 "type": rt.as_str(),
                 "profile": format!("http://hl7.org/fhir/StructureDefinition/{rt}"),
                 "interaction": interactions,
                 "versioning": "versioned-update",
                 "readHistory": true,
                 "updateCreate": true,
-                "conditionalCreate": false,
+                "conditionalCreate": true,
                 "conditionalRead": "full-support",
-                "conditionalUpdate": false,
-                "conditionalDelete": "not-supported",
-            })
+                "conditionalUpdate": true,
+                "conditionalDelete": "multiple",
+                "searchInclude": search_includes(*rt),
+                "searchRevInclude": search_rev_includes(*rt),
+                "searchParam": search_params(*rt),
+            });
+            // FHIR has no empty arrays: a type nothing refers to lists no revincludes.
+            if let Some(object) = resource.as_object_mut() {
+                object.retain(|_, v| v.as_array().is_none_or(|a| !a.is_empty()));
+            }
+            resource
         })
         .collect();
     json!({
@@ -54,9 +63,55 @@ pub fn capability_statement(fhir_base: &str, date: &str) -> Value {
         "rest": [{
             "mode": "server",
             "resource": resources,
-            "interaction": [{ "code": "history-system" }],
+            "interaction": [{ "code": "history-system" }, { "code": "search-system" }],
+            "searchParam": fhir_models::COMMON_SEARCH_PARAMETERS
+                .iter()
+                .map(search_param)
+                .collect::<Vec<_>>(),
         }],
     })
+}
+
+fn search_param(def: &SearchParameterDef) -> Value {
+    json!({
+        "name": def.code,
+        "definition": def.url,
+        "type": def.kind.as_str(),
+    })
+}
+
+/// Every parameter of `rt` that the server indexes, the common ones first.
+fn search_params(rt: ResourceType) -> Vec<Value> {
+    fhir_models::COMMON_SEARCH_PARAMETERS
+        .iter()
+        .chain(fhir_models::search_parameters(rt))
+        .map(search_param)
+        .collect()
+}
+
+/// `*` and `Type:param` for each reference parameter of `rt`.
+fn search_includes(rt: ResourceType) -> Vec<String> {
+    std::iter::once("*".to_owned())
+        .chain(
+            fhir_models::search_parameters(rt)
+                .iter()
+                .filter(|def| def.kind == SearchParamType::Reference)
+                .map(|def| format!("{rt}:{}", def.code)),
+        )
+        .collect()
+}
+
+/// `Source:param` for each reference parameter of any type that may point at `rt`.
+fn search_rev_includes(rt: ResourceType) -> Vec<String> {
+    ResourceType::ALL
+        .iter()
+        .flat_map(|source| {
+            fhir_models::search_parameters(*source)
+                .iter()
+                .filter(|def| def.kind == SearchParamType::Reference && def.targets.contains(&rt))
+                .map(move |def| format!("{source}:{}", def.code))
+        })
+        .collect()
 }
 
 /// `GET /fhir/metadata`.
@@ -117,8 +172,47 @@ mod tests {
                 "delete",
                 "history-instance",
                 "history-type",
-                "create"
+                "create",
+                "search-type"
             ]
+        );
+    }
+
+    #[test]
+    fn each_type_lists_its_search_parameters_and_includes() {
+        let statement = capability_statement("http://localhost/fhir", "2024-05-01T10:00:00Z");
+        let resources = statement["rest"][0]["resource"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let patient = resources
+            .iter()
+            .find(|r| r["type"] == "Patient")
+            .expect("Patient is listed");
+        let params: Vec<&Value> = patient["searchParam"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .collect();
+        let birthdate = params
+            .iter()
+            .find(|p| p["name"] == "birthdate")
+            .expect("birthdate is listed");
+        assert_eq!(birthdate["type"], "date");
+        assert_eq!(
+            birthdate["definition"],
+            "http://hl7.org/fhir/SearchParameter/individual-birthdate"
+        );
+        assert!(params.iter().any(|p| p["name"] == "_lastUpdated"));
+        let includes = patient["searchInclude"].to_string();
+        assert!(
+            includes.contains("Patient:general-practitioner"),
+            "{includes}"
+        );
+        let rev_includes = patient["searchRevInclude"].to_string();
+        assert!(
+            rev_includes.contains("Observation:subject"),
+            "{rev_includes}"
         );
     }
 }

@@ -241,17 +241,28 @@ pub enum Return {
     OperationOutcome,
 }
 
+/// The values of the preference `name` in the `Prefer` headers (`return`, `handling`).
+pub fn preferences<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(&[',', ';']))
+        .filter_map(move |token| {
+            let (key, value) = token.split_once('=')?;
+            (key.trim() == name).then(|| value.trim().trim_matches('"'))
+        })
+}
+
+/// Whether the client asked for `Prefer: handling=strict`: unknown search parameters are
+/// errors rather than warnings.
+pub fn handling_is_strict(headers: &HeaderMap) -> bool {
+    preferences(headers, "handling").any(|v| v == "strict")
+}
+
 impl Return {
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        headers
-            .get_all("prefer")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(&[',', ';']))
-            .filter_map(|token| {
-                let (name, value) = token.split_once('=')?;
-                (name.trim() == "return").then(|| value.trim().trim_matches('"'))
-            })
+        preferences(headers, "return")
             .find_map(|value| match value {
                 "minimal" => Some(Self::Minimal),
                 "representation" => Some(Self::Representation),

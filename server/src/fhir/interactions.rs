@@ -15,6 +15,7 @@ use super::format::{self, FHIR_JSON, Return, Shape, bad_parameter};
 use super::headers;
 use crate::app::AppState;
 use crate::error::{FhirError, FhirResult, Issue, operation_outcome};
+use crate::search;
 use crate::store::{
     Change, HistoryQuery, HistoryScope, Micros, Precondition, Version, WriteMethod, Written,
 };
@@ -86,6 +87,16 @@ fn check_resource_type(rt: ResourceType, value: &Value) -> Result<(), Vec<Issue>
     }
 }
 
+/// A write of `body`, with the search index rows it gives.
+fn put_change(state: &AppState, rt: ResourceType, body: Value, method: WriteMethod) -> Change {
+    let index = Box::new(search::index::extract(rt, &body, &state.fhir_base));
+    Change::Put {
+        body,
+        method,
+        index,
+    }
+}
+
 /// The response to a successful write, as `Prefer: return=` asks.
 fn write_response(
     state: &AppState,
@@ -139,18 +150,40 @@ pub async fn create(
     let rt = resource_type(&type_name)?;
     let shape = Shape::from_request(&query, &headers)?;
     format::check_resource_content_type(&headers)?;
-    if headers.contains_key("if-none-exist") {
-        return Err(FhirError::Unprocessable(vec![Issue::error(
-            "not-supported",
-            "conditional create (If-None-Exist) needs search, which this server does not offer yet",
-        )]));
-    }
     let value = parse_resource(&state, rt, &body)?;
+    if let Some(condition) = headers.get("if-none-exist") {
+        // http://hl7.org/fhir/R4/http.html#ccreate: one match → 200 with it, none → create,
+        // several → 412.
+        let condition = condition.to_str().map_err(|_| {
+            FhirError::bad_request("invalid", "If-None-Exist must be a query string")
+        })?;
+        let condition = condition.split_once('?').map_or(condition, |(_, q)| q);
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(condition).map_err(|_| {
+            FhirError::bad_request("invalid", "If-None-Exist must be a query string")
+        })?;
+        let found =
+            super::search::conditional_matches(&state, rt, &pairs, 2, "If-None-Exist").await?;
+        match found.as_slice() {
+            [] => {}
+            [existing] => {
+                return write_response(
+                    &state,
+                    &headers,
+                    &shape,
+                    StatusCode::OK,
+                    &existing.version,
+                    "a resource matching If-None-Exist exists; nothing was created",
+                );
+            }
+            _ => {
+                return Err(FhirError::PreconditionFailed(
+                    "If-None-Exist matches more than one resource".to_owned(),
+                ));
+            }
+        }
+    }
     let id = uuid::Uuid::new_v4().to_string();
-    let change = Change::Put {
-        body: value,
-        method: WriteMethod::Post,
-    };
+    let change = put_change(&state, rt, value, WriteMethod::Post);
     let (version, _) = state
         .store
         .write(rt, &id, Precondition::Absent, change)
@@ -268,10 +301,7 @@ pub async fn update(
         }
     }
     let precondition = if_match.map_or(Precondition::None, Precondition::IfMatch);
-    let change = Change::Put {
-        body: value,
-        method: WriteMethod::Put,
-    };
+    let change = put_change(&state, rt, value, WriteMethod::Put);
     let (version, created) = state
         .store
         .write(rt, &id, precondition, change)
@@ -283,6 +313,106 @@ pub async fn update(
         (StatusCode::OK, "updated")
     };
     write_response(&state, &headers, &shape, status, &version, message)
+}
+
+/// `PUT /fhir/{type}?…`: conditional update (http://hl7.org/fhir/R4/http.html#cond-update).
+/// No match → create (with the body's id, or a new one); one → update it; several → 412.
+pub async fn conditional_update(
+    State(state): State<AppState>,
+    Path(type_name): Path<String>,
+    Query(query): QueryPairs,
+    headers: HeaderMap,
+    body: Bytes,
+) -> FhirResult<Response> {
+    let rt = resource_type(&type_name)?;
+    let shape = Shape::from_request(&query, &headers)?;
+    format::check_resource_content_type(&headers)?;
+    let if_match = headers::if_match(&headers)?;
+    let mut value = parse_resource(&state, rt, &body)?;
+    let found =
+        super::search::conditional_matches(&state, rt, &query, 2, "a conditional update").await?;
+    let body_id = value.get("id").and_then(Value::as_str).map(str::to_owned);
+    let id = match found.as_slice() {
+        [] => match body_id {
+            Some(id) => {
+                check_id(&id)?;
+                id
+            }
+            None => uuid::Uuid::new_v4().to_string(),
+        },
+        [one] => {
+            if body_id.as_ref().is_some_and(|id| *id != one.version.id) {
+                return Err(FhirError::BadRequest(vec![
+                    Issue::error(
+                        "invalid",
+                        "the id in the body is not the id of the resource the condition matches",
+                    )
+                    .at(format!("{rt}.id")),
+                ]));
+            }
+            one.version.id.clone()
+        }
+        _ => {
+            return Err(FhirError::PreconditionFailed(
+                "the conditional update matches more than one resource".to_owned(),
+            ));
+        }
+    };
+    if let Some(object) = value.as_object_mut() {
+        object.insert("id".to_owned(), Value::String(id.clone()));
+    }
+    let precondition = if_match.map_or(Precondition::None, Precondition::IfMatch);
+    let change = put_change(&state, rt, value, WriteMethod::Put);
+    let (version, created) = state
+        .store
+        .write(rt, &id, precondition, change)
+        .await?
+        .into_version()?;
+    let (status, message) = if created {
+        (StatusCode::CREATED, "created")
+    } else {
+        (StatusCode::OK, "updated")
+    };
+    write_response(&state, &headers, &shape, status, &version, message)
+}
+
+/// `DELETE /fhir/{type}?…`: conditional delete of every match (up to the page maximum).
+pub async fn conditional_delete(
+    State(state): State<AppState>,
+    Path(type_name): Path<String>,
+    Query(query): QueryPairs,
+    headers: HeaderMap,
+) -> FhirResult<Response> {
+    let rt = resource_type(&type_name)?;
+    let limit = state.config.max_page_size;
+    let found =
+        super::search::conditional_matches(&state, rt, &query, limit + 1, "a conditional delete")
+            .await?;
+    if found.len() > limit as usize {
+        return Err(FhirError::PreconditionFailed(format!(
+            "the conditional delete matches more than {limit} resources; narrow it"
+        )));
+    }
+    for target in &found {
+        state
+            .store
+            .write(rt, &target.version.id, Precondition::None, Change::Delete)
+            .await?;
+    }
+    let text = match found.len() {
+        0 => "no resource matches; nothing to delete".to_owned(),
+        n => format!("deleted {n} {rt} resource(s)"),
+    };
+    Ok(match Return::from_headers(&headers) {
+        Return::Minimal => StatusCode::NO_CONTENT.into_response(),
+        _ => {
+            let outcome = operation_outcome(&[Issue::information("informational", text)]);
+            json_response(
+                StatusCode::OK,
+                serde_json::to_vec(&outcome).unwrap_or_default(),
+            )
+        }
+    })
 }
 
 /// `PATCH /fhir/{type}/{id}` with a JSON Patch (RFC 6902) document.
@@ -345,10 +475,7 @@ pub async fn patch(
         return Err(FhirError::Unprocessable(issues));
     }
     // The patch was applied to this version: a write in between must not be overwritten.
-    let change = Change::Put {
-        body: value,
-        method: WriteMethod::Patch,
-    };
+    let change = put_change(&state, rt, value, WriteMethod::Patch);
     let written = state
         .store
         .write(rt, &id, Precondition::IfMatch(current.version_id), change)

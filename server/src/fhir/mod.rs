@@ -1,6 +1,8 @@
 //! The FHIR REST API under `/fhir`: the interactions of http://hl7.org/fhir/R4/http.html.
 //!
-//! - [`interactions`]: create, read, vread, update, patch, delete, history.
+//! - [`interactions`]: create, read, vread, update, patch, delete, history, and the
+//!   conditional forms of create, update and delete.
+//! - [`search`]: search at type and system level, by GET and POST.
 //! - [`capability`]: the CapabilityStatement at `/metadata`, built from what is routed here.
 //! - [`format`]: media types, `_format`, `_pretty`, `_summary`, `_elements`, `Prefer`.
 //! - [`headers`]: ETags and conditional requests.
@@ -9,6 +11,7 @@ pub mod capability;
 pub mod format;
 pub mod headers;
 pub mod interactions;
+pub mod search;
 
 use axum::Router;
 use axum::routing::get;
@@ -26,10 +29,11 @@ pub enum Interaction {
     HistoryInstance,
     HistoryType,
     Create,
+    SearchType,
 }
 
 impl Interaction {
-    pub const TYPE_LEVEL: [Interaction; 8] = [
+    pub const TYPE_LEVEL: [Interaction; 9] = [
         Self::Read,
         Self::Vread,
         Self::Update,
@@ -38,6 +42,7 @@ impl Interaction {
         Self::HistoryInstance,
         Self::HistoryType,
         Self::Create,
+        Self::SearchType,
     ];
 
     pub fn code(self) -> &'static str {
@@ -50,6 +55,7 @@ impl Interaction {
             Self::HistoryInstance => "history-instance",
             Self::HistoryType => "history-type",
             Self::Create => "create",
+            Self::SearchType => "search-type",
         }
     }
 }
@@ -57,10 +63,20 @@ impl Interaction {
 /// The routes under `/fhir`.
 pub fn router() -> Router<AppState> {
     use interactions::*;
+    use search::*;
     Router::new()
+        .route("/", get(search_system))
+        .route("/_search", axum::routing::post(search_system_post))
         .route("/metadata", get(capability::get_metadata))
         .route("/_history", get(history_system))
-        .route("/{type}", axum::routing::post(create))
+        .route(
+            "/{type}",
+            get(search_type)
+                .post(create)
+                .put(conditional_update)
+                .delete(conditional_delete),
+        )
+        .route("/{type}/_search", axum::routing::post(search_type_post))
         .route("/{type}/_history", get(history_type))
         .route(
             "/{type}/{id}",

@@ -11,6 +11,7 @@
 //! SQLite allows one writer at a time: writes go through a pool of one connection, so writers
 //! queue in the process instead of spinning on `SQLITE_BUSY`, and reads use their own pool.
 
+mod index;
 mod sqlite;
 
 use std::path::Path;
@@ -29,6 +30,7 @@ use sqlx::{PgConnection, QueryBuilder, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::FhirError;
+use crate::search::index::IndexRows;
 
 /// A point in time as stored: microseconds since the Unix epoch, UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -139,11 +141,12 @@ pub enum Precondition {
 /// What a write does to the resource.
 #[derive(Debug)]
 pub enum Change {
-    /// Store `body` as the next version; the store fills in `meta.versionId` and
-    /// `meta.lastUpdated`.
+    /// Store `body` as the next version, with its search index rows; the store fills in
+    /// `meta.versionId` and `meta.lastUpdated`.
     Put {
         body: Value,
         method: WriteMethod,
+        index: Box<IndexRows>,
     },
     Delete,
 }
@@ -167,6 +170,25 @@ impl Written {
             ))),
         }
     }
+}
+
+/// A value bound to or read from a query of [`Store::query`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+/// The kind of a column [`Store::query`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Int,
+    Real,
+    Text,
+    Blob,
 }
 
 /// Which history to list.
@@ -380,6 +402,125 @@ impl Store {
         }
     }
 
+    /// Runs a read-only query written for both backends (`$n` placeholders numbered in order
+    /// of appearance) and reads its columns as `columns` says.
+    pub async fn query(
+        &self,
+        sql: &str,
+        binds: &[Cell],
+        columns: &[Kind],
+    ) -> Result<Vec<Vec<Cell>>, FhirError> {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => {
+                let (path, sql, binds, columns) = (
+                    path.clone(),
+                    sql.to_owned(),
+                    binds.to_vec(),
+                    columns.to_vec(),
+                );
+                // A search may scan: run it where blocking is allowed.
+                tokio::task::spawn_blocking(move || sqlite::query(&path, &sql, &binds, &columns))
+                    .await
+                    .map_err(|e| FhirError::Internal(e.into()))?
+                    .map_err(FhirError::Internal)
+            }
+            Backend::Postgres(pool) => {
+                let mut query = sqlx::query(sql);
+                for bind in binds {
+                    query = match bind {
+                        Cell::Null => query.bind(None::<String>),
+                        Cell::Int(v) => query.bind(*v),
+                        Cell::Real(v) => query.bind(*v),
+                        Cell::Text(v) => query.bind(v.as_str()),
+                        Cell::Blob(v) => query.bind(v.as_slice()),
+                    };
+                }
+                let rows = query.fetch_all(pool).await?;
+                rows.iter()
+                    .map(|row| {
+                        columns
+                            .iter()
+                            .enumerate()
+                            .map(|(i, kind)| {
+                                Ok(match kind {
+                                    Kind::Int => row.try_get::<Option<i64>, _>(i)?.map(Cell::Int),
+                                    Kind::Real => row.try_get::<Option<f64>, _>(i)?.map(Cell::Real),
+                                    Kind::Text => {
+                                        row.try_get::<Option<String>, _>(i)?.map(Cell::Text)
+                                    }
+                                    Kind::Blob => {
+                                        row.try_get::<Option<Vec<u8>>, _>(i)?.map(Cell::Blob)
+                                    }
+                                }
+                                .unwrap_or(Cell::Null))
+                            })
+                            .collect::<Result<Vec<_>, FhirError>>()
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Rebuilds the search index rows of every live resource, `batch` resources per
+    /// transaction, with `extract` giving each resource's rows; `progress` hears the running
+    /// count after each batch. Returns how many resources were indexed.
+    pub async fn reindex(
+        &self,
+        batch: u32,
+        extract: impl Fn(ResourceType, &Value) -> IndexRows,
+        mut progress: impl FnMut(u64),
+    ) -> anyhow::Result<u64> {
+        const PAGE: &str = "SELECT r.rid, r.resource_type, v.body FROM resources r \
+            JOIN resource_versions v ON v.seq = r.seq \
+            WHERE NOT r.deleted AND r.rid > $1 ORDER BY r.rid LIMIT $2";
+        let mut after = 0i64;
+        let mut done = 0u64;
+        loop {
+            let rows = self
+                .query(
+                    PAGE,
+                    &[Cell::Int(after), Cell::Int(i64::from(batch))],
+                    &[Kind::Int, Kind::Text, Kind::Blob],
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot read resources to reindex: {e:?}"))?;
+            if rows.is_empty() {
+                return Ok(done);
+            }
+            let mut work = Vec::with_capacity(rows.len());
+            for row in rows {
+                let [Cell::Int(rid), Cell::Text(rt), Cell::Blob(body)] =
+                    <[Cell; 3]>::try_from(row).map_err(|_| anyhow::anyhow!("unexpected row"))?
+                else {
+                    anyhow::bail!("unexpected row while reindexing");
+                };
+                let rt: ResourceType = rt
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("unknown resource type {rt:?} in storage"))?;
+                let value: Value = serde_json::from_slice(&body)
+                    .with_context(|| format!("stored {rt} (rid {rid}) is not JSON"))?;
+                work.push((rid, rt, extract(rt, &value)));
+                after = rid;
+            }
+            let indexed = u64::try_from(work.len()).unwrap_or(u64::MAX);
+            match &self.backend {
+                Backend::Sqlite { path, .. } => {
+                    let path = path.clone();
+                    tokio::task::spawn_blocking(move || sqlite::reindex(&path, &work)).await??;
+                }
+                Backend::Postgres(pool) => {
+                    let mut tx = pool.begin().await?;
+                    for (rid, rt, rows) in &work {
+                        index::replace_postgres(&mut tx, *rid, rt.as_str(), rows, true).await?;
+                    }
+                    tx.commit().await?;
+                }
+            }
+            done += indexed;
+            progress(done);
+        }
+    }
+
     /// A page of history, newest first (at most `count + 1` versions, so the caller can tell
     /// whether there is a next page), and the number of versions in the whole scope.
     pub async fn history(&self, query: &HistoryQuery) -> Result<(Vec<Version>, i64), FhirError> {
@@ -411,6 +552,7 @@ impl Store {
 /// The current row of a resource, as a write finds it.
 #[derive(Debug, Clone, Copy)]
 struct Current {
+    rid: i64,
     version_id: i64,
     last_updated: i64,
     deleted: bool,
@@ -423,6 +565,8 @@ struct Planned {
     last_updated: Micros,
     method: WriteMethod,
     body: Option<Vec<u8>>,
+    /// The new version's search index rows (none for a delete).
+    index: Box<IndexRows>,
     /// Whether a live version existed before.
     was_live: bool,
 }
@@ -463,21 +607,26 @@ fn plan_write(
             .0
             .max(current.map_or(i64::MIN, |c| c.last_updated + 1)),
     );
-    let (method, body) = match change {
-        Change::Put { mut body, method } => {
+    let (method, body, index) = match change {
+        Change::Put {
+            mut body,
+            method,
+            index,
+        } => {
             set_meta(&mut body, id, version_id, last_updated);
             let bytes = serde_json::to_vec(&body)
                 .context("cannot serialise a resource")
                 .map_err(FhirError::Internal)?;
-            (method, Some(bytes))
+            (method, Some(bytes), index)
         }
-        Change::Delete => (WriteMethod::Delete, None),
+        Change::Delete => (WriteMethod::Delete, None, Box::default()),
     };
     Ok(Some(Planned {
         version_id,
         last_updated,
         method,
         body,
+        index,
         was_live: live.is_some(),
     }))
 }
@@ -501,15 +650,16 @@ impl Planned {
 
 // The statements of a write, shared by both backends. Placeholders are numbered in the order
 // they appear: SQLite (through rusqlite) binds `$n` by position of first appearance, not by n.
-const SELECT_CURRENT: &str =
-    "SELECT version_id, last_updated, deleted FROM resources WHERE resource_type = $1 AND id = $2";
+const SELECT_CURRENT: &str = "SELECT rid, version_id, last_updated, deleted FROM resources \
+    WHERE resource_type = $1 AND id = $2";
 const INSERT_VERSION: &str = "INSERT INTO resource_versions \
     (resource_type, id, version_id, last_updated, method, body) \
     VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq";
 const UPDATE_CURRENT: &str = "UPDATE resources SET version_id = $1, last_updated = $2, \
     deleted = $3, seq = $4 WHERE resource_type = $5 AND id = $6";
 const INSERT_CURRENT: &str = "INSERT INTO resources \
-    (resource_type, id, version_id, last_updated, deleted, seq) VALUES ($1, $2, $3, $4, $5, $6)";
+    (resource_type, id, version_id, last_updated, deleted, seq) VALUES ($1, $2, $3, $4, $5, $6) \
+    RETURNING rid";
 
 /// A write on PostgreSQL, inside the caller's transaction.
 async fn write_postgres(
@@ -527,17 +677,18 @@ async fn write_postgres(
         .await?
         .map(|row| -> Result<Current, sqlx::Error> {
             Ok(Current {
-                version_id: row.try_get(0)?,
-                last_updated: row.try_get(1)?,
-                deleted: row.try_get(2)?,
+                rid: row.try_get(0)?,
+                version_id: row.try_get(1)?,
+                last_updated: row.try_get(2)?,
+                deleted: row.try_get(3)?,
             })
         })
         .transpose()?;
     let Some(planned) = plan_write(rt, id, precondition, change, current)? else {
         return Ok(Written::NothingToDelete);
     };
-    // One round trip for the version and the current row.
-    let seq: i64 = sqlx::query(
+    // One round trip for the version and the current row, one for the index rows.
+    let row = sqlx::query(
         "WITH version AS (\
            INSERT INTO resource_versions \
            (resource_type, id, version_id, last_updated, method, body) \
@@ -546,7 +697,7 @@ async fn write_postgres(
          SELECT $1, $2, $3, $4, $7, seq FROM version \
          ON CONFLICT (resource_type, id) DO UPDATE SET version_id = EXCLUDED.version_id, \
            last_updated = EXCLUDED.last_updated, deleted = EXCLUDED.deleted, seq = EXCLUDED.seq \
-         RETURNING seq",
+         RETURNING seq, rid",
     )
     .bind(rt.as_str())
     .bind(id)
@@ -557,8 +708,10 @@ async fn write_postgres(
     .bind(planned.body.is_none())
     .fetch_one(&mut *conn)
     .await
-    .map_err(|e| conflict_on_unique(e, rt, id))?
-    .try_get(0)?;
+    .map_err(|e| conflict_on_unique(e, rt, id))?;
+    let seq: i64 = row.try_get(0)?;
+    let rid: i64 = row.try_get(1)?;
+    index::replace_postgres(conn, rid, rt.as_str(), &planned.index, current.is_some()).await?;
     Ok(planned.into_written(rt, id, seq))
 }
 

@@ -25,8 +25,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavio
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Change, Current, FhirError, INSERT_CURRENT, INSERT_VERSION, Micros, Precondition, READ_SQL,
-    SELECT_CURRENT, UPDATE_CURRENT, Version, Written, plan_write,
+    Cell, Change, Current, FhirError, INSERT_CURRENT, INSERT_VERSION, Kind, Micros, Precondition,
+    READ_SQL, SELECT_CURRENT, UPDATE_CURRENT, Version, Written, plan_write,
 };
 
 /// Most writes committed together.
@@ -120,9 +120,10 @@ fn write_one(
             statement
                 .query_row((rt.as_str(), id), |row| {
                     Ok(Current {
-                        version_id: row.get(0)?,
-                        last_updated: row.get(1)?,
-                        deleted: row.get(2)?,
+                        rid: row.get(0)?,
+                        version_id: row.get(1)?,
+                        last_updated: row.get(2)?,
+                        deleted: row.get(3)?,
                     })
                 })
                 .optional()
@@ -148,8 +149,8 @@ fn write_one(
         })
         .map_err(|e| conflict_on_constraint(e, rt, id))?;
     let deleted = planned.body.is_none();
-    let moved = if current.is_some() {
-        connection
+    let rid = match current {
+        Some(current) => connection
             .prepare_cached(UPDATE_CURRENT)
             .and_then(|mut statement| {
                 statement.execute((
@@ -161,22 +162,50 @@ fn write_one(
                     id,
                 ))
             })
-    } else {
-        connection
+            .map(|_| current.rid),
+        None => connection
             .prepare_cached(INSERT_CURRENT)
             .and_then(|mut statement| {
-                statement.execute((
-                    rt.as_str(),
-                    id,
-                    planned.version_id,
-                    planned.last_updated.0,
-                    deleted,
-                    seq,
-                ))
-            })
-    };
-    moved.map_err(|e| conflict_on_constraint(e, rt, id))?;
+                statement.query_row(
+                    (
+                        rt.as_str(),
+                        id,
+                        planned.version_id,
+                        planned.last_updated.0,
+                        deleted,
+                        seq,
+                    ),
+                    |row| row.get(0),
+                )
+            }),
+    }
+    .map_err(|e| conflict_on_constraint(e, rt, id))?;
+    super::index::replace_sqlite(
+        connection,
+        rid,
+        rt.as_str(),
+        &planned.index,
+        current.is_some(),
+    )
+    .map_err(internal)?;
     Ok(planned.into_written(rt, id, seq))
+}
+
+/// Replaces the index rows of a batch of resources in one transaction, on a connection of
+/// its own (`telemed reindex` runs beside or instead of a server; SQLite serialises writers).
+pub(super) fn reindex(
+    path: &Path,
+    work: &[(i64, ResourceType, crate::search::index::IndexRows)],
+) -> anyhow::Result<()> {
+    let mut connection = Connection::open(path)?;
+    connection.busy_timeout(Duration::from_secs(30))?;
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for (rid, rt, rows) in work {
+        super::index::replace_sqlite(&tx, *rid, rt.as_str(), rows, true)?;
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 fn conflict_on_constraint(error: rusqlite::Error, rt: ResourceType, id: &str) -> FhirError {
@@ -202,12 +231,11 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     Ok(connection)
 }
 
-/// The current version of `rt/id`, as [`super::Store::read`], on the calling thread.
-pub(super) fn read(
+/// Runs `f` with this thread's read-only connection to `path`, opening it the first time.
+fn with_reader<T>(
     path: &Arc<Path>,
-    rt: ResourceType,
-    id: &str,
-) -> anyhow::Result<Option<Version>> {
+    f: impl FnOnce(&Connection) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     READERS.with(|readers| {
         let mut readers = readers.borrow_mut();
         let connection = match readers.get(path) {
@@ -217,6 +245,17 @@ pub(super) fn read(
                 readers.entry(path.clone()).or_insert(connection)
             }
         };
+        f(connection)
+    })
+}
+
+/// The current version of `rt/id`, as [`super::Store::read`], on the calling thread.
+pub(super) fn read(
+    path: &Arc<Path>,
+    rt: ResourceType,
+    id: &str,
+) -> anyhow::Result<Option<Version>> {
+    with_reader(path, |connection| {
         let mut statement = connection.prepare_cached(READ_SQL)?;
         let row = statement
             .query_row((rt.as_str(), id), |row| {
@@ -242,5 +281,51 @@ pub(super) fn read(
             method: method.parse()?,
             body,
         }))
+    })
+}
+
+impl rusqlite::ToSql for Cell {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match self {
+            Self::Null => ValueRef::Null,
+            Self::Int(v) => ValueRef::Integer(*v),
+            Self::Real(v) => ValueRef::Real(*v),
+            Self::Text(v) => ValueRef::Text(v.as_bytes()),
+            Self::Blob(v) => ValueRef::Blob(v),
+        }))
+    }
+}
+
+/// Runs a read-only query on this thread's connection, as [`super::Store::query`].
+pub(super) fn query(
+    path: &Arc<Path>,
+    sql: &str,
+    binds: &[Cell],
+    columns: &[Kind],
+) -> anyhow::Result<Vec<Vec<Cell>>> {
+    with_reader(path, |connection| {
+        let mut statement = connection.prepare_cached(sql)?;
+        let mut rows = statement.query(rusqlite::params_from_iter(binds))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let mut cells = Vec::with_capacity(columns.len());
+            for (i, kind) in columns.iter().enumerate() {
+                use rusqlite::types::ValueRef;
+                let cell = match (row.get_ref(i)?, kind) {
+                    (ValueRef::Null, _) => Cell::Null,
+                    (ValueRef::Integer(v), Kind::Real) => Cell::Real(v as f64),
+                    (ValueRef::Integer(v), _) => Cell::Int(v),
+                    (ValueRef::Real(v), _) => Cell::Real(v),
+                    (ValueRef::Text(v), Kind::Blob) | (ValueRef::Blob(v), _) => {
+                        Cell::Blob(v.to_vec())
+                    }
+                    (ValueRef::Text(v), _) => Cell::Text(String::from_utf8_lossy(v).into_owned()),
+                };
+                cells.push(cell);
+            }
+            out.push(cells);
+        }
+        Ok(out)
     })
 }

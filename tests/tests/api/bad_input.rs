@@ -281,7 +281,7 @@ async fn an_unsupported_interaction_is_405_with_an_operation_outcome() {
     let (status, _) = post(&app, "Patient/123", FHIR, r#"{"resourceType":"Patient"}"#).await;
     assert_eq!(status, 405);
     let response = app
-        .request(Method::DELETE, "Patient")
+        .request(Method::PATCH, "Patient")
         .send()
         .await
         .expect("sent");

@@ -24,7 +24,6 @@ async fn create_if_none_exist(app: &TestApp, resource: &Value, query: &str) -> R
 }
 
 #[tokio::test]
-#[ignore = "conditional create needs search (issue 3)"]
 async fn conditional_create_with_a_matching_identifier_returns_the_existing_resource() {
     let app = spawn_app().await;
     let existing = app.created(&patient_with_identifier("12345")).await;
@@ -41,7 +40,6 @@ async fn conditional_create_with_a_matching_identifier_returns_the_existing_reso
 }
 
 #[tokio::test]
-#[ignore = "conditional create needs search (issue 3)"]
 async fn conditional_create_without_a_match_creates() {
     let app = spawn_app().await;
     app.created(&patient_with_identifier("12345")).await;
@@ -58,7 +56,6 @@ async fn conditional_create_without_a_match_creates() {
 }
 
 #[tokio::test]
-#[ignore = "conditional create needs search (issue 3)"]
 async fn conditional_create_by_id_finds_the_existing_resource() {
     let app = spawn_app().await;
     let existing = app.created(&patient_with_identifier("12345")).await;
@@ -74,7 +71,6 @@ async fn conditional_create_by_id_finds_the_existing_resource() {
 
 /// FHIR R4 http.html#ccreate: several matches → 412 Precondition Failed.
 #[tokio::test]
-#[ignore = "conditional create needs search (issue 3)"]
 async fn conditional_create_with_several_matches_is_412() {
     let app = spawn_app().await;
     app.created(&patient_with_identifier("twin")).await;

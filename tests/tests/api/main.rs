@@ -10,3 +10,4 @@ mod history;
 mod interactions;
 mod lifecycle;
 mod representation;
+mod search;

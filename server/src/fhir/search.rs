@@ -1,0 +1,331 @@
+//! Search at type and system level (http://hl7.org/fhir/R4/http.html#search), by GET or by
+//! POST of a form, answered with a `searchset` Bundle; and the conditional interactions that
+//! find their target by search.
+
+use std::str::FromStr;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use fhir_models::ResourceType;
+use serde::Serialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::format::{self, FHIR_JSON, Shape, Summary};
+use crate::app::AppState;
+use crate::error::{FhirError, FhirResult, Issue, operation_outcome};
+use crate::search::execute::{self, Found, Page};
+use crate::search::query::{self, Limits, SearchQuery, Total};
+use crate::store::Micros;
+
+type QueryPairs = Query<Vec<(String, String)>>;
+
+fn resource_type(name: &str) -> FhirResult<ResourceType> {
+    ResourceType::from_str(name).map_err(|_| {
+        FhirError::NotFound(format!(
+            "{name:?} is not a FHIR R4 resource type this server knows"
+        ))
+    })
+}
+
+/// The parameters of a search POSTed as a form, after those of the URL.
+fn form_pairs(
+    mut pairs: Vec<(String, String)>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> FhirResult<Vec<(String, String)>> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Err(FhirError::UnsupportedMediaType(
+            "a search by POST sends its parameters as application/x-www-form-urlencoded".to_owned(),
+        ));
+    }
+    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|e| {
+        FhirError::bad_request("structure", format!("the form body cannot be read: {e}"))
+    })?;
+    pairs.extend(form);
+    Ok(pairs)
+}
+
+impl AppState {
+    fn search_limits(&self) -> Limits {
+        Limits {
+            default_count: self.config.default_page_size,
+            max_count: self.config.max_page_size,
+        }
+    }
+
+    /// Parses a search on `types` from its parameters.
+    pub fn parse_search(
+        &self,
+        types: Vec<ResourceType>,
+        pairs: &[(String, String)],
+        strict: bool,
+    ) -> FhirResult<SearchQuery> {
+        query::parse(types, pairs, strict, &self.fhir_base, &self.search_limits())
+    }
+}
+
+/// `GET /fhir/{type}?…`.
+pub async fn search_type(
+    State(state): State<AppState>,
+    Path(type_name): Path<String>,
+    Query(pairs): QueryPairs,
+    headers: HeaderMap,
+) -> FhirResult<Response> {
+    let rt = resource_type(&type_name)?;
+    search(&state, Some(rt), &pairs, &headers).await
+}
+
+/// `POST /fhir/{type}/_search` with a form body.
+pub async fn search_type_post(
+    State(state): State<AppState>,
+    Path(type_name): Path<String>,
+    Query(pairs): QueryPairs,
+    headers: HeaderMap,
+    body: Bytes,
+) -> FhirResult<Response> {
+    let rt = resource_type(&type_name)?;
+    let pairs = form_pairs(pairs, &headers, &body)?;
+    search(&state, Some(rt), &pairs, &headers).await
+}
+
+/// `GET /fhir?_type=…&…`.
+pub async fn search_system(
+    State(state): State<AppState>,
+    Query(pairs): QueryPairs,
+    headers: HeaderMap,
+) -> FhirResult<Response> {
+    search(&state, None, &pairs, &headers).await
+}
+
+/// `POST /fhir/_search` with a form body.
+pub async fn search_system_post(
+    State(state): State<AppState>,
+    Query(pairs): QueryPairs,
+    headers: HeaderMap,
+    body: Bytes,
+) -> FhirResult<Response> {
+    let pairs = form_pairs(pairs, &headers, &body)?;
+    search(&state, None, &pairs, &headers).await
+}
+
+/// The types of a system search: those `_type` lists, or all.
+fn system_types(pairs: &[(String, String)]) -> FhirResult<Vec<ResourceType>> {
+    let mut types = Vec::new();
+    for (_, value) in pairs.iter().filter(|(name, _)| name == "_type") {
+        for name in value.split(',').filter(|n| !n.is_empty()) {
+            types.push(ResourceType::from_str(name).map_err(|_| {
+                format::bad_parameter(
+                    "_type",
+                    &format!("names {name:?}, which is not a resource type"),
+                )
+            })?);
+        }
+    }
+    if types.is_empty() {
+        types = ResourceType::ALL.to_vec();
+    }
+    types.sort();
+    types.dedup();
+    Ok(types)
+}
+
+async fn search(
+    state: &AppState,
+    rt: Option<ResourceType>,
+    pairs: &[(String, String)],
+    headers: &HeaderMap,
+) -> FhirResult<Response> {
+    let shape = Shape::from_request(pairs, headers)?;
+    let types = match rt {
+        Some(rt) => vec![rt],
+        None => system_types(pairs)?,
+    };
+    let query = state.parse_search(types, pairs, format::handling_is_strict(headers))?;
+    let page = if shape.summary == Summary::Count {
+        Page {
+            total: Some(execute::count(&state.store, &query).await?),
+            ..Page::default()
+        }
+    } else {
+        execute::page(&state.store, &query).await?
+    };
+    let bundle = searchset(state, rt, &query, &shape, &page)?;
+    let body = shape.to_bytes(&bundle)?;
+    Ok(axum::response::IntoResponse::into_response((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, FHIR_JSON)],
+        body,
+    )))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Bundle {
+    resource_type: &'static str,
+    id: String,
+    meta: BundleMeta,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total: Option<i64>,
+    link: Vec<BundleLink>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    entry: Vec<Entry>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BundleMeta {
+    last_updated: String,
+}
+
+#[derive(Serialize)]
+struct BundleLink {
+    relation: &'static str,
+    url: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Entry {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    full_url: Option<String>,
+    resource: Box<RawValue>,
+    search: EntrySearch,
+}
+
+#[derive(Serialize)]
+struct EntrySearch {
+    mode: &'static str,
+}
+
+fn searchset(
+    state: &AppState,
+    rt: Option<ResourceType>,
+    query: &SearchQuery,
+    shape: &Shape,
+    page: &Page,
+) -> FhirResult<Bundle> {
+    let path = match rt {
+        Some(rt) => format!("{}/{rt}", state.fhir_base),
+        None => state.fhir_base.clone(),
+    };
+    let link = |cursor: Option<&str>| {
+        let mut pairs: Vec<(&str, String)> = Vec::new();
+        if rt.is_none() {
+            let types: Vec<&str> = query.types.iter().map(|t| t.as_str()).collect();
+            if types.len() < ResourceType::ALL.len() {
+                pairs.push(("_type", types.join(",")));
+            }
+        }
+        pairs.extend(query.canonical.iter().map(|(k, v)| (k.as_str(), v.clone())));
+        pairs.push(("_count", query.count.to_string()));
+        if let Some(cursor) = cursor {
+            pairs.push(("_cursor", cursor.to_owned()));
+        }
+        let text = serde_urlencoded::to_string(&pairs).unwrap_or_default();
+        format!("{path}?{text}")
+    };
+    let self_cursor = query.cursor.map(|c| c.encode());
+    let mut links = vec![BundleLink {
+        relation: "self",
+        url: link(self_cursor.as_deref()),
+    }];
+    if let Some(next) = &page.next {
+        links.push(BundleLink {
+            relation: "next",
+            url: link(Some(next)),
+        });
+    }
+    if let Some(previous) = &page.previous {
+        links.push(BundleLink {
+            relation: "previous",
+            url: link(Some(previous)),
+        });
+    }
+    let mut entries = Vec::with_capacity(page.matches.len() + page.included.len() + 1);
+    for (found, mode) in page
+        .matches
+        .iter()
+        .map(|f| (f, "match"))
+        .chain(page.included.iter().map(|f| (f, "include")))
+    {
+        entries.push(entry(state, shape, found, mode)?);
+    }
+    if !query.warnings.is_empty() {
+        let outcome = operation_outcome(&query.warnings);
+        entries.push(Entry {
+            full_url: None,
+            resource: RawValue::from_string(outcome.to_string())
+                .map_err(|e| FhirError::Internal(e.into()))?,
+            search: EntrySearch { mode: "outcome" },
+        });
+    }
+    Ok(Bundle {
+        resource_type: "Bundle",
+        id: uuid::Uuid::new_v4().to_string(),
+        meta: BundleMeta {
+            last_updated: Micros::now().to_instant(),
+        },
+        kind: "searchset",
+        total: page.total,
+        link: links,
+        entry: entries,
+    })
+}
+
+fn entry(state: &AppState, shape: &Shape, found: &Found, mode: &'static str) -> FhirResult<Entry> {
+    let version = &found.version;
+    let body = version
+        .body
+        .as_deref()
+        .ok_or_else(|| FhirError::Internal(anyhow::anyhow!("a search found a deleted resource")))?;
+    let text = if shape.summary == Summary::False && shape.elements.is_none() {
+        String::from_utf8(body.to_vec()).map_err(|e| FhirError::Internal(e.into()))?
+    } else {
+        let mut value: Value =
+            serde_json::from_slice(body).map_err(|e| FhirError::Internal(e.into()))?;
+        shape.subset(&mut value);
+        value.to_string()
+    };
+    Ok(Entry {
+        full_url: Some(format!(
+            "{}/{}/{}",
+            state.fhir_base, version.resource_type, version.id
+        )),
+        resource: RawValue::from_string(text).map_err(|e| FhirError::Internal(e.into()))?,
+        search: EntrySearch { mode },
+    })
+}
+
+/// The resources of type `rt` that a conditional request's query matches, at most `limit`
+/// (the caller asks for one more than it can take, to know when there are too many).
+pub async fn conditional_matches(
+    state: &AppState,
+    rt: ResourceType,
+    pairs: &[(String, String)],
+    limit: u32,
+    what: &str,
+) -> FhirResult<Vec<Found>> {
+    // A condition the server does not understand must not match everything.
+    let mut query = state.parse_search(vec![rt], pairs, true)?;
+    if query.filters.is_empty() {
+        return Err(FhirError::BadRequest(vec![Issue::error(
+            "invalid",
+            format!("{what} needs search parameters to find its target"),
+        )]));
+    }
+    query.count = limit;
+    query.total = Total::None;
+    query.includes.clear();
+    query.revincludes.clear();
+    Ok(execute::page(&state.store, &query).await?.matches)
+}
