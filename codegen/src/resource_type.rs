@@ -6,14 +6,8 @@ use serde_json::Value;
 
 /// Rust source for `fhir_models::generated::resource_type`, from the text of `fhir.schema.json`.
 pub fn generate(schema: &str, typed: &[&str]) -> Result<String, String> {
-    let schema: Value =
-        serde_json::from_str(schema).map_err(|e| format!("fhir.schema.json is not JSON: {e}"))?;
-    let mapping = schema
-        .pointer("/discriminator/mapping")
-        .and_then(Value::as_object)
-        .ok_or("fhir.schema.json has no discriminator mapping")?;
-    let mut names: Vec<&str> = mapping.keys().map(String::as_str).collect();
-    names.sort_unstable();
+    let owned = names(schema)?;
+    let names: Vec<&str> = owned.iter().map(String::as_str).collect();
     if let Some(missing) = typed.iter().find(|t| !names.contains(t)) {
         return Err(format!(
             "typed model {missing:?} is not a resource type of the schema"

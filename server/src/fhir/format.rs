@@ -179,6 +179,15 @@ pub fn bad_parameter(name: &str, problem: &str) -> FhirError {
     ])
 }
 
+/// Whether the request's `Content-Type` is `media_type` (parameters such as `charset` aside).
+pub fn content_type_is(headers: &HeaderMap, media_type: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case(media_type))
+}
+
 fn is_json_media_type(media_type: &str) -> bool {
     let essence = media_type.split(';').next().unwrap_or("").trim();
     essence.eq_ignore_ascii_case("application/fhir+json")

@@ -11,19 +11,20 @@ use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::bundle::{Bundle, BundleLink};
 use super::format::{self, FHIR_JSON, Return, Shape, bad_parameter};
 use super::headers;
 use crate::app::AppState;
 use crate::error::{FhirError, FhirResult, Issue, operation_outcome};
 use crate::search;
 use crate::store::{
-    Change, HistoryQuery, HistoryScope, Micros, Precondition, Version, WriteMethod, Written,
+    Change, HistoryQuery, HistoryScope, Precondition, Version, WriteMethod, Written,
 };
 
-type QueryPairs = Query<Vec<(String, String)>>;
+pub(super) type QueryPairs = Query<Vec<(String, String)>>;
 
 /// A resource type named in a URL; an unknown one is a 404.
-fn resource_type(name: &str) -> FhirResult<ResourceType> {
+pub(super) fn resource_type(name: &str) -> FhirResult<ResourceType> {
     ResourceType::from_str(name).map_err(|_| {
         FhirError::NotFound(format!(
             "{name:?} is not a FHIR R4 resource type this server knows"
@@ -265,6 +266,32 @@ fn version_response(headers: &HeaderMap, shape: &Shape, version: &Version) -> Fh
     Ok(response)
 }
 
+/// Stores `value` as the next version of `rt/id` (an update, or a create with that id) and
+/// answers 200 or 201: the common end of update and conditional update.
+async fn put(
+    state: &AppState,
+    headers: &HeaderMap,
+    shape: &Shape,
+    rt: ResourceType,
+    id: &str,
+    if_match: Option<i64>,
+    value: Value,
+) -> FhirResult<Response> {
+    let precondition = if_match.map_or(Precondition::None, Precondition::IfMatch);
+    let change = put_change(state, rt, value, WriteMethod::Put);
+    let (version, created) = state
+        .store
+        .write(rt, id, precondition, change)
+        .await?
+        .into_version()?;
+    let (status, message) = if created {
+        (StatusCode::CREATED, "created")
+    } else {
+        (StatusCode::OK, "updated")
+    };
+    write_response(state, headers, shape, status, &version, message)
+}
+
 /// `PUT /fhir/{type}/{id}`: update, or create with the client's id.
 pub async fn update(
     State(state): State<AppState>,
@@ -300,19 +327,7 @@ pub async fn update(
             ]));
         }
     }
-    let precondition = if_match.map_or(Precondition::None, Precondition::IfMatch);
-    let change = put_change(&state, rt, value, WriteMethod::Put);
-    let (version, created) = state
-        .store
-        .write(rt, &id, precondition, change)
-        .await?
-        .into_version()?;
-    let (status, message) = if created {
-        (StatusCode::CREATED, "created")
-    } else {
-        (StatusCode::OK, "updated")
-    };
-    write_response(&state, &headers, &shape, status, &version, message)
+    put(&state, &headers, &shape, rt, &id, if_match, value).await
 }
 
 /// `PUT /fhir/{type}?…`: conditional update (http://hl7.org/fhir/R4/http.html#cond-update).
@@ -361,19 +376,7 @@ pub async fn conditional_update(
     if let Some(object) = value.as_object_mut() {
         object.insert("id".to_owned(), Value::String(id.clone()));
     }
-    let precondition = if_match.map_or(Precondition::None, Precondition::IfMatch);
-    let change = put_change(&state, rt, value, WriteMethod::Put);
-    let (version, created) = state
-        .store
-        .write(rt, &id, precondition, change)
-        .await?
-        .into_version()?;
-    let (status, message) = if created {
-        (StatusCode::CREATED, "created")
-    } else {
-        (StatusCode::OK, "updated")
-    };
-    write_response(&state, &headers, &shape, status, &version, message)
+    put(&state, &headers, &shape, rt, &id, if_match, value).await
 }
 
 /// `DELETE /fhir/{type}?…`: conditional delete of every match (up to the page maximum).
@@ -403,16 +406,7 @@ pub async fn conditional_delete(
         0 => "no resource matches; nothing to delete".to_owned(),
         n => format!("deleted {n} {rt} resource(s)"),
     };
-    Ok(match Return::from_headers(&headers) {
-        Return::Minimal => StatusCode::NO_CONTENT.into_response(),
-        _ => {
-            let outcome = operation_outcome(&[Issue::information("informational", text)]);
-            json_response(
-                StatusCode::OK,
-                serde_json::to_vec(&outcome).unwrap_or_default(),
-            )
-        }
-    })
+    Ok(delete_response(&headers, text))
 }
 
 /// `PATCH /fhir/{type}/{id}` with a JSON Patch (RFC 6902) document.
@@ -425,12 +419,7 @@ pub async fn patch(
 ) -> FhirResult<Response> {
     let rt = resource_type(&type_name)?;
     let shape = Shape::from_request(&query, &headers)?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let essence = content_type.split(';').next().unwrap_or("").trim();
-    if !essence.eq_ignore_ascii_case("application/json-patch+json") {
+    if !format::content_type_is(&headers, "application/json-patch+json") {
         return Err(FhirError::UnsupportedMediaType(
             "PATCH takes a JSON Patch document: Content-Type application/json-patch+json"
                 .to_owned(),
@@ -501,6 +490,21 @@ pub async fn patch(
     }
 }
 
+/// The answer to a delete: 204 under `Prefer: return=minimal`, else 200 with an
+/// OperationOutcome saying what happened.
+fn delete_response(headers: &HeaderMap, text: String) -> Response {
+    match Return::from_headers(headers) {
+        Return::Minimal => StatusCode::NO_CONTENT.into_response(),
+        _ => {
+            let outcome = operation_outcome(&[Issue::information("informational", text)]);
+            json_response(
+                StatusCode::OK,
+                serde_json::to_vec(&outcome).unwrap_or_default(),
+            )
+        }
+    }
+}
+
 /// `DELETE /fhir/{type}/{id}`: stores a deleted version; reads then answer 410.
 pub async fn delete(
     State(state): State<AppState>,
@@ -526,16 +530,7 @@ pub async fn delete(
         Some(version) => (format!("deleted {rt}/{id}"), Some(version)),
         None => (format!("{rt}/{id} does not exist; nothing to delete"), None),
     };
-    let mut response = match Return::from_headers(&headers) {
-        Return::Minimal => StatusCode::NO_CONTENT.into_response(),
-        _ => {
-            let outcome = operation_outcome(&[Issue::information("informational", text)]);
-            json_response(
-                StatusCode::OK,
-                serde_json::to_vec(&outcome).unwrap_or_default(),
-            )
-        }
-    };
+    let mut response = delete_response(&headers, text);
     if let Some(version) = version {
         response
             .headers_mut()
@@ -653,17 +648,7 @@ async fn history(
         .iter()
         .map(|version| history_entry(state, version))
         .collect::<FhirResult<Vec<_>>>()?;
-    let bundle = Bundle {
-        resource_type: "Bundle",
-        id: uuid::Uuid::new_v4().to_string(),
-        meta: BundleMeta {
-            last_updated: Micros::now().to_instant(),
-        },
-        kind: "history",
-        total,
-        link: links,
-        entry: entries,
-    };
+    let bundle = Bundle::new("history", Some(total), links, entries);
     Ok(json_response(StatusCode::OK, shape.to_bytes(&bundle)?))
 }
 
@@ -696,32 +681,6 @@ fn history_entry<'a>(state: &AppState, version: &'a Version) -> FhirResult<Bundl
             last_modified: version.last_updated.to_instant(),
         },
     })
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Bundle<'a> {
-    resource_type: &'static str,
-    id: String,
-    meta: BundleMeta,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    total: i64,
-    link: Vec<BundleLink>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    entry: Vec<BundleEntry<'a>>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct BundleMeta {
-    last_updated: String,
-}
-
-#[derive(Serialize)]
-struct BundleLink {
-    relation: &'static str,
-    url: String,
 }
 
 #[derive(Serialize)]

@@ -4,9 +4,11 @@
 //!   conditional forms of create, update and delete.
 //! - [`search`]: search at type and system level, by GET and POST.
 //! - [`capability`]: the CapabilityStatement at `/metadata`, built from what is routed here.
+//! - [`bundle`]: the frame of the Bundles the server answers with.
 //! - [`format`]: media types, `_format`, `_pretty`, `_summary`, `_elements`, `Prefer`.
 //! - [`headers`]: ETags and conditional requests.
 
+pub mod bundle;
 pub mod capability;
 pub mod format;
 pub mod headers;

@@ -13,22 +13,13 @@ use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::bundle::{Bundle, BundleLink};
 use super::format::{self, FHIR_JSON, Shape, Summary};
+use super::interactions::{QueryPairs, resource_type};
 use crate::app::AppState;
 use crate::error::{FhirError, FhirResult, Issue, operation_outcome};
 use crate::search::execute::{self, Found, Page};
 use crate::search::query::{self, Limits, SearchQuery, Total};
-use crate::store::Micros;
-
-type QueryPairs = Query<Vec<(String, String)>>;
-
-fn resource_type(name: &str) -> FhirResult<ResourceType> {
-    ResourceType::from_str(name).map_err(|_| {
-        FhirError::NotFound(format!(
-            "{name:?} is not a FHIR R4 resource type this server knows"
-        ))
-    })
-}
 
 /// The parameters of a search POSTed as a form, after those of the URL.
 fn form_pairs(
@@ -36,12 +27,7 @@ fn form_pairs(
     headers: &HeaderMap,
     body: &[u8],
 ) -> FhirResult<Vec<(String, String)>> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let essence = content_type.split(';').next().unwrap_or("").trim();
-    if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+    if !format::content_type_is(headers, "application/x-www-form-urlencoded") {
         return Err(FhirError::UnsupportedMediaType(
             "a search by POST sends its parameters as application/x-www-form-urlencoded".to_owned(),
         ));
@@ -168,33 +154,6 @@ async fn search(
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Bundle {
-    resource_type: &'static str,
-    id: String,
-    meta: BundleMeta,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    total: Option<i64>,
-    link: Vec<BundleLink>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    entry: Vec<Entry>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct BundleMeta {
-    last_updated: String,
-}
-
-#[derive(Serialize)]
-struct BundleLink {
-    relation: &'static str,
-    url: String,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
 struct Entry {
     #[serde(skip_serializing_if = "Option::is_none")]
     full_url: Option<String>,
@@ -213,7 +172,7 @@ fn searchset(
     query: &SearchQuery,
     shape: &Shape,
     page: &Page,
-) -> FhirResult<Bundle> {
+) -> FhirResult<Bundle<Entry>> {
     let path = match rt {
         Some(rt) => format!("{}/{rt}", state.fhir_base),
         None => state.fhir_base.clone(),
@@ -269,17 +228,7 @@ fn searchset(
             search: EntrySearch { mode: "outcome" },
         });
     }
-    Ok(Bundle {
-        resource_type: "Bundle",
-        id: uuid::Uuid::new_v4().to_string(),
-        meta: BundleMeta {
-            last_updated: Micros::now().to_instant(),
-        },
-        kind: "searchset",
-        total: page.total,
-        link: links,
-        entry: entries,
-    })
+    Ok(Bundle::new("searchset", page.total, links, entries))
 }
 
 fn entry(state: &AppState, shape: &Shape, found: &Found, mode: &'static str) -> FhirResult<Entry> {

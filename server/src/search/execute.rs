@@ -69,9 +69,9 @@ pub async fn page(store: &Store, query: &SearchQuery) -> Result<Page, FhirError>
         .into_iter()
         .map(found_from_row)
         .collect::<Result<Vec<_>, _>>()?;
-    let count = query.count as usize;
-    let more = matches.len() > count;
-    matches.truncate(count);
+    let limit = query.count as usize;
+    let more = matches.len() > limit;
+    matches.truncate(limit);
     let backwards = query.cursor.as_ref().is_some_and(|c| c.backwards);
     let (next, previous) = if backwards {
         matches.reverse();
@@ -91,7 +91,7 @@ pub async fn page(store: &Store, query: &SearchQuery) -> Result<Page, FhirError>
         )
     };
     let total = match query.total {
-        Total::Accurate => Some(count_matches(store, query).await?),
+        Total::Accurate => Some(count(store, query).await?),
         Total::Cheap if query.cursor.is_none() && !more => {
             Some(i64::try_from(matches.len()).unwrap_or(i64::MAX))
         }
@@ -105,10 +105,6 @@ pub async fn page(store: &Store, query: &SearchQuery) -> Result<Page, FhirError>
         next,
         previous,
     })
-}
-
-async fn count_matches(store: &Store, query: &SearchQuery) -> Result<i64, FhirError> {
-    count(store, query).await
 }
 
 fn cursor(backwards: bool, found: &Found) -> String {
