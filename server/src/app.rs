@@ -15,6 +15,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
 use crate::error::{FhirError, Issue, outcome_response};
+use crate::search::execute::TypeSizes;
 use crate::store::{Store, Version};
 use crate::validate::SchemaValidator;
 
@@ -30,6 +31,8 @@ pub struct App {
     pub validator: SchemaValidator,
     /// The serialised CapabilityStatement, built at start.
     pub capability_statement: Bytes,
+    /// How many resources each type holds, as search plans last counted.
+    pub type_sizes: TypeSizes,
 }
 
 /// Shared handle to [`App`]; cheap to clone into each request.

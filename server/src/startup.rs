@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use crate::app::{App, AppState, router};
 use crate::config::Config;
 use crate::fhir::capability::capability_statement;
+use crate::search::execute::TypeSizes;
 use crate::store::{Micros, Store};
 use crate::validate::SchemaValidator;
 
@@ -54,12 +55,14 @@ impl Application {
             store,
             validator,
             capability_statement,
+            type_sizes: TypeSizes::default(),
         });
         let warm = app.clone();
         tokio::task::spawn_blocking(move || {
             warm.validator.warm(WARM_TYPES);
             crate::search::index::warm();
         });
+        tokio::spawn(recount_type_sizes(Arc::downgrade(&app)));
         Ok(Self {
             listener,
             state: AppState(app),
@@ -142,4 +145,19 @@ pub async fn reindex(config: &Config, progress: impl FnMut(u64)) -> anyhow::Resu
         .await?;
     store.close().await;
     Ok(count)
+}
+
+/// Keeps the search planner's counts of each type's resources fresh, off the request path,
+/// for as long as the application lives.
+async fn recount_type_sizes(app: std::sync::Weak<App>) {
+    let mut every = tokio::time::interval(crate::search::execute::RECOUNT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let Some(app) = app.upgrade() else { return };
+        if let Err(error) = app.type_sizes.recount(&app.store).await {
+            tracing::warn!(?error, "cannot count resources for search planning");
+        }
+    }
 }

@@ -137,11 +137,11 @@ async fn search(
     let query = state.parse_search(types, pairs, format::handling_is_strict(headers))?;
     let page = if shape.summary == Summary::Count {
         Page {
-            total: Some(execute::count(&state.store, &query).await?),
+            total: Some(execute::count(&state.store, &state.type_sizes, &query).await?),
             ..Page::default()
         }
     } else {
-        execute::page(&state.store, &query).await?
+        execute::page(&state.store, &state.type_sizes, &query).await?
     };
     let bundle = searchset(state, rt, &query, &shape, &page)?;
     let body = shape.to_bytes(&bundle)?;
@@ -276,5 +276,7 @@ pub async fn conditional_matches(
     query.total = Total::None;
     query.includes.clear();
     query.revincludes.clear();
-    Ok(execute::page(&state.store, &query).await?.matches)
+    Ok(execute::page(&state.store, &state.type_sizes, &query)
+        .await?
+        .matches)
 }

@@ -1,11 +1,15 @@
 //! SQL for a parsed search, the same text for SQLite and PostgreSQL.
 //!
-//! Every filter becomes a condition on a resource's `rid` (or `id`), most of them
-//! `rid IN (SELECT rid FROM search_x WHERE resource_type = … AND param = … AND value …)`, so each
-//! can be answered from one index and the database is free to start from the most selective
-//! one. Chains and `_has` nest the same shape through `search_reference`. Paging is keyset:
-//! rows come ordered by the sort keys and `rid`, and a page starts after the last row of the
-//! one before, so rows written meanwhile never shift a page.
+//! A filter takes one of two forms. As a *set* (`r.rid IN (SELECT …)`) it is computed once
+//! from a value index, the type and parameter leading each index, and a query can start
+//! from it; a chain or `_has` set is a join from the innermost value outwards, which the
+//! database streams. As a *probe* (`EXISTS (SELECT … WHERE x.rid = r.rid …)`) it tests one
+//! resource through the `(rid, param, value…)` index, and names no type so that no other index
+//! can serve it. A query uses at most one set, the filter [`super::execute`] found rarest, and
+//! probes for the rest; with no rare filter it walks the type's live resources in `rid` order
+//! and probes each, stopping when the page is full. Paging is keyset: rows come ordered by the
+//! sort keys and `rid`, and a page starts after the last row of the one before, so rows
+//! written meanwhile never shift a page.
 
 use fhir_models::ResourceType;
 use fhir_models::search::{SearchParamType, SearchParameterDef};
@@ -83,8 +87,9 @@ pub fn sort_keys_of(query: &SearchQuery, rid: i64) -> (Sql, Vec<Kind>) {
 }
 
 /// The query of one page (`count + 1` rows, to know whether there is another), and the kinds
-/// of its sort key columns. `cursor_keys` are the sort key values of the cursor's resource.
-pub fn page(query: &SearchQuery, cursor_keys: &[Cell]) -> (Sql, Vec<Kind>) {
+/// of its sort key columns. `cursor_keys` are the sort key values of the cursor's resource;
+/// `driver` the filter to start from (see [`matches`]).
+pub fn page(query: &SearchQuery, driver: Option<usize>, cursor_keys: &[Cell]) -> (Sql, Vec<Kind>) {
     let mut sql = Sql::default();
     let keys: Vec<(Kind, bool)> = query
         .sort
@@ -92,11 +97,31 @@ pub fn page(query: &SearchQuery, cursor_keys: &[Cell]) -> (Sql, Vec<Kind>) {
         .map(|key| (sort_kind(key.def, &key.code), key.descending))
         .collect();
     let backwards = query.cursor.as_ref().is_some_and(|c| c.backwards);
+    let order = |prefix: &str| {
+        let mut order = String::from(" ORDER BY ");
+        for (i, (_, descending)) in keys.iter().enumerate() {
+            let descending = *descending != backwards;
+            order.push_str(&format!(
+                "{prefix}k{i}{}, ",
+                if descending { " DESC" } else { "" }
+            ));
+        }
+        order.push_str(&format!(
+            "{prefix}rid{}",
+            if backwards { " DESC" } else { "" }
+        ));
+        order
+    };
+    // The page's resources are chosen first and their bodies read after, so that a search
+    // reads the bodies it returns and no others.
+    sql.push("SELECT p.rid, v.seq, v.resource_type, v.id, v.version_id, v.last_updated, v.method, v.body");
+    for i in 0..keys.len() {
+        sql.push(&format!(", p.k{i}"));
+    }
+    sql.push(" FROM (");
     if keys.is_empty() {
-        sql.push("SELECT ")
-            .push(SELECT_ROW)
-            .push(" FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE ");
-        matches(&mut sql, query);
+        sql.push("SELECT r.rid, r.seq FROM resources r WHERE ");
+        matches(&mut sql, query, driver);
         if let Some(cursor) = &query.cursor {
             sql.push(if backwards {
                 " AND r.rid < "
@@ -105,42 +130,66 @@ pub fn page(query: &SearchQuery, cursor_keys: &[Cell]) -> (Sql, Vec<Kind>) {
             })
             .int(cursor.rid);
         }
-        sql.push(if backwards {
-            " ORDER BY r.rid DESC"
-        } else {
-            " ORDER BY r.rid"
-        });
+        sql.push(&order("r."));
     } else {
         // Sort keys are computed in a subquery so the keyset condition can name them.
-        sql.push("SELECT * FROM (SELECT ").push(SELECT_ROW);
+        sql.push("SELECT * FROM (SELECT r.rid, r.seq");
         for (i, key) in query.sort.iter().enumerate() {
             sql.push(", ");
             sort_expression(&mut sql, key.def, &key.code, key.descending);
             sql.push(&format!(" AS k{i}"));
         }
-        sql.push(" FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE ");
-        matches(&mut sql, query);
-        sql.push(") page");
+        sql.push(" FROM resources r WHERE ");
+        matches(&mut sql, query, driver);
+        sql.push(") m");
         if let Some(cursor) = &query.cursor {
             sql.push(" WHERE ");
             keyset(&mut sql, &keys, cursor, cursor_keys);
         }
-        sql.push(" ORDER BY ");
-        for (i, (_, descending)) in keys.iter().enumerate() {
-            let descending = *descending != backwards;
-            sql.push(&format!("k{i}{}, ", if descending { " DESC" } else { "" }));
-        }
-        sql.push(if backwards { "rid DESC" } else { "rid" });
+        sql.push(&order(""));
     }
     sql.push(" LIMIT ").int(i64::from(query.count) + 1);
+    sql.push(") p JOIN resource_versions v ON v.seq = p.seq")
+        .push(&order("p."));
     (sql, keys.into_iter().map(|(kind, _)| kind).collect())
 }
 
-/// How many resources match.
-pub fn count(query: &SearchQuery) -> Sql {
+/// How many resources match, starting from the filter `driver`.
+pub fn count(query: &SearchQuery, driver: Option<usize>) -> Sql {
     let mut sql = Sql::default();
-    sql.push("SELECT COUNT(*) FROM resources r WHERE ");
-    matches(&mut sql, query);
+    let rid_only = |f: &Filter| {
+        matches!(
+            f,
+            Filter::Param { .. } | Filter::Missing { .. } | Filter::Chain { .. }
+        )
+    };
+    match driver {
+        // Every other test names only the resource's rid: count the set's resources without
+        // visiting them.
+        Some(d)
+            if query
+                .filters
+                .iter()
+                .enumerate()
+                .all(|(i, f)| i == d || rid_only(f)) =>
+        {
+            sql.push("SELECT COUNT(*) FROM (SELECT DISTINCT s.rid FROM ");
+            set_of(&mut sql, &query.types, &query.filters[d]);
+            sql.push(" s) r");
+            let mut first = true;
+            for (i, filter) in query.filters.iter().enumerate() {
+                if i != d {
+                    sql.push(if first { " WHERE " } else { " AND " });
+                    first = false;
+                    filter_condition(&mut sql, "r", &query.types, filter, Form::Exists);
+                }
+            }
+        }
+        _ => {
+            sql.push("SELECT COUNT(*) FROM resources r WHERE ");
+            matches(&mut sql, query, driver);
+        }
+    }
     sql
 }
 
@@ -223,29 +272,38 @@ fn sort_expression(sql: &mut Sql, def: Option<&SearchParameterDef>, code: &str, 
     sql.push(")");
 }
 
-/// The condition every match meets: live, of a searched type, passing every filter.
-fn matches(sql: &mut Sql, query: &SearchQuery) {
-    sql.push("NOT r.deleted AND r.resource_type IN (");
-    for (i, rt) in query.types.iter().enumerate() {
+/// The condition every match meets: live, of a searched type, passing every filter. The
+/// filter `driver` is the set the query starts from; every other filter is a probe.
+fn matches(sql: &mut Sql, query: &SearchQuery, driver: Option<usize>) {
+    // `deleted = FALSE`, not `NOT deleted`: an equality the `(type, deleted, rid)` index seeks.
+    sql.push("r.deleted = FALSE");
+    // A driver's set holds only live resources of the types searched; checked again, the
+    // type would make SQLite find each resource through the type's index, not by its key.
+    if driver.is_none() {
+        sql.push(" AND ");
+        type_condition(sql, "r.resource_type", &query.types);
+    }
+    for (i, filter) in query.filters.iter().enumerate() {
+        let form = if Some(i) == driver {
+            Form::In
+        } else {
+            Form::Exists
+        };
+        sql.push(" AND ");
+        filter_condition(sql, "r", &query.types, filter, form);
+    }
+}
+
+/// `column IN (…)`, for the types searched: the first column of every value index.
+fn type_condition(sql: &mut Sql, column: &str, types: &[ResourceType]) {
+    sql.push(&format!("{column} IN ("));
+    for (i, rt) in types.iter().enumerate() {
         if i > 0 {
             sql.push(", ");
         }
         sql.text(rt.as_str());
     }
     sql.push(")");
-    let single = (query.types.len() == 1).then(|| query.types[0]);
-    for filter in &query.filters {
-        sql.push(" AND ");
-        filter_condition(sql, "r", single, filter);
-    }
-}
-
-/// `AND x.resource_type = $n` when the search is on one type (which lets the index narrow).
-fn type_condition(sql: &mut Sql, alias: &str, rt: Option<ResourceType>) {
-    if let Some(rt) = rt {
-        sql.push(&format!(" AND {alias}.resource_type = "))
-            .text(rt.as_str());
-    }
 }
 
 fn table_of(kind: SearchParamType) -> &'static str {
@@ -261,8 +319,50 @@ fn table_of(kind: SearchParamType) -> &'static str {
     }
 }
 
-/// A condition on the resource `alias` (a row of `resources`) of type `rt`.
-fn filter_condition(sql: &mut Sql, alias: &str, rt: Option<ResourceType>, filter: &Filter) {
+/// The form a filter takes in a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// `r.rid IN (SELECT …)`: the set is computed once from the value index, and the query
+    /// can start from it.
+    In,
+    /// `EXISTS (SELECT … WHERE x.rid = r.rid …)`: a test of each candidate, one probe of the
+    /// `(rid, param)` index, so the database never computes the whole set.
+    Exists,
+}
+
+/// Whether `filter` can be the set a query starts from: an index narrows it to its matches
+/// (a negation, `:missing=true` or a substring match cannot be found from an index).
+pub fn can_drive(filter: &Filter) -> bool {
+    match filter {
+        Filter::Id(_) | Filter::LastUpdated(_) => false,
+        Filter::Param { modifier, .. } => !matches!(
+            modifier,
+            Modifier::Not | Modifier::Contains | Modifier::Text | Modifier::Above
+        ),
+        Filter::Missing { missing, .. } => !missing,
+        Filter::Chain { .. } | Filter::Has { .. } => true,
+    }
+}
+
+/// How many resources the query's filter `i` matches on its own, counting no further than
+/// `limit`: cheap, as the count stops there.
+pub fn estimate(query: &SearchQuery, i: usize, limit: i64) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("SELECT COUNT(*) FROM (SELECT 1 FROM ");
+    set_of(&mut sql, &query.types, &query.filters[i]);
+    sql.push(" s LIMIT ").int(limit).push(") e");
+    sql
+}
+
+/// A condition on the resource `alias` (a row of `resources`) of one of `types`, in the form
+/// `form` ([`Form::In`] only for a filter that [`can_drive`]).
+fn filter_condition(
+    sql: &mut Sql,
+    alias: &str,
+    types: &[ResourceType],
+    filter: &Filter,
+    form: Form,
+) {
     match filter {
         Filter::Id(ids) => {
             sql.push(&format!("{alias}.id IN ("));
@@ -287,67 +387,43 @@ fn filter_condition(sql: &mut Sql, alias: &str, rt: Option<ResourceType>, filter
             }
             sql.push(")");
         }
+        _ if form == Form::In => {
+            sql.push(&format!("{alias}.rid IN "));
+            set_of(sql, types, filter);
+        }
         Filter::Missing { def, missing } => {
-            sql.push(&format!(
-                "{alias}.rid {}IN (SELECT x.rid FROM {} x WHERE x.param = ",
-                if *missing { "NOT " } else { "" },
-                table_of(def.kind)
-            ));
-            sql.text(def.code);
-            type_condition(sql, "x", rt);
+            rows_probe(sql, alias, table_of(def.kind), def.code, *missing);
             sql.push(")");
         }
-        Filter::Param {
-            def,
-            modifier,
-            values,
-        } => {
+        Filter::Param { def, modifier, .. } => {
+            let (table, param) = param_rows(def, *modifier);
             let negate = *modifier == Modifier::Not;
-            let (table, param) = match (def.kind, modifier) {
-                (SearchParamType::Token, Modifier::OfType) => {
-                    ("search_token", format!("{}:of-type", def.code))
-                }
-                (SearchParamType::Reference, Modifier::Identifier) => {
-                    ("search_token", format!("{}:identifier", def.code))
-                }
-                (kind, _) => (table_of(kind), def.code.to_owned()),
-            };
-            sql.push(&format!(
-                "{alias}.rid {}IN (SELECT x.rid FROM {table} x WHERE x.param = ",
-                if negate { "NOT " } else { "" }
-            ));
-            sql.text(&param);
-            type_condition(sql, "x", rt);
-            sql.push(" AND (");
-            for (i, value) in values.iter().enumerate() {
-                if i > 0 {
-                    sql.push(" OR ");
-                }
-                value_condition(sql, *modifier, value);
-            }
-            sql.push("))");
+            rows_probe(sql, alias, table, &param, negate);
+            param_values(sql, filter);
+            sql.push(")");
         }
         Filter::Chain { def, targets } => {
+            // Followed from the resource: its reference, the resource referred to, and that
+            // one's own test, a few index probes per candidate and no set built.
+            let inner = format!("{alias}c");
             sql.push(&format!(
-                "{alias}.rid IN (SELECT x.rid FROM search_reference x WHERE x.param = "
+                "EXISTS (SELECT 1 FROM search_reference x JOIN resources {inner} \
+                 ON {inner}.resource_type = x.target_type AND {inner}.id = x.target_id \
+                 WHERE x.rid = {alias}.rid AND x.param = "
             ));
             sql.text(def.code);
-            type_condition(sql, "x", rt);
             sql.push(" AND (");
-            let inner = format!("{alias}c");
             for (i, (target, filter)) in targets.iter().enumerate() {
                 if i > 0 {
                     sql.push(" OR ");
                 }
                 sql.push("(x.target_type = ").text(target.as_str());
-                sql.push(&format!(
-                    " AND x.target_id IN (SELECT {inner}.id FROM resources {inner} \
-                     WHERE {inner}.resource_type = "
-                ));
-                sql.text(target.as_str());
-                sql.push(&format!(" AND NOT {inner}.deleted AND "));
-                filter_condition(sql, &inner, Some(*target), filter);
-                sql.push("))");
+                sql.push(" AND ");
+                if !needs_its_rows(filter) {
+                    sql.push(&format!("{inner}.deleted = FALSE AND "));
+                }
+                filter_condition(sql, &inner, &[*target], filter, Form::Exists);
+                sql.push(")");
             }
             sql.push("))");
         }
@@ -356,28 +432,160 @@ fn filter_condition(sql: &mut Sql, alias: &str, rt: Option<ResourceType>, filter
             param,
             filter,
         } => {
+            // Followed from the resource: the resources referring to it, and their test.
             let inner = format!("{alias}h");
             sql.push(&format!(
-                "{alias}.id IN (SELECT y.target_id FROM search_reference y WHERE y.resource_type = "
+                "EXISTS (SELECT 1 FROM search_reference y JOIN resources {inner} \
+                 ON {inner}.rid = y.rid WHERE y.resource_type = "
             ));
             sql.text(source.as_str());
-            sql.push(" AND y.param = ").text(param.code);
-            if let Some(rt) = rt {
-                sql.push(" AND y.target_type = ").text(rt.as_str());
-            }
             sql.push(&format!(
-                " AND y.rid IN (SELECT {inner}.rid FROM resources {inner} WHERE {inner}.resource_type = "
+                " AND y.target_type = {alias}.resource_type AND y.target_id = {alias}.id \
+                 AND y.param = "
             ));
-            sql.text(source.as_str());
-            sql.push(&format!(" AND NOT {inner}.deleted AND "));
-            filter_condition(sql, &inner, Some(*source), filter);
-            sql.push("))");
+            sql.text(param.code);
+            sql.push(&format!(" AND {inner}.deleted = FALSE AND "));
+            filter_condition(sql, &inner, &[*source], filter, Form::Exists);
+            sql.push(")");
         }
     }
 }
 
+/// Whether `filter` holds only for a resource with index rows of its own, which only a live
+/// resource has; for such a filter a resource need not be checked for deletion.
+fn needs_its_rows(filter: &Filter) -> bool {
+    match filter {
+        Filter::Param { modifier, .. } => *modifier != Modifier::Not,
+        Filter::Missing { missing, .. } => !missing,
+        Filter::Chain { .. } => true,
+        Filter::Id(_) | Filter::LastUpdated(_) | Filter::Has { .. } => false,
+    }
+}
+
+/// The index table and `param` of a parameter's rows under `modifier`.
+fn param_rows(def: &SearchParameterDef, modifier: Modifier) -> (&'static str, String) {
+    match (def.kind, modifier) {
+        (SearchParamType::Token, Modifier::OfType) => {
+            ("search_token", format!("{}:of-type", def.code))
+        }
+        (SearchParamType::Reference, Modifier::Identifier) => {
+            ("search_token", format!("{}:identifier", def.code))
+        }
+        (kind, _) => (table_of(kind), def.code.to_owned()),
+    }
+}
+
+/// ` AND (value OR value …)` on the index row `x`, for a [`Filter::Param`].
+fn param_values(sql: &mut Sql, filter: &Filter) {
+    if let Filter::Param {
+        def,
+        modifier,
+        values,
+    } = filter
+    {
+        sql.push(" AND (");
+        for (i, value) in values.iter().enumerate() {
+            if i > 0 {
+                sql.push(" OR ");
+            }
+            value_condition(sql, def, *modifier, value);
+        }
+        sql.push(")");
+    }
+}
+
+/// `(SELECT rid …)`: the live resources of `types` that `filter` matches. Sets are written
+/// as joins from the innermost value outwards, which the database streams: an estimate that
+/// stops counting at its cap stops the whole chain there too.
+fn set_of(sql: &mut Sql, types: &[ResourceType], filter: &Filter) {
+    match filter {
+        Filter::Param { def, modifier, .. } if can_drive(filter) => {
+            let (table, param) = param_rows(def, *modifier);
+            rows_set(sql, types, table, &param);
+            param_values(sql, filter);
+            sql.push(")");
+        }
+        Filter::Missing {
+            def,
+            missing: false,
+        } => {
+            rows_set(sql, types, table_of(def.kind), def.code);
+            sql.push(")");
+        }
+        Filter::Chain { def, targets } => {
+            sql.push("(");
+            for (i, (target, filter)) in targets.iter().enumerate() {
+                if i > 0 {
+                    sql.push(" UNION ALL ");
+                }
+                sql.push("SELECT x.rid FROM ");
+                set_of(sql, &[*target], filter);
+                sql.push(
+                    " s CROSS JOIN resources c CROSS JOIN search_reference x \
+                     WHERE c.rid = s.rid AND ",
+                );
+                type_condition(sql, "x.resource_type", types);
+                sql.push(" AND x.target_type = ").text(target.as_str());
+                sql.push(" AND x.target_id = c.id AND x.param = ")
+                    .text(def.code);
+            }
+            sql.push(")");
+        }
+        Filter::Has {
+            source,
+            param,
+            filter,
+        } => {
+            sql.push("(SELECT t.rid FROM ");
+            set_of(sql, &[*source], filter);
+            sql.push(" s CROSS JOIN search_reference y CROSS JOIN resources t WHERE y.rid = s.rid AND y.param = ")
+                .text(param.code);
+            sql.push(" AND ");
+            type_condition(sql, "y.target_type", types);
+            sql.push(
+                " AND t.resource_type = y.target_type AND t.id = y.target_id \
+                 AND t.deleted = FALSE)",
+            );
+        }
+        // No index finds these: the type is walked, each resource tested.
+        _ => {
+            sql.push("(SELECT e.rid FROM resources e WHERE ");
+            type_condition(sql, "e.resource_type", types);
+            sql.push(" AND e.deleted = FALSE AND ");
+            filter_condition(sql, "e", types, filter, Form::Exists);
+            sql.push(")");
+        }
+    }
+}
+
+/// `(SELECT x.rid FROM table x WHERE x.param = … AND x.resource_type IN (…)`: the rows of
+/// parameter `param` of `types`, which the value indexes (type, parameter, value…) find; the
+/// caller adds conditions on the value and closes the parenthesis.
+fn rows_set(sql: &mut Sql, types: &[ResourceType], table: &str, param: &str) {
+    sql.push(&format!("(SELECT x.rid FROM {table} x WHERE x.param = "));
+    sql.text(param);
+    sql.push(" AND ");
+    type_condition(sql, "x.resource_type", types);
+}
+
+/// `[NOT ]EXISTS (SELECT 1 FROM table x WHERE x.rid = alias.rid AND x.param = …`: the rows of
+/// parameter `param` of the resource `alias`. It names no type, so only the `(rid, param, …)`
+/// index can serve it: one probe. The caller adds conditions and closes the parenthesis.
+fn rows_probe(sql: &mut Sql, alias: &str, table: &str, param: &str, negate: bool) {
+    let not = if negate { "NOT " } else { "" };
+    sql.push(&format!(
+        "{not}EXISTS (SELECT 1 FROM {table} x WHERE x.rid = {alias}.rid AND x.param = "
+    ));
+    sql.text(param);
+}
+
 /// A condition on the index row `x` for one value.
-fn value_condition(sql: &mut Sql, modifier: Modifier, value: &SearchValue) {
+fn value_condition(
+    sql: &mut Sql,
+    def: &SearchParameterDef,
+    modifier: Modifier,
+    value: &SearchValue,
+) {
     match value {
         SearchValue::Token { system, code } => {
             sql.push("(");
@@ -403,7 +611,12 @@ fn value_condition(sql: &mut Sql, modifier: Modifier, value: &SearchValue) {
         }
         SearchValue::String(text) => match modifier {
             Modifier::Exact => {
-                sql.push("x.exact = ").text(text);
+                // The normalised form follows from the exact one, and is what is indexed.
+                sql.push("(x.normalized = ")
+                    .text(&super::normalize(text))
+                    .push(" AND x.exact = ")
+                    .text(super::indexed(text))
+                    .push(")");
             }
             Modifier::Contains => {
                 let pattern = format!(
@@ -464,6 +677,12 @@ fn value_condition(sql: &mut Sql, modifier: Modifier, value: &SearchValue) {
                     sql.push(" AND x.target_type = ").text(ty.as_str());
                 }
                 (None, Some(id), None) => {
+                    // Index rows always name the type; naming the types the parameter can
+                    // refer to lets the index be searched by them.
+                    if !def.targets.is_empty() {
+                        type_condition(sql, "x.target_type", def.targets);
+                        sql.push(" AND ");
+                    }
                     sql.push("x.target_id = ").text(id);
                 }
                 _ => {
@@ -520,8 +739,11 @@ fn date_condition(
     search_low: i64,
     search_high: i64,
 ) {
+    // Each condition but `ne` also bounds one column by a range an index can seek
+    // (`low ≤ high` always), redundant with the rest but what lets the database start there.
     let within = |sql: &mut Sql| {
         sql.push(&format!("({low} >= ")).int(search_low);
+        sql.push(&format!(" AND {low} <= ")).int(search_high);
         sql.push(&format!(" AND {high} <= ")).int(search_high);
         sql.push(")");
     };
@@ -538,16 +760,18 @@ fn date_condition(
             sql.push(&format!("{low} < ")).int(search_low);
         }
         Prefix::Ge => {
-            sql.push(&format!("({high} > ")).int(search_high);
+            sql.push(&format!("({high} >= ")).int(search_low);
+            sql.push(&format!(" AND ({high} > ")).int(search_high);
             sql.push(" OR ");
             within(sql);
-            sql.push(")");
+            sql.push("))");
         }
         Prefix::Le => {
-            sql.push(&format!("({low} < ")).int(search_low);
+            sql.push(&format!("({low} <= ")).int(search_high);
+            sql.push(&format!(" AND ({low} < ")).int(search_low);
             sql.push(" OR ");
             within(sql);
-            sql.push(")");
+            sql.push("))");
         }
         Prefix::Sa => {
             sql.push(&format!("{low} > ")).int(search_high);
@@ -575,6 +799,7 @@ fn date_condition(
 fn number_condition(sql: &mut Sql, prefix: Prefix, number: &SearchNumber) {
     let within = |sql: &mut Sql| {
         sql.push("(x.low >= ").real(number.low);
+        sql.push(" AND x.low < ").real(number.high);
         sql.push(" AND x.high < ").real(number.high);
         sql.push(")");
     };
@@ -631,6 +856,16 @@ pub fn include_targets(rids: &[i64], param: Option<&str>, target: Option<Resourc
     sql
 }
 
+/// How many live resources of type `rt` there are (one range of the `(type, deleted, rid)`
+/// index).
+pub fn type_size(rt: ResourceType) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("SELECT COUNT(*) FROM resources r WHERE r.resource_type = ")
+        .text(rt.as_str());
+    sql.push(" AND r.deleted = FALSE");
+    sql
+}
+
 /// The live resources named by `(type, id)` pairs.
 pub fn resources_by_id(targets: &[(String, String)]) -> Sql {
     let mut sql = Sql::default();
@@ -649,7 +884,8 @@ pub fn resources_by_id(targets: &[(String, String)]) -> Sql {
     sql
 }
 
-/// The live resources that refer to any of `targets` (`_revinclude`).
+/// The live resources that refer to any of `targets` (`_revinclude`), from `source` through
+/// `param` (any of each when `None`).
 pub fn referring(
     targets: &[(ResourceType, String)],
     source: Option<ResourceType>,
@@ -658,23 +894,46 @@ pub fn referring(
     let mut sql = Sql::default();
     sql.push("SELECT ").push(SELECT_ROW).push(
         " FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE NOT r.deleted \
-         AND r.rid IN (SELECT x.rid FROM search_reference x WHERE (",
+         AND r.rid IN (SELECT x.rid FROM search_reference x WHERE ",
     );
+    // The referring type leads the index: without a source, every type with a reference
+    // parameter that can point at the targets.
+    let sources = match source {
+        Some(source) => vec![source],
+        None => referring_types(targets.iter().map(|(rt, _)| *rt)),
+    };
+    if sources.is_empty() {
+        sql.push("1 = 0");
+    } else {
+        type_condition(&mut sql, "x.resource_type", &sources);
+    }
+    sql.push(" AND (");
     for (i, (rt, id)) in targets.iter().enumerate() {
         if i > 0 {
             sql.push(" OR ");
         }
-        sql.push("(x.target_id = ").text(id);
-        sql.push(" AND x.target_type = ").text(rt.as_str());
+        sql.push("(x.target_type = ").text(rt.as_str());
+        sql.push(" AND x.target_id = ").text(id);
         sql.push(")");
     }
     sql.push(")");
-    if let Some(source) = source {
-        sql.push(" AND x.resource_type = ").text(source.as_str());
-    }
     if let Some(param) = param {
         sql.push(" AND x.param = ").text(param);
     }
     sql.push(")");
     sql
+}
+
+/// The types with a reference search parameter that can point at any of `targets`.
+fn referring_types(targets: impl Iterator<Item = ResourceType> + Clone) -> Vec<ResourceType> {
+    ResourceType::ALL
+        .iter()
+        .copied()
+        .filter(|&rt| {
+            fhir_models::search_parameters(rt).iter().any(|def| {
+                def.kind == SearchParamType::Reference
+                    && (def.targets.is_empty() || targets.clone().any(|t| def.targets.contains(&t)))
+            })
+        })
+        .collect()
 }
