@@ -6,12 +6,14 @@
 //! ```
 //!
 //! Inputs are `spec/fhir.schema.json` (the resource types, and the typed models made from it
-//! with typify, see `models.rs`), `spec/profiles-resources.json` (the elements of each type) and
-//! `spec/search-parameters.json` (the search parameters of each type).
+//! with typify, see `models.rs`), `spec/profiles-resources.json` (the elements of each type),
+//! `spec/search-parameters.json` (the search parameters of each type) and
+//! `spec/compartmentdefinition-patient.json` (the Patient compartment).
 //! Which types get typed models is the one list in `typed.rs`. Output is formatted here with
 //! prettyplease and is deterministic, so CI can compare bytes.
 #![expect(clippy::print_stdout, reason = "a command-line tool reports on stdout")]
 
+mod compartment;
 mod elements;
 mod models;
 mod resource_type;
@@ -41,6 +43,7 @@ fn generate(root: &Path) -> Result<Vec<Output>, String> {
     let schema = read(root, "spec/fhir.schema.json")?;
     let profiles = read(root, "spec/profiles-resources.json")?;
     let search_parameters = read(root, "spec/search-parameters.json")?;
+    let compartment = read(root, "spec/compartmentdefinition-patient.json")?;
     let models = models::generate(&schema, typed::TYPED_RESOURCES)?;
     let resource_types = resource_type::names(&schema)?;
     Ok(vec![
@@ -63,6 +66,10 @@ fn generate(root: &Path) -> Result<Vec<Output>, String> {
         Output {
             path: "fhir-models/src/generated/search_parameters.rs",
             text: search_parameters::generate(&search_parameters, &resource_types)?,
+        },
+        Output {
+            path: "fhir-models/src/generated/compartment.rs",
+            text: compartment::generate(&compartment, &search_parameters, &resource_types)?,
         },
     ])
 }

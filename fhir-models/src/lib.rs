@@ -18,6 +18,8 @@
 //!   those `_summary=true` keeps and those that are required, from the StructureDefinitions.
 //! - [`search_parameters`], [`COMMON_SEARCH_PARAMETERS`], [`search::search_parameter`]: the
 //!   official search parameters of each type (code, type, FHIRPath expression, targets).
+//! - [`patient_compartment_params`]: the Patient compartment, as the reference parameters that
+//!   put a resource of each type in a Patient's compartment.
 //! - [`element_matches`]: whether a JSON key is an element of a given name (choice types,
 //!   primitive extensions).
 
@@ -26,6 +28,7 @@ pub mod search;
 
 #[rustfmt::skip]
 mod generated {
+    pub mod compartment;
     pub mod elements;
     pub mod models;
     pub mod resource;
@@ -33,6 +36,7 @@ mod generated {
     pub mod search_parameters;
 }
 
+pub use generated::compartment::patient_compartment_params;
 pub use generated::elements::{elements, mandatory_elements, summary_elements};
 pub use generated::models;
 pub use generated::resource::Resource;
@@ -117,6 +121,17 @@ mod tests {
             mandatory_elements(ResourceType::Observation),
             ["status", "code"]
         );
+    }
+
+    #[test]
+    fn the_patient_compartment_comes_from_its_definition() {
+        assert_eq!(
+            patient_compartment_params(ResourceType::Observation),
+            ["subject", "performer"]
+        );
+        assert_eq!(patient_compartment_params(ResourceType::Patient), ["link"]);
+        assert!(patient_compartment_params(ResourceType::Device).is_empty());
+        assert!(patient_compartment_params(ResourceType::Practitioner).is_empty());
     }
 
     #[test]

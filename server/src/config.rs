@@ -20,8 +20,11 @@ pub struct Config {
     /// Public base URL of the server, without `/fhir` (`TELEMED_BASE_URL`). Used in `Location`
     /// headers and Bundle links; when unset it is `http://{listen}`.
     pub base_url: Option<String>,
-    /// Largest request body accepted, in bytes; larger bodies get 413.
+    /// Largest request body accepted, in bytes; larger bodies get 413. A whole patient record
+    /// posted as one transaction Bundle can run to tens of megabytes.
     pub max_body_bytes: usize,
+    /// Most entries a batch or transaction Bundle may hold; more get 413.
+    pub max_bundle_entries: usize,
     /// Most connections kept open to the database.
     pub max_db_connections: u32,
     /// Largest page a history or search Bundle returns, whatever `_count` asks for.
@@ -36,7 +39,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: "sqlite://data/telemed.db".to_owned(),
             base_url: None,
-            max_body_bytes: 16 * 1024 * 1024,
+            max_body_bytes: 64 * 1024 * 1024,
+            max_bundle_entries: 10_000,
             max_db_connections: 16,
             max_page_size: 1000,
             default_page_size: 50,

@@ -144,7 +144,9 @@ impl FhirError {
         }
     }
 
-    fn issues(&self) -> Vec<Issue> {
+    /// The issues of this error's OperationOutcome. An internal error is logged here, with the
+    /// correlation id its one issue names.
+    pub fn issues(&self) -> Vec<Issue> {
         let one = |code, text: &str| vec![Issue::error(code, text)];
         match self {
             Self::BadRequest(issues) | Self::Unprocessable(issues) => issues.clone(),

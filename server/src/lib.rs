@@ -9,12 +9,14 @@
 //! - [`startup`]: [`Application`], which the `telemed` binary and the tests start.
 //! - [`search`]: search parameters, index rows and the FHIRPath subset that finds them.
 //! - [`error`]: [`error::FhirError`], the one error type of the API.
+//! - [`import`]: `telemed import`, Bundle files loaded as `POST /fhir` would load them.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod app;
 pub mod config;
 pub mod error;
 pub mod fhir;
+pub mod import;
 pub mod search;
 pub mod startup;
 pub mod store;

@@ -22,6 +22,21 @@ enum Command {
     /// Rebuild the search index of every stored resource (after an upgrade that adds or
     /// changes search parameters). Safe while the server runs.
     Reindex(ServeArgs),
+    /// Load every Bundle file (*.json, batch or transaction, e.g. Synthea's output) under a
+    /// folder, with the same validation as POST /fhir. Safe while the server runs.
+    Import(ImportArgs),
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// The folder of Bundle files (searched recursively).
+    #[arg(value_name = "DIR")]
+    dir: PathBuf,
+    /// Files loaded at once [default: the number of cores]
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
+    #[command(flatten)]
+    server: ServeArgs,
 }
 
 #[derive(clap::Args)]
@@ -51,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
         Command::Reindex(args) => reindex(args).await,
+        Command::Import(args) => import(args).await,
     }
 }
 
@@ -101,4 +117,35 @@ async fn reindex(args: ServeArgs) -> anyhow::Result<()> {
         "reindexed"
     );
     Ok(())
+}
+
+/// Prints the summary of an import: the command's output, on stdout.
+#[allow(clippy::print_stdout)]
+async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let config = config(args.server)?;
+    let state = telemed_server::startup::offline_state(config)
+        .await
+        .context("cannot open the database")?;
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let bar = indicatif::ProgressBar::new(0);
+    let report = telemed_server::import::import(&state, &args.dir, jobs, bar).await?;
+    state.store.close().await;
+    println!(
+        "imported {} of {} files: {} resources in {:.1} s, {:.0} resources/s",
+        report.loaded,
+        report.files,
+        report.resources,
+        report.elapsed.as_secs_f64(),
+        report.per_second()
+    );
+    for (path, why) in &report.failures {
+        println!("failed: {}: {why}", path.display());
+    }
+    if report.failures.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{} of {} files failed", report.failures.len(), report.files)
+    }
 }

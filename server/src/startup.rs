@@ -36,7 +36,6 @@ impl Application {
     /// Opens and migrates the database, builds the state and binds the listener. Port 0 in
     /// `config.listen` picks a free port (what tests do).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store = Store::open(&config.database_url, config.max_db_connections).await?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -46,26 +45,10 @@ impl Application {
             .strip_suffix("/fhir")
             .unwrap_or(&fhir_base)
             .to_owned();
-        let capability = capability_statement(&fhir_base, &Micros::now().to_instant());
-        let capability_statement = serde_json::to_vec(&capability)?.into();
-        let validator = SchemaValidator::new();
-        let app = Arc::new(App {
-            config,
-            fhir_base,
-            store,
-            validator,
-            capability_statement,
-            type_sizes: TypeSizes::default(),
-        });
-        let warm = app.clone();
-        tokio::task::spawn_blocking(move || {
-            warm.validator.warm(WARM_TYPES);
-            crate::search::index::warm();
-        });
-        tokio::spawn(recount_type_sizes(Arc::downgrade(&app)));
+        let state = app_state(config, fhir_base).await?;
         Ok(Self {
             listener,
-            state: AppState(app),
+            state,
             port: address.port(),
             base_url,
         })
@@ -120,6 +103,36 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutting down: finishing in-flight requests");
+}
+
+/// Opens and migrates the database and builds what every request shares.
+async fn app_state(config: Config, fhir_base: String) -> anyhow::Result<AppState> {
+    let store = Store::open(&config.database_url, config.max_db_connections).await?;
+    let capability = capability_statement(&fhir_base, &Micros::now().to_instant());
+    let capability_statement = serde_json::to_vec(&capability)?.into();
+    let validator = SchemaValidator::new();
+    let app = Arc::new(App {
+        config,
+        fhir_base,
+        store,
+        validator,
+        capability_statement,
+        type_sizes: TypeSizes::default(),
+    });
+    let warm = app.clone();
+    tokio::task::spawn_blocking(move || {
+        warm.validator.warm(WARM_TYPES);
+        crate::search::index::warm();
+    });
+    tokio::spawn(recount_type_sizes(Arc::downgrade(&app)));
+    Ok(AppState(app))
+}
+
+/// The server's state without a listener, for commands that work on the database the way the
+/// API does (`telemed import`). Its base URL is the configured one, else the listen address.
+pub async fn offline_state(config: Config) -> anyhow::Result<AppState> {
+    let fhir_base = fhir_base(&config, config.listen);
+    app_state(config, fhir_base).await
 }
 
 /// The public FHIR base URL: the configured base URL, else the address listened on, + `/fhir`.

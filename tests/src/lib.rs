@@ -1,5 +1,5 @@
 //! Helpers shared by the end-to-end tests: a real server on a random port, on its own fresh
-//! database, and a real HTTP client.
+//! database, a real HTTP client, and readers of the searchset Bundles it answers with.
 //!
 //! The database is SQLite (a new file per test) unless `TELEMED_TEST_DATABASE_URL` names a
 //! PostgreSQL server, on which each test creates a database of its own and drops it afterwards.
@@ -14,6 +14,9 @@ pub struct TestApp {
     /// The FHIR base URL, e.g. `http://127.0.0.1:41234/fhir`.
     pub base: String,
     pub client: Client,
+    /// The configuration the server started with (its database URL, for commands that work on
+    /// the same database).
+    pub config: Config,
     database: Database,
 }
 
@@ -57,12 +60,15 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = Config::for_tests(url);
     config.max_db_connections = 4;
     configure(&mut config);
-    let app = Application::build(config).await.expect("the server starts");
+    let app = Application::build(config.clone())
+        .await
+        .expect("the server starts");
     let base = format!("{}/fhir", app.base_url());
     tokio::spawn(app.run_until_stopped());
     TestApp {
         base,
         client: Client::new(),
+        config,
         database,
     }
 }
@@ -189,6 +195,97 @@ impl TestApp {
             .expect("a Bundle");
         bundle["total"].as_i64().expect("history has a total")
     }
+}
+
+// Reading searchset Bundles (search, `$everything`).
+
+/// `{type}/{id}` of a resource the server returned.
+pub fn key(resource: &Value) -> String {
+    let rt = resource["resourceType"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no resourceType: {resource}"));
+    format!("{rt}/{}", id_of(resource))
+}
+
+/// The sorted `{type}/{id}` of `resources`: what a search is expected to match.
+pub fn keys(resources: &[&Value]) -> Vec<String> {
+    let mut keys: Vec<String> = resources.iter().map(|r| key(r)).collect();
+    keys.sort();
+    keys
+}
+
+/// The entries of `bundle` whose `search.mode` is `mode`, in the server's order.
+pub fn entries<'a>(bundle: &'a Value, mode: &'a str) -> impl Iterator<Item = &'a Value> {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(move |entry| entry["search"]["mode"] == mode)
+}
+
+/// `{type}/{id}` of what a page matched, in the server's order.
+pub fn matches_in_order(bundle: &Value) -> Vec<String> {
+    entries(bundle, "match")
+        .map(|entry| key(&entry["resource"]))
+        .collect()
+}
+
+/// `{type}/{id}` of what a page matched, sorted.
+pub fn matches(bundle: &Value) -> Vec<String> {
+    let mut matches = matches_in_order(bundle);
+    matches.sort();
+    matches
+}
+
+/// `{type}/{id}` of what a page included, sorted and not deduplicated (so a repeat shows).
+pub fn included(bundle: &Value) -> Vec<String> {
+    let mut included: Vec<String> = entries(bundle, "include")
+        .map(|entry| key(&entry["resource"]))
+        .collect();
+    included.sort();
+    included
+}
+
+/// The URL of the link of `bundle` with `relation`, if any.
+pub fn link<'a>(bundle: &'a Value, relation: &str) -> Option<&'a str> {
+    bundle["link"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["relation"] == relation)
+        .and_then(|l| l["url"].as_str())
+}
+
+/// `GET` of an absolute URL (a Bundle link); the status and the JSON body.
+pub async fn get_url(app: &TestApp, url: &str) -> (u16, Value) {
+    let response = app.client.get(url).send().await.expect("sent");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON"))
+}
+
+/// `GET {base}/{query}`; panics unless the answer is a 200 searchset Bundle.
+pub async fn search(app: &TestApp, query: &str) -> Value {
+    let response = app.get(query).await;
+    let status = response.status();
+    let bundle: Value = response.json().await.expect("JSON");
+    assert_eq!(status, 200, "{query}: {bundle}");
+    assert_eq!(bundle["resourceType"], "Bundle", "{query}: {bundle}");
+    assert_eq!(bundle["type"], "searchset", "{query}: {bundle}");
+    bundle
+}
+
+/// The sorted `{type}/{id}` of what `GET {base}/{query}` matched.
+pub async fn search_ids(app: &TestApp, query: &str) -> Vec<String> {
+    matches(&search(app, query).await)
+}
+
+/// `GET {base}/{query}` that must fail; the status and the OperationOutcome.
+pub async fn search_error(app: &TestApp, query: &str) -> (u16, Value) {
+    let response = app.get(query).await;
+    let status = response.status().as_u16();
+    let outcome: Value = response.json().await.expect("JSON");
+    assert_operation_outcome(&outcome);
+    (status, outcome)
 }
 
 /// The `expression`s of an OperationOutcome's issues, joined for easy assertions.

@@ -1,5 +1,5 @@
-//! The frame of the Bundles the server answers with (`history`, `searchset`): id, time, type,
-//! total, links; each kind brings its own entries.
+//! The frame of the Bundles the server answers with (`history`, `searchset`, `batch-response`,
+//! `transaction-response`): id, time, type, total, links; each kind brings its own entries.
 
 use serde::Serialize;
 
@@ -15,6 +15,7 @@ pub struct Bundle<E> {
     kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     total: Option<i64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     link: Vec<BundleLink>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     entry: Vec<E>,

@@ -36,6 +36,12 @@ pub fn capability_statement(fhir_base: &str, date: &str) -> Value {
                 "searchRevInclude": search_rev_includes(*rt),
                 "searchParam": search_params(*rt),
             });
+            if *rt == ResourceType::Patient {
+                resource["operation"] = json!([{
+                    "name": "everything",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                }]);
+            }
             // FHIR has no empty arrays: a type nothing refers to lists no revincludes.
             if let Some(object) = resource.as_object_mut() {
                 object.retain(|_, v| v.as_array().is_none_or(|a| !a.is_empty()));
@@ -63,7 +69,12 @@ pub fn capability_statement(fhir_base: &str, date: &str) -> Value {
         "rest": [{
             "mode": "server",
             "resource": resources,
-            "interaction": [{ "code": "history-system" }, { "code": "search-system" }],
+            "interaction": [
+                { "code": "transaction" },
+                { "code": "batch" },
+                { "code": "history-system" },
+                { "code": "search-system" },
+            ],
             "searchParam": fhir_models::COMMON_SEARCH_PARAMETERS
                 .iter()
                 .map(search_param)
@@ -137,6 +148,15 @@ mod tests {
     use super::*;
     use crate::validate::SchemaValidator;
 
+    /// The `rest.resource` entries of a CapabilityStatement.
+    fn listed_resources() -> Vec<Value> {
+        let statement = capability_statement("http://localhost/fhir", "2024-05-01T10:00:00Z");
+        statement["rest"][0]["resource"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
     #[test]
     fn the_capability_statement_is_valid_fhir() {
         let statement = capability_statement("http://localhost/fhir", "2024-05-01T10:00:00Z");
@@ -146,11 +166,7 @@ mod tests {
 
     #[test]
     fn every_resource_type_is_listed_with_its_interactions() {
-        let statement = capability_statement("http://localhost/fhir", "2024-05-01T10:00:00Z");
-        let resources = statement["rest"][0]["resource"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let resources = listed_resources();
         assert_eq!(resources.len(), ResourceType::ALL.len());
         let procedure = resources
             .iter()
@@ -179,12 +195,26 @@ mod tests {
     }
 
     #[test]
+    fn patient_alone_lists_the_everything_operation() {
+        let resources = listed_resources();
+        let with_operations: Vec<&Value> = resources
+            .iter()
+            .filter(|r| r.get("operation").is_some())
+            .collect();
+        assert_eq!(with_operations.len(), 1);
+        assert_eq!(with_operations[0]["type"], "Patient");
+        assert_eq!(
+            with_operations[0]["operation"],
+            json!([{
+                "name": "everything",
+                "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+            }])
+        );
+    }
+
+    #[test]
     fn each_type_lists_its_search_parameters_and_includes() {
-        let statement = capability_statement("http://localhost/fhir", "2024-05-01T10:00:00Z");
-        let resources = statement["rest"][0]["resource"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let resources = listed_resources();
         let patient = resources
             .iter()
             .find(|r| r["type"] == "Patient")

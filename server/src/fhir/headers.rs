@@ -9,7 +9,7 @@ use crate::error::FhirError;
 use crate::store::{Micros, Version};
 
 /// Parses a version tag: `W/"3"`, `"3"` or `3`.
-fn parse_version_tag(value: &str) -> Option<i64> {
+pub fn parse_version_tag(value: &str) -> Option<i64> {
     let value = value.trim();
     let value = value.strip_prefix("W/").unwrap_or(value);
     let value = value.trim_matches('"');

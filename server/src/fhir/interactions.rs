@@ -33,14 +33,14 @@ pub(super) fn resource_type(name: &str) -> FhirResult<ResourceType> {
 }
 
 /// A logical id: 1 to 64 of `A-Z a-z 0-9 - .` (http://hl7.org/fhir/R4/datatypes.html#id).
-fn is_valid_id(id: &str) -> bool {
+pub(super) fn is_valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
-fn check_id(id: &str) -> FhirResult<()> {
+pub(super) fn check_id(id: &str) -> FhirResult<()> {
     if is_valid_id(id) {
         Ok(())
     } else {
@@ -57,10 +57,17 @@ fn parse_resource(state: &AppState, rt: ResourceType, body: &[u8]) -> FhirResult
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         FhirError::bad_request("structure", format!("the body is not valid JSON: {e}"))
     })?;
-    check_resource_type(rt, &value).map_err(FhirError::BadRequest)?;
-    let issues = state.validator.check(rt, &value);
+    check_resource(state, rt, &value)?;
+    Ok(value)
+}
+
+/// Checks that `value` is a resource of type `rt`: an object, the right `resourceType`, valid
+/// against the schema and the typed model.
+pub(super) fn check_resource(state: &AppState, rt: ResourceType, value: &Value) -> FhirResult<()> {
+    check_resource_type(rt, value).map_err(FhirError::BadRequest)?;
+    let issues = state.validator.check(rt, value);
     if issues.is_empty() {
-        Ok(value)
+        Ok(())
     } else {
         Err(FhirError::BadRequest(issues))
     }
@@ -89,7 +96,12 @@ fn check_resource_type(rt: ResourceType, value: &Value) -> Result<(), Vec<Issue>
 }
 
 /// A write of `body`, with the search index rows it gives.
-fn put_change(state: &AppState, rt: ResourceType, body: Value, method: WriteMethod) -> Change {
+pub(super) fn put_change(
+    state: &AppState,
+    rt: ResourceType,
+    body: Value,
+    method: WriteMethod,
+) -> Change {
     let index = Box::new(search::index::extract(rt, &body, &state.fhir_base));
     Change::Put {
         body,
@@ -155,13 +167,13 @@ pub async fn create(
     if let Some(condition) = headers.get("if-none-exist") {
         // http://hl7.org/fhir/R4/http.html#ccreate: one match → 200 with it, none → create,
         // several → 412.
-        let condition = condition.to_str().map_err(|_| {
-            FhirError::bad_request("invalid", "If-None-Exist must be a query string")
-        })?;
-        let condition = condition.split_once('?').map_or(condition, |(_, q)| q);
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(condition).map_err(|_| {
-            FhirError::bad_request("invalid", "If-None-Exist must be a query string")
-        })?;
+        let pairs = condition
+            .to_str()
+            .ok()
+            .and_then(condition_pairs)
+            .ok_or_else(|| {
+                FhirError::bad_request("invalid", "If-None-Exist must be a query string")
+            })?;
         let found =
             super::search::conditional_matches(&state, rt, &pairs, 2, "If-None-Exist").await?;
         match found.as_slice() {
@@ -200,9 +212,20 @@ pub async fn create(
     )
 }
 
+/// The search parameters of a condition such as `If-None-Exist` (`identifier=…`, with or
+/// without a leading `Type?`); `None` if it is not a query string.
+pub(super) fn condition_pairs(condition: &str) -> Option<Vec<(String, String)>> {
+    let condition = condition.split_once('?').map_or(condition, |(_, q)| q);
+    serde_urlencoded::from_str(condition).ok()
+}
+
 /// The current version of `rt/id` (a deleted one included); 404 if it never existed or the id
 /// cannot be one.
-async fn stored_version(state: &AppState, rt: ResourceType, id: &str) -> FhirResult<Version> {
+pub(super) async fn stored_version(
+    state: &AppState,
+    rt: ResourceType,
+    id: &str,
+) -> FhirResult<Version> {
     let not_found = || FhirError::NotFound(format!("{rt} has no resource with that id"));
     if !is_valid_id(id) {
         return Err(not_found());
@@ -306,28 +329,29 @@ pub async fn update(
     format::check_resource_content_type(&headers)?;
     let if_match = headers::if_match(&headers)?;
     let value = parse_resource(&state, rt, &body)?;
-    match value.get("id").and_then(Value::as_str) {
-        Some(body_id) if body_id == id => {}
-        Some(_) => {
-            return Err(FhirError::BadRequest(vec![
-                Issue::error(
-                    "invalid",
-                    "the id in the body does not match the id in the URL",
-                )
-                .at(format!("{rt}.id")),
-            ]));
-        }
-        None => {
-            return Err(FhirError::BadRequest(vec![
-                Issue::error(
-                    "required",
-                    "an update must carry the resource's id in the body",
-                )
-                .at(format!("{rt}.id")),
-            ]));
-        }
-    }
+    check_update_id(rt, &id, &value)?;
     put(&state, &headers, &shape, rt, &id, if_match, value).await
+}
+
+/// An update carries the id of the URL in its body.
+pub(super) fn check_update_id(rt: ResourceType, id: &str, value: &Value) -> FhirResult<()> {
+    match value.get("id").and_then(Value::as_str) {
+        Some(body_id) if body_id == id => Ok(()),
+        Some(_) => Err(FhirError::BadRequest(vec![
+            Issue::error(
+                "invalid",
+                "the id in the body does not match the id in the URL",
+            )
+            .at(format!("{rt}.id")),
+        ])),
+        None => Err(FhirError::BadRequest(vec![
+            Issue::error(
+                "required",
+                "an update must carry the resource's id in the body",
+            )
+            .at(format!("{rt}.id")),
+        ])),
+    }
 }
 
 /// `PUT /fhir/{type}?…`: conditional update (http://hl7.org/fhir/R4/http.html#cond-update).
@@ -346,8 +370,20 @@ pub async fn conditional_update(
     let mut value = parse_resource(&state, rt, &body)?;
     let found =
         super::search::conditional_matches(&state, rt, &query, 2, "a conditional update").await?;
+    let matched: Vec<&str> = found.iter().map(|f| f.version.id.as_str()).collect();
+    let id = conditional_update_id(rt, &matched, &mut value)?;
+    put(&state, &headers, &shape, rt, &id, if_match, value).await
+}
+
+/// The id a conditional update writes, from the ids its condition matched: none → the body's
+/// id or a new one; one → that one; several → 412. Sets it in `value`.
+pub(super) fn conditional_update_id(
+    rt: ResourceType,
+    matched: &[&str],
+    value: &mut Value,
+) -> FhirResult<String> {
     let body_id = value.get("id").and_then(Value::as_str).map(str::to_owned);
-    let id = match found.as_slice() {
+    let id = match matched {
         [] => match body_id {
             Some(id) => {
                 check_id(&id)?;
@@ -356,7 +392,7 @@ pub async fn conditional_update(
             None => uuid::Uuid::new_v4().to_string(),
         },
         [one] => {
-            if body_id.as_ref().is_some_and(|id| *id != one.version.id) {
+            if body_id.as_ref().is_some_and(|id| id != one) {
                 return Err(FhirError::BadRequest(vec![
                     Issue::error(
                         "invalid",
@@ -365,7 +401,7 @@ pub async fn conditional_update(
                     .at(format!("{rt}.id")),
                 ]));
             }
-            one.version.id.clone()
+            (*one).to_owned()
         }
         _ => {
             return Err(FhirError::PreconditionFailed(
@@ -376,7 +412,7 @@ pub async fn conditional_update(
     if let Some(object) = value.as_object_mut() {
         object.insert("id".to_owned(), Value::String(id.clone()));
     }
-    put(&state, &headers, &shape, rt, &id, if_match, value).await
+    Ok(id)
 }
 
 /// `DELETE /fhir/{type}?…`: conditional delete of every match (up to the page maximum).
@@ -433,36 +469,7 @@ pub async fn patch(
         )
     })?;
     let current = stored_version(&state, rt, &id).await?;
-    let Some(current_body) = &current.body else {
-        return Err(FhirError::Gone(format!("{rt}/{id} was deleted")));
-    };
-    if let Some(expected) = if_match
-        && expected != current.version_id
-    {
-        return Err(FhirError::PreconditionFailed(format!(
-            "If-Match names version {expected} but the current version is {}",
-            current.version_id
-        )));
-    }
-    let mut value: Value =
-        serde_json::from_slice(current_body).map_err(|e| FhirError::Internal(e.into()))?;
-    json_patch::patch(&mut value, &operations).map_err(|e| {
-        FhirError::Unprocessable(vec![Issue::error(
-            "processing",
-            format!("the patch cannot be applied: {e}"),
-        )])
-    })?;
-    if value.get("id").and_then(Value::as_str) != Some(id.as_str()) {
-        return Err(FhirError::Unprocessable(vec![
-            Issue::error("invalid", "a patch may not change or remove the id")
-                .at(format!("{rt}.id")),
-        ]));
-    }
-    check_resource_type(rt, &value).map_err(FhirError::Unprocessable)?;
-    let issues = state.validator.check(rt, &value);
-    if !issues.is_empty() {
-        return Err(FhirError::Unprocessable(issues));
-    }
+    let value = patched(&state, &current, if_match, &operations)?;
     // The patch was applied to this version: a write in between must not be overwritten.
     let change = put_change(&state, rt, value, WriteMethod::Patch);
     let written = state
@@ -488,6 +495,48 @@ pub async fn patch(
             "a patch reported a delete"
         ))),
     }
+}
+
+/// `current` with a JSON Patch applied, checked like any other write; `if_match` is the version
+/// the client expects `current` to be.
+pub(super) fn patched(
+    state: &AppState,
+    current: &Version,
+    if_match: Option<i64>,
+    operations: &json_patch::Patch,
+) -> FhirResult<Value> {
+    let (rt, id) = (current.resource_type, &current.id);
+    let Some(current_body) = &current.body else {
+        return Err(FhirError::Gone(format!("{rt}/{id} was deleted")));
+    };
+    if let Some(expected) = if_match
+        && expected != current.version_id
+    {
+        return Err(FhirError::PreconditionFailed(format!(
+            "If-Match names version {expected} but the current version is {}",
+            current.version_id
+        )));
+    }
+    let mut value: Value =
+        serde_json::from_slice(current_body).map_err(|e| FhirError::Internal(e.into()))?;
+    json_patch::patch(&mut value, operations).map_err(|e| {
+        FhirError::Unprocessable(vec![Issue::error(
+            "processing",
+            format!("the patch cannot be applied: {e}"),
+        )])
+    })?;
+    if value.get("id").and_then(Value::as_str) != Some(id.as_str()) {
+        return Err(FhirError::Unprocessable(vec![
+            Issue::error("invalid", "a patch may not change or remove the id")
+                .at(format!("{rt}.id")),
+        ]));
+    }
+    check_resource_type(rt, &value).map_err(FhirError::Unprocessable)?;
+    let issues = state.validator.check(rt, &value);
+    if !issues.is_empty() {
+        return Err(FhirError::Unprocessable(issues));
+    }
+    Ok(value)
 }
 
 /// The answer to a delete: 204 under `Prefer: return=minimal`, else 200 with an

@@ -3,6 +3,8 @@
 //! - [`interactions`]: create, read, vread, update, patch, delete, history, and the
 //!   conditional forms of create, update and delete.
 //! - [`search`]: search at type and system level, by GET and POST.
+//! - [`everything`]: `Patient/{id}/$everything`, the Patient's compartment.
+//! - [`transaction`]: batch and transaction Bundles posted to the base.
 //! - [`capability`]: the CapabilityStatement at `/metadata`, built from what is routed here.
 //! - [`bundle`]: the frame of the Bundles the server answers with.
 //! - [`format`]: media types, `_format`, `_pretty`, `_summary`, `_elements`, `Prefer`.
@@ -10,10 +12,12 @@
 
 pub mod bundle;
 pub mod capability;
+pub mod everything;
 pub mod format;
 pub mod headers;
 pub mod interactions;
 pub mod search;
+pub mod transaction;
 
 use axum::Router;
 use axum::routing::get;
@@ -67,7 +71,10 @@ pub fn router() -> Router<AppState> {
     use interactions::*;
     use search::*;
     Router::new()
-        .route("/", get(search_system))
+        .route(
+            "/",
+            get(search_system).post(transaction::batch_or_transaction),
+        )
         .route("/_search", axum::routing::post(search_system_post))
         .route("/metadata", get(capability::get_metadata))
         .route("/_history", get(history_system))
@@ -85,5 +92,9 @@ pub fn router() -> Router<AppState> {
             get(read).put(update).patch(patch).delete(delete),
         )
         .route("/{type}/{id}/_history", get(history_instance))
+        .route(
+            "/{type}/{id}/$everything",
+            get(everything::get_everything).post(everything::post_everything),
+        )
         .route("/{type}/{id}/_history/{vid}", get(vread))
 }

@@ -103,7 +103,7 @@ pub async fn search_system_post(
 }
 
 /// The types of a system search: those `_type` lists, or all.
-fn system_types(pairs: &[(String, String)]) -> FhirResult<Vec<ResourceType>> {
+pub(super) fn system_types(pairs: &[(String, String)]) -> FhirResult<Vec<ResourceType>> {
     let mut types = Vec::new();
     for (_, value) in pairs.iter().filter(|(name, _)| name == "_type") {
         for name in value.split(',').filter(|n| !n.is_empty()) {
@@ -152,9 +152,10 @@ async fn search(
     )))
 }
 
+/// An entry of a `searchset` Bundle.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Entry {
+pub(super) struct Entry {
     #[serde(skip_serializing_if = "Option::is_none")]
     full_url: Option<String>,
     resource: Box<RawValue>,
@@ -210,15 +211,7 @@ fn searchset(
             url: link(Some(previous)),
         });
     }
-    let mut entries = Vec::with_capacity(page.matches.len() + page.included.len() + 1);
-    for (found, mode) in page
-        .matches
-        .iter()
-        .map(|f| (f, "match"))
-        .chain(page.included.iter().map(|f| (f, "include")))
-    {
-        entries.push(entry(state, shape, found, mode)?);
-    }
+    let mut entries = page_entries(state, shape, page)?;
     if !query.warnings.is_empty() {
         let outcome = operation_outcome(&query.warnings);
         entries.push(Entry {
@@ -229,6 +222,20 @@ fn searchset(
         });
     }
     Ok(Bundle::new("searchset", page.total, links, entries))
+}
+
+/// The entries of a page: its matches, then its includes, shaped as the request asks.
+pub(super) fn page_entries(state: &AppState, shape: &Shape, page: &Page) -> FhirResult<Vec<Entry>> {
+    let mut entries = Vec::with_capacity(page.matches.len() + page.included.len() + 1);
+    for (found, mode) in page
+        .matches
+        .iter()
+        .map(|f| (f, "match"))
+        .chain(page.included.iter().map(|f| (f, "include")))
+    {
+        entries.push(entry(state, shape, found, mode)?);
+    }
+    Ok(entries)
 }
 
 fn entry(state: &AppState, shape: &Shape, found: &Found, mode: &'static str) -> FhirResult<Entry> {

@@ -363,7 +363,7 @@ fn found_from_row(row: Vec<Cell>) -> Result<Found, FhirError> {
     })
 }
 
-async fn fetch(store: &Store, sql: Sql) -> Result<Vec<Found>, FhirError> {
+pub(super) async fn fetch(store: &Store, sql: Sql) -> Result<Vec<Found>, FhirError> {
     let rows = store.query(&sql.text, &sql.binds, &ROW_COLUMNS).await?;
     rows.into_iter().map(found_from_row).collect()
 }

@@ -7,7 +7,9 @@
 //! - [`query`]: a search request parsed into filters, sort keys, paging and includes.
 //! - [`sql`]: the SQL of a parsed search, one text for both databases.
 //! - [`execute`]: a page of results, with includes, totals and cursors.
+//! - [`compartment`]: a page of a Patient's compartment, for `$everything`.
 
+pub mod compartment;
 pub mod dates;
 pub mod execute;
 pub mod fhirpath;

@@ -25,23 +25,23 @@ pub struct Sql {
 }
 
 impl Sql {
-    fn push(&mut self, text: &str) -> &mut Self {
+    pub(super) fn push(&mut self, text: &str) -> &mut Self {
         self.text.push_str(text);
         self
     }
 
-    fn bind(&mut self, value: Cell) -> &mut Self {
+    pub(super) fn bind(&mut self, value: Cell) -> &mut Self {
         self.binds.push(value);
         let n = self.binds.len();
         self.text.push_str(&format!("${n}"));
         self
     }
 
-    fn text(&mut self, value: &str) -> &mut Self {
+    pub(super) fn text(&mut self, value: &str) -> &mut Self {
         self.bind(Cell::Text(value.to_owned()))
     }
 
-    fn int(&mut self, value: i64) -> &mut Self {
+    pub(super) fn int(&mut self, value: i64) -> &mut Self {
         self.bind(Cell::Int(value))
     }
 
@@ -64,7 +64,7 @@ pub const ROW_COLUMNS: [Kind; 8] = [
     Kind::Text,
     Kind::Blob,
 ];
-const SELECT_ROW: &str =
+pub(super) const SELECT_ROW: &str =
     "r.rid, v.seq, v.resource_type, v.id, v.version_id, v.last_updated, v.method, v.body";
 
 /// The sort key values of the resource `rid` (where a cursor points), and their kinds.
@@ -295,7 +295,7 @@ fn matches(sql: &mut Sql, query: &SearchQuery, driver: Option<usize>) {
 }
 
 /// `column IN (…)`, for the types searched: the first column of every value index.
-fn type_condition(sql: &mut Sql, column: &str, types: &[ResourceType]) {
+pub(super) fn type_condition(sql: &mut Sql, column: &str, types: &[ResourceType]) {
     sql.push(&format!("{column} IN ("));
     for (i, rt) in types.iter().enumerate() {
         if i > 0 {
@@ -404,10 +404,11 @@ fn filter_condition(
         }
         Filter::Chain { def, targets } => {
             // Followed from the resource: its reference, the resource referred to, and that
-            // one's own test, a few index probes per candidate and no set built.
+            // one's own test, a few index probes per candidate and no set built (see
+            // PER_ROW_PROBE for its form).
             let inner = format!("{alias}c");
             sql.push(&format!(
-                "EXISTS (SELECT 1 FROM search_reference x JOIN resources {inner} \
+                "(SELECT 1 FROM search_reference x JOIN resources {inner} \
                  ON {inner}.resource_type = x.target_type AND {inner}.id = x.target_id \
                  WHERE x.rid = {alias}.rid AND x.param = "
             ));
@@ -425,7 +426,7 @@ fn filter_condition(
                 filter_condition(sql, &inner, &[*target], filter, Form::Exists);
                 sql.push(")");
             }
-            sql.push("))");
+            sql.push(")").push(PER_ROW_PROBE);
         }
         Filter::Has {
             source,
@@ -435,7 +436,7 @@ fn filter_condition(
             // Followed from the resource: the resources referring to it, and their test.
             let inner = format!("{alias}h");
             sql.push(&format!(
-                "EXISTS (SELECT 1 FROM search_reference y JOIN resources {inner} \
+                "(SELECT 1 FROM search_reference y JOIN resources {inner} \
                  ON {inner}.rid = y.rid WHERE y.resource_type = "
             ));
             sql.text(source.as_str());
@@ -446,10 +447,18 @@ fn filter_condition(
             sql.text(param.code);
             sql.push(&format!(" AND {inner}.deleted = FALSE AND "));
             filter_condition(sql, &inner, &[*source], filter, Form::Exists);
-            sql.push(")");
+            sql.push(PER_ROW_PROBE);
         }
     }
 }
+
+/// Closes a chain or `_has` probe, opened as `(SELECT 1 FROM …`: a scalar subquery rather than
+/// `EXISTS`, because PostgreSQL turns an `EXISTS` into a join that it may plan inside out —
+/// from the innermost link outward, building the whole set of matches before the first page —
+/// whenever its row estimates for the links are low, which for chained references they
+/// always are. A scalar subquery with a `LIMIT` is never flattened: both backends test it
+/// row by row, as a probe is meant to be tested.
+const PER_ROW_PROBE: &str = " LIMIT 1) IS NOT NULL";
 
 /// Whether `filter` holds only for a resource with index rows of its own, which only a live
 /// resource has; for such a filter a resource need not be checked for deletion.

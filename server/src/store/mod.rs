@@ -172,6 +172,36 @@ impl Written {
     }
 }
 
+/// One write of [`Store::write_all`]: the next version of `rt/id`, if `precondition` holds.
+#[derive(Debug)]
+pub struct WriteOp {
+    pub rt: ResourceType,
+    pub id: String,
+    pub precondition: Precondition,
+    pub change: Change,
+}
+
+/// Why [`Store::write_all`] stored nothing.
+#[derive(Debug)]
+pub struct WriteFailed {
+    /// The position of the op that failed; `None` when the transaction as a whole failed.
+    pub op: Option<usize>,
+    pub error: FhirError,
+}
+
+impl WriteFailed {
+    fn whole(error: impl Into<FhirError>) -> Self {
+        Self {
+            op: None,
+            error: error.into(),
+        }
+    }
+
+    fn internal(message: &'static str) -> Self {
+        Self::whole(FhirError::Internal(anyhow::anyhow!(message)))
+    }
+}
+
 /// A value bound to or read from a query of [`Store::query`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cell {
@@ -375,28 +405,45 @@ impl Store {
         precondition: Precondition,
         change: Change,
     ) -> Result<Written, FhirError> {
+        let op = WriteOp {
+            rt,
+            id: id.to_owned(),
+            precondition,
+            change,
+        };
+        let mut written = self
+            .write_all(vec![op])
+            .await
+            .map_err(|failed| failed.error)?;
+        written.pop().ok_or_else(|| {
+            FhirError::Internal(anyhow::anyhow!("a write of one resource reported none"))
+        })
+    }
+
+    /// Writes every op, in order, in one transaction: all of them, or none. A failure names
+    /// the op that failed, when one did.
+    pub async fn write_all(&self, ops: Vec<WriteOp>) -> Result<Vec<Written>, WriteFailed> {
         match &self.backend {
             Backend::Sqlite { writer, .. } => {
                 let (reply, answer) = oneshot::channel();
-                let job = sqlite::WriteJob {
-                    rt,
-                    id: id.to_owned(),
-                    precondition,
-                    change,
-                    reply,
-                };
                 writer
-                    .send(job)
+                    .send(sqlite::WriteJob { ops, reply })
                     .await
-                    .map_err(|_| anyhow::anyhow!("the SQLite writer has stopped"))?;
+                    .map_err(|_| WriteFailed::internal("the SQLite writer has stopped"))?;
                 answer
                     .await
-                    .map_err(|_| anyhow::anyhow!("the SQLite writer dropped a write"))?
+                    .map_err(|_| WriteFailed::internal("the SQLite writer dropped a write"))?
             }
             Backend::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                let written = write_postgres(&mut tx, rt, id, precondition, change).await?;
-                tx.commit().await?;
+                let mut tx = pool.begin().await.map_err(WriteFailed::whole)?;
+                let mut written = Vec::with_capacity(ops.len());
+                for (i, op) in ops.into_iter().enumerate() {
+                    let one = write_postgres(&mut tx, op.rt, &op.id, op.precondition, op.change)
+                        .await
+                        .map_err(|error| WriteFailed { op: Some(i), error })?;
+                    written.push(one);
+                }
+                tx.commit().await.map_err(WriteFailed::whole)?;
                 Ok(written)
             }
         }

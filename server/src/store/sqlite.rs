@@ -8,10 +8,11 @@
 //!   a B-tree lookup on a warm page cache, a few microseconds. WAL readers never wait for the
 //!   writer. Only short, bounded queries belong here; anything that scans goes through the pool.
 //! - All writes go through one writer thread that owns the only write connection (SQLite allows
-//!   one writer at a time anyway) and commits in groups: it takes every write waiting in its
-//!   queue, runs each in a savepoint of one transaction (a write that fails rolls back alone),
-//!   commits once — one fsync — and only then answers each caller. A lone write goes straight
-//!   through; under load one fsync serves many writes.
+//!   one writer at a time anyway) and commits in groups: it takes every job waiting in its
+//!   queue (a job is one write, or all the writes of a transaction Bundle), runs each in a
+//!   savepoint of one transaction (a job that fails rolls back alone, and whole), commits
+//!   once — one fsync — and only then answers each caller. A lone job goes straight through;
+//!   under load one fsync serves many.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -26,19 +27,18 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Cell, Change, Current, FhirError, INSERT_CURRENT, INSERT_VERSION, Kind, Micros, Precondition,
-    READ_SQL, SELECT_CURRENT, UPDATE_CURRENT, Version, Written, plan_write,
+    READ_SQL, SELECT_CURRENT, UPDATE_CURRENT, Version, WriteFailed, WriteOp, Written, plan_write,
 };
 
-/// Most writes committed together.
+/// Most jobs committed together.
 const MAX_GROUP: usize = 256;
+/// A group stops taking jobs once it holds this many writes, so one commit stays short.
+const MAX_GROUP_WRITES: usize = 4096;
 
-/// A write waiting for the writer thread.
+/// Writes waiting for the writer thread, to be stored together or not at all.
 pub(super) struct WriteJob {
-    pub rt: ResourceType,
-    pub id: String,
-    pub precondition: Precondition,
-    pub change: Change,
-    pub reply: oneshot::Sender<Result<Written, FhirError>>,
+    pub ops: Vec<WriteOp>,
+    pub reply: oneshot::Sender<Result<Vec<Written>, WriteFailed>>,
 }
 
 /// Opens the write connection and starts the writer thread; it stops when every sender is gone.
@@ -56,10 +56,14 @@ pub(super) fn spawn_writer(path: &Path) -> anyhow::Result<mpsc::Sender<WriteJob>
         .spawn(move || {
             let mut group = Vec::with_capacity(MAX_GROUP);
             while let Some(job) = queue.blocking_recv() {
+                let mut writes = job.ops.len();
                 group.push(job);
-                while group.len() < MAX_GROUP {
+                while group.len() < MAX_GROUP && writes < MAX_GROUP_WRITES {
                     match queue.try_recv() {
-                        Ok(job) => group.push(job),
+                        Ok(job) => {
+                            writes += job.ops.len();
+                            group.push(job);
+                        }
                         Err(_) => break,
                     }
                 }
@@ -73,9 +77,12 @@ pub(super) fn spawn_writer(path: &Path) -> anyhow::Result<mpsc::Sender<WriteJob>
                     Err(error) => {
                         let error = format!("{error:#}");
                         for job in group.drain(..) {
-                            let _ = job.reply.send(Err(FhirError::Internal(anyhow::anyhow!(
-                                "group commit failed: {error}"
-                            ))));
+                            let _ = job.reply.send(Err(WriteFailed {
+                                op: None,
+                                error: FhirError::Internal(anyhow::anyhow!(
+                                    "group commit failed: {error}"
+                                )),
+                            }));
                         }
                     }
                 }
@@ -84,23 +91,33 @@ pub(super) fn spawn_writer(path: &Path) -> anyhow::Result<mpsc::Sender<WriteJob>
     Ok(sender)
 }
 
-/// One transaction for the whole group, a savepoint for each write.
+/// One transaction for the whole group, a savepoint for each job.
 fn write_group(
     connection: &mut Connection,
     group: &mut [WriteJob],
-) -> anyhow::Result<Vec<Result<Written, FhirError>>> {
+) -> anyhow::Result<Vec<Result<Vec<Written>, WriteFailed>>> {
     let mut tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(group.len());
     for job in group.iter_mut() {
-        let change = std::mem::replace(&mut job.change, Change::Delete);
         let savepoint = tx.savepoint()?;
-        match write_one(&savepoint, job.rt, &job.id, job.precondition, change) {
-            Ok(written) => {
+        let mut written = Vec::with_capacity(job.ops.len());
+        let mut failed = None;
+        for (i, op) in std::mem::take(&mut job.ops).into_iter().enumerate() {
+            match write_one(&savepoint, op.rt, &op.id, op.precondition, op.change) {
+                Ok(one) => written.push(one),
+                Err(error) => {
+                    failed = Some(WriteFailed { op: Some(i), error });
+                    break;
+                }
+            }
+        }
+        match failed {
+            None => {
                 savepoint.commit()?;
                 results.push(Ok(written));
             }
-            // Dropping the savepoint rolls this write back, and only this one.
-            Err(error) => results.push(Err(error)),
+            // Dropping the savepoint rolls this job back, and only this one.
+            Some(failed) => results.push(Err(failed)),
         }
     }
     tx.commit()?;

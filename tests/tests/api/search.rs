@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use telemed_tests::{TestApp, assert_operation_outcome, id_of, spawn_app};
+use telemed_tests::{
+    TestApp, assert_operation_outcome, entries, get_url, id_of, included, key, keys, link, matches,
+    matches_in_order, search, search_error, search_ids, spawn_app,
+};
 
 const MRN: &str = "http://example.org/mrn";
 const OTHER_SYSTEM: &str = "http://example.org/other";
@@ -22,95 +25,6 @@ const CONFIDENTIALITY: &str = "http://terminology.hl7.org/CodeSystem/v3-Confiden
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// `{type}/{id}` of a resource the server returned.
-fn key(resource: &Value) -> String {
-    let rt = resource["resourceType"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no resourceType: {resource}"));
-    format!("{rt}/{}", id_of(resource))
-}
-
-/// The sorted `{type}/{id}` of `resources`: what a search is expected to match.
-fn keys(resources: &[&Value]) -> Vec<String> {
-    let mut keys: Vec<String> = resources.iter().map(|r| key(r)).collect();
-    keys.sort();
-    keys
-}
-
-/// The entries of `bundle` whose `search.mode` is `mode`, in the server's order.
-fn entries<'a>(bundle: &'a Value, mode: &'a str) -> impl Iterator<Item = &'a Value> {
-    bundle["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(move |entry| entry["search"]["mode"] == mode)
-}
-
-/// `{type}/{id}` of what a page matched, in the server's order.
-fn matches_in_order(bundle: &Value) -> Vec<String> {
-    entries(bundle, "match")
-        .map(|entry| key(&entry["resource"]))
-        .collect()
-}
-
-/// `{type}/{id}` of what a page matched, sorted.
-fn matches(bundle: &Value) -> Vec<String> {
-    let mut matches = matches_in_order(bundle);
-    matches.sort();
-    matches
-}
-
-/// `{type}/{id}` of what a page included, sorted and not deduplicated (so a repeat shows).
-fn included(bundle: &Value) -> Vec<String> {
-    let mut included: Vec<String> = entries(bundle, "include")
-        .map(|entry| key(&entry["resource"]))
-        .collect();
-    included.sort();
-    included
-}
-
-/// The URL of the link of `bundle` with `relation`, if any.
-fn link<'a>(bundle: &'a Value, relation: &str) -> Option<&'a str> {
-    bundle["link"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|l| l["relation"] == relation)
-        .and_then(|l| l["url"].as_str())
-}
-
-/// `GET` of an absolute URL (a Bundle link); the status and the JSON body.
-async fn get_url(app: &TestApp, url: &str) -> (u16, Value) {
-    let response = app.client.get(url).send().await.expect("sent");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("JSON"))
-}
-
-/// `GET {base}/{query}`; panics unless the answer is a 200 searchset Bundle.
-async fn search(app: &TestApp, query: &str) -> Value {
-    let response = app.get(query).await;
-    let status = response.status();
-    let bundle: Value = response.json().await.expect("JSON");
-    assert_eq!(status, 200, "{query}: {bundle}");
-    assert_eq!(bundle["resourceType"], "Bundle", "{query}: {bundle}");
-    assert_eq!(bundle["type"], "searchset", "{query}: {bundle}");
-    bundle
-}
-
-/// The sorted `{type}/{id}` of what `GET {base}/{query}` matched.
-async fn search_ids(app: &TestApp, query: &str) -> Vec<String> {
-    matches(&search(app, query).await)
-}
-
-/// `GET {base}/{query}` that must fail; the status and the OperationOutcome.
-async fn search_error(app: &TestApp, query: &str) -> (u16, Value) {
-    let response = app.get(query).await;
-    let status = response.status().as_u16();
-    let outcome: Value = response.json().await.expect("JSON");
-    assert_operation_outcome(&outcome);
-    (status, outcome)
-}
 
 /// Everything an OperationOutcome says where a client would look for what was wrong:
 /// diagnostics, details, expressions and locations of every issue.
