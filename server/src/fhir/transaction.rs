@@ -377,6 +377,10 @@ fn entry_request(
     headers: &HeaderMap,
 ) -> FhirResult<Request<Body>> {
     let (path, query) = entry.target(state);
+    if path.is_empty() && !matches!(entry.method, Method::GET | Method::HEAD) {
+        // A Bundle inside a Bundle is stored with POST Bundle, never processed.
+        return Err(bad_url(entry, "an entry cannot write to the base URL"));
+    }
     let uri = match query {
         Some(query) => format!("/fhir/{path}?{query}"),
         None => format!("/fhir/{path}"),

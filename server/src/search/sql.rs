@@ -3,9 +3,9 @@
 //! A filter takes one of two forms. As a *set* (`r.rid IN (SELECT …)`) it is computed once
 //! from a value index, the type and parameter leading each index, and a query can start
 //! from it; a chain or `_has` set is a join from the innermost value outwards, which the
-//! database streams. As a *probe* (`EXISTS (SELECT … WHERE x.rid = r.rid …)`) it tests one
-//! resource through the `(rid, param, value…)` index, and names no type so that no other index
-//! can serve it. A query uses at most one set, the filter [`super::execute`] found rarest, and
+//! database streams. As a *probe* (`(SELECT 1 … WHERE x.rid = r.rid … LIMIT 1) IS NOT NULL`)
+//! it tests one resource through the `(rid, param, value…)` index, and names no type so that no
+//! other index can serve it. A query uses at most one set, the filter [`super::execute`] found rarest, and
 //! probes for the rest; with no rare filter it walks the type's live resources in `rid` order
 //! and probes each, stopping when the page is full. Paging is keyset: rows come ordered by the
 //! sort keys and `rid`, and a page starts after the last row of the one before, so rows
@@ -325,8 +325,8 @@ pub enum Form {
     /// `r.rid IN (SELECT …)`: the set is computed once from the value index, and the query
     /// can start from it.
     In,
-    /// `EXISTS (SELECT … WHERE x.rid = r.rid …)`: a test of each candidate, one probe of the
-    /// `(rid, param)` index, so the database never computes the whole set.
+    /// `(SELECT 1 … WHERE x.rid = r.rid … LIMIT 1) IS NOT NULL`: a test of each candidate, one
+    /// probe of the `(rid, param)` index, so the database never computes the whole set.
     Exists,
 }
 
@@ -392,15 +392,14 @@ fn filter_condition(
             set_of(sql, types, filter);
         }
         Filter::Missing { def, missing } => {
-            rows_probe(sql, alias, table_of(def.kind), def.code, *missing);
-            sql.push(")");
+            rows_probe(sql, alias, table_of(def.kind), def.code);
+            sql.push(probe_end(*missing));
         }
         Filter::Param { def, modifier, .. } => {
             let (table, param) = param_rows(def, *modifier);
-            let negate = *modifier == Modifier::Not;
-            rows_probe(sql, alias, table, &param, negate);
+            rows_probe(sql, alias, table, &param);
             param_values(sql, filter);
-            sql.push(")");
+            sql.push(probe_end(*modifier == Modifier::Not));
         }
         Filter::Chain { def, targets } => {
             // Followed from the resource: its reference, the resource referred to, and that
@@ -452,12 +451,12 @@ fn filter_condition(
     }
 }
 
-/// Closes a chain or `_has` probe, opened as `(SELECT 1 FROM …`: a scalar subquery rather than
-/// `EXISTS`, because PostgreSQL turns an `EXISTS` into a join that it may plan inside out —
-/// from the innermost link outward, building the whole set of matches before the first page —
-/// whenever its row estimates for the links are low, which for chained references they
-/// always are. A scalar subquery with a `LIMIT` is never flattened: both backends test it
-/// row by row, as a probe is meant to be tested.
+/// Closes a probe, opened as `(SELECT 1 FROM …`: a scalar subquery rather than `EXISTS`,
+/// because PostgreSQL turns an `EXISTS` into a join that it may plan inside out — hashing every
+/// row of a month's dates, or following a chain from its innermost link outward, to build the
+/// whole set of matches before the first page — whenever its row estimates are low, which for
+/// chained references they always are. A scalar subquery with a `LIMIT` is never flattened:
+/// both backends test it row by row, as a probe is meant to be tested.
 const PER_ROW_PROBE: &str = " LIMIT 1) IS NOT NULL";
 
 /// Whether `filter` holds only for a resource with index rows of its own, which only a live
@@ -577,15 +576,23 @@ fn rows_set(sql: &mut Sql, types: &[ResourceType], table: &str, param: &str) {
     type_condition(sql, "x.resource_type", types);
 }
 
-/// `[NOT ]EXISTS (SELECT 1 FROM table x WHERE x.rid = alias.rid AND x.param = …`: the rows of
-/// parameter `param` of the resource `alias`. It names no type, so only the `(rid, param, …)`
-/// index can serve it: one probe. The caller adds conditions and closes the parenthesis.
-fn rows_probe(sql: &mut Sql, alias: &str, table: &str, param: &str, negate: bool) {
-    let not = if negate { "NOT " } else { "" };
+/// `(SELECT 1 FROM table x WHERE x.rid = alias.rid AND x.param = …`: the rows of parameter
+/// `param` of the resource `alias`. It names no type, so only the `(rid, param, …)` index can
+/// serve it: one probe. The caller adds conditions and closes it with [`probe_end`].
+fn rows_probe(sql: &mut Sql, alias: &str, table: &str, param: &str) {
     sql.push(&format!(
-        "{not}EXISTS (SELECT 1 FROM {table} x WHERE x.rid = {alias}.rid AND x.param = "
+        "(SELECT 1 FROM {table} x WHERE x.rid = {alias}.rid AND x.param = "
     ));
     sql.text(param);
+}
+
+/// Closes a probe: it holds when a row exists, or with `negate` when none does.
+fn probe_end(negate: bool) -> &'static str {
+    if negate {
+        " LIMIT 1) IS NULL"
+    } else {
+        PER_ROW_PROBE
+    }
 }
 
 /// A condition on the index row `x` for one value.

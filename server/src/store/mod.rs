@@ -716,21 +716,26 @@ async fn write_postgres(
     precondition: Precondition,
     change: Change,
 ) -> Result<Written, FhirError> {
-    // Lock the current row so concurrent writers of one resource queue behind each other.
-    let current = sqlx::query(&format!("{SELECT_CURRENT} FOR UPDATE"))
-        .bind(rt.as_str())
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .map(|row| -> Result<Current, sqlx::Error> {
-            Ok(Current {
-                rid: row.try_get(0)?,
-                version_id: row.try_get(1)?,
-                last_updated: row.try_get(2)?,
-                deleted: row.try_get(3)?,
+    // Lock the current row so concurrent writers of one resource queue behind each other. A
+    // create needs no look: its first version collides with any version the id already has.
+    let current = if precondition == Precondition::Absent {
+        None
+    } else {
+        sqlx::query(&format!("{SELECT_CURRENT} FOR UPDATE"))
+            .bind(rt.as_str())
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|row| -> Result<Current, sqlx::Error> {
+                Ok(Current {
+                    rid: row.try_get(0)?,
+                    version_id: row.try_get(1)?,
+                    last_updated: row.try_get(2)?,
+                    deleted: row.try_get(3)?,
+                })
             })
-        })
-        .transpose()?;
+            .transpose()?
+    };
     let Some(planned) = plan_write(rt, id, precondition, change, current)? else {
         return Ok(Written::NothingToDelete);
     };
@@ -755,7 +760,12 @@ async fn write_postgres(
     .bind(planned.body.is_none())
     .fetch_one(&mut *conn)
     .await
-    .map_err(|e| conflict_on_unique(e, rt, id))?;
+    .map_err(|e| match precondition {
+        Precondition::Absent if is_unique_violation(&e) => {
+            FhirError::Conflict(format!("{rt}/{id} already exists"))
+        }
+        _ => conflict_on_unique(e, rt, id),
+    })?;
     let seq: i64 = row.try_get(0)?;
     let rid: i64 = row.try_get(1)?;
     index::replace_postgres(conn, rid, rt.as_str(), &planned.index, current.is_some()).await?;
@@ -805,13 +815,18 @@ where
     })
 }
 
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
 /// A unique violation means another writer stored the same version first.
 fn conflict_on_unique(error: sqlx::Error, rt: ResourceType, id: &str) -> FhirError {
-    match &error {
-        sqlx::Error::Database(db) if db.is_unique_violation() => FhirError::Conflict(format!(
+    if is_unique_violation(&error) {
+        FhirError::Conflict(format!(
             "{rt}/{id} was changed by another request at the same time; retry"
-        )),
-        _ => error.into(),
+        ))
+    } else {
+        error.into()
     }
 }
 

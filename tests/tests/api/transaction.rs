@@ -477,11 +477,14 @@ async fn batch_entries_succeed_or_fail_on_their_own() {
         json!({"request": {"method": "GET", "url": format!("Patient/{id}"),
                            "ifNoneMatch": "W/\"1\""}}),
         json!({"request": {"method": "GET", "url": "Patient/does-not-exist"}}),
+        // A nested batch is not processed.
+        json!({"resource": {"resourceType": "Bundle", "type": "batch"},
+               "request": {"method": "POST", "url": "/"}}),
     ]);
     let response = processed(&app, &bundle).await;
     assert_eq!(response["type"], "batch-response");
     let entries = response["entry"].as_array().unwrap();
-    assert_eq!(entries.len(), 5);
+    assert_eq!(entries.len(), 6);
     assert_eq!(entries[0]["response"]["status"], "201 Created");
     assert_eq!(entries[1]["response"]["status"], "400 Bad Request");
     assert_operation_outcome(&entries[1]["response"]["outcome"]);
@@ -490,6 +493,7 @@ async fn batch_entries_succeed_or_fail_on_their_own() {
     assert_eq!(entries[2]["response"]["etag"], "W/\"1\"");
     assert_eq!(entries[3]["response"]["status"], "304 Not Modified");
     assert_eq!(entries[4]["response"]["status"], "404 Not Found");
+    assert_eq!(entries[5]["response"]["status"], "400 Bad Request");
     assert_eq!(
         app.history_total("Patient").await,
         2,
