@@ -477,6 +477,8 @@ async fn batch_entries_succeed_or_fail_on_their_own() {
         json!({"request": {"method": "GET", "url": format!("Patient/{id}"),
                            "ifNoneMatch": "W/\"1\""}}),
         json!({"request": {"method": "GET", "url": "Patient/does-not-exist"}}),
+        json!({"request": {"method": "GET", "url": format!("Patient/{id}"),
+                           "ifModifiedSince": "Fri, 01 Jan 2100 00:00:00 GMT"}}),
         // A nested batch is not processed.
         json!({"resource": {"resourceType": "Bundle", "type": "batch"},
                "request": {"method": "POST", "url": "/"}}),
@@ -484,7 +486,7 @@ async fn batch_entries_succeed_or_fail_on_their_own() {
     let response = processed(&app, &bundle).await;
     assert_eq!(response["type"], "batch-response");
     let entries = response["entry"].as_array().unwrap();
-    assert_eq!(entries.len(), 6);
+    assert_eq!(entries.len(), 7);
     assert_eq!(entries[0]["response"]["status"], "201 Created");
     assert_eq!(entries[1]["response"]["status"], "400 Bad Request");
     assert_operation_outcome(&entries[1]["response"]["outcome"]);
@@ -493,7 +495,8 @@ async fn batch_entries_succeed_or_fail_on_their_own() {
     assert_eq!(entries[2]["response"]["etag"], "W/\"1\"");
     assert_eq!(entries[3]["response"]["status"], "304 Not Modified");
     assert_eq!(entries[4]["response"]["status"], "404 Not Found");
-    assert_eq!(entries[5]["response"]["status"], "400 Bad Request");
+    assert_eq!(entries[5]["response"]["status"], "304 Not Modified");
+    assert_eq!(entries[6]["response"]["status"], "400 Bad Request");
     assert_eq!(
         app.history_total("Patient").await,
         2,
