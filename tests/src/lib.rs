@@ -274,6 +274,13 @@ pub async fn search(app: &TestApp, query: &str) -> Value {
     bundle
 }
 
+/// How many resources `GET {base}/{query}` matches, asked as `_summary=count` with
+/// `_total=accurate`; `query` already has a `?`.
+pub async fn search_total(app: &TestApp, query: &str) -> i64 {
+    let bundle = search(app, &format!("{query}&_total=accurate&_summary=count")).await;
+    bundle["total"].as_i64().expect("a total")
+}
+
 /// The sorted `{type}/{id}` of what `GET {base}/{query}` matched.
 pub async fn search_ids(app: &TestApp, query: &str) -> Vec<String> {
     matches(&search(app, query).await)

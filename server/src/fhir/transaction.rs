@@ -496,36 +496,31 @@ async fn response_entry(state: &AppState, response: Response) -> ResponseEntry {
     if bytes.is_empty() {
         return entry;
     }
-    let Ok(raw) = serde_json::from_slice::<Box<RawValue>>(&bytes) else {
+    let (Ok(raw), Ok(head)) = (
+        serde_json::from_slice::<Box<RawValue>>(&bytes),
+        serde_json::from_slice::<Head>(&bytes),
+    ) else {
         return entry;
     };
-    let is_outcome = serde_json::from_slice::<TypeOnly>(&bytes)
-        .is_ok_and(|t| t.resource_type == "OperationOutcome");
-    if is_outcome {
-        entry.response.outcome = Some(raw);
-    } else {
-        if let (Some(rt), Some(id)) = (
-            serde_json::from_slice::<TypeOnly>(&bytes).ok(),
-            serde_json::from_slice::<IdOnly>(&bytes)
-                .ok()
-                .and_then(|i| i.id),
-        ) && rt.resource_type != "Bundle"
-        {
-            entry.full_url = Some(format!("{}/{}/{id}", state.fhir_base, rt.resource_type));
+    match (head.resource_type.as_deref(), head.id) {
+        (Some("OperationOutcome"), _) => entry.response.outcome = Some(raw),
+        (rt, id) => {
+            if let (Some(rt), Some(id)) = (rt, id)
+                && rt != "Bundle"
+            {
+                entry.full_url = Some(format!("{}/{rt}/{id}", state.fhir_base));
+            }
+            entry.resource = Some(raw);
         }
-        entry.resource = Some(raw);
     }
     entry
 }
 
+/// The type and id of a resource the router answered with.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct TypeOnly {
-    resource_type: String,
-}
-
-#[derive(serde::Deserialize)]
-struct IdOnly {
+struct Head {
+    resource_type: Option<String>,
     id: Option<String>,
 }
 
@@ -958,9 +953,7 @@ async fn matches_pairs(
     what: &str,
     claims: &Claims,
 ) -> FhirResult<Vec<String>> {
-    let pairs = condition_pairs(query)
-        .ok_or_else(|| FhirError::bad_request("invalid", format!("{what}: not a query string")))?;
-    conditional_matches(state, rt, &pairs, what, claims).await
+    conditional_matches(state, rt, &query_pairs(query, what)?, what, claims).await
 }
 
 /// The ids a conditional delete's search matches (up to `limit`).
@@ -971,10 +964,15 @@ async fn matches(
     limit: u32,
     what: &str,
 ) -> FhirResult<Vec<String>> {
-    let pairs = condition_pairs(query)
-        .ok_or_else(|| FhirError::bad_request("invalid", format!("{what}: not a query string")))?;
+    let pairs = query_pairs(query, what)?;
     let found = super::search::conditional_matches(state, rt, &pairs, limit, what).await?;
     Ok(found.into_iter().map(|found| found.version.id).collect())
+}
+
+/// The search parameters of a condition's query string.
+fn query_pairs(query: &str, what: &str) -> FhirResult<Vec<(String, String)>> {
+    condition_pairs(query)
+        .ok_or_else(|| FhirError::bad_request("invalid", format!("{what}: not a query string")))
 }
 
 /// Whether a reference is conditional: `Type?search`.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 use telemed_server::import::import;
 use telemed_server::startup::offline_state;
-use telemed_tests::{TestApp, spawn_app};
+use telemed_tests::{search_total, spawn_app};
 
 /// A folder of its own under the system's temporary directory, removed when dropped.
 struct Folder(PathBuf);
@@ -61,16 +61,6 @@ fn patient_record(mrn: &str, observations: usize) -> Value {
     json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
 }
 
-async fn total(app: &TestApp, query: &str) -> i64 {
-    let bundle: Value = app
-        .get(&format!("{query}&_total=accurate&_summary=count"))
-        .await
-        .json()
-        .await
-        .expect("a Bundle");
-    bundle["total"].as_i64().expect("a total")
-}
-
 #[tokio::test]
 async fn a_folder_of_bundles_loads_beside_the_server_and_failures_are_named() {
     let app = spawn_app().await;
@@ -116,17 +106,17 @@ async fn a_folder_of_bundles_loads_beside_the_server_and_failures_are_named() {
 
     // What was loaded is there, linked and searchable, through the running server.
     assert_eq!(
-        total(&app, "Patient?identifier=http://example.org/mrn|").await,
+        search_total(&app, "Patient?identifier=http://example.org/mrn|").await,
         2
     );
     assert_eq!(
-        total(&app, "Patient?identifier=C").await,
+        search_total(&app, "Patient?identifier=C").await,
         0,
         "the invalid record left nothing"
     );
-    assert_eq!(total(&app, "Observation?code=8867-4").await, 8);
+    assert_eq!(search_total(&app, "Observation?code=8867-4").await, 8);
     assert_eq!(
-        total(
+        search_total(
             &app,
             &format!("Encounter?participant.identifier={NPI}|1234567893")
         )
@@ -134,7 +124,7 @@ async fn a_folder_of_bundles_loads_beside_the_server_and_failures_are_named() {
         2
     );
     assert_eq!(
-        total(
+        search_total(
             &app,
             "Observation?subject.identifier=http://example.org/mrn|B"
         )

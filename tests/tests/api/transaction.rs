@@ -2,7 +2,9 @@
 
 use reqwest::Response;
 use serde_json::{Value, json};
-use telemed_tests::{TestApp, assert_operation_outcome, expressions, spawn_app, spawn_app_with};
+use telemed_tests::{
+    TestApp, assert_operation_outcome, expressions, search_total, spawn_app, spawn_app_with,
+};
 
 async fn post_bundle(app: &TestApp, bundle: &Value) -> Response {
     post_bundle_with(app, bundle, None).await
@@ -76,16 +78,6 @@ fn location_of(entry: &Value) -> String {
     format!("{rt}/{id}")
 }
 
-async fn count(app: &TestApp, query: &str) -> i64 {
-    let bundle: Value = app
-        .get(&format!("{query}&_total=accurate&_summary=count"))
-        .await
-        .json()
-        .await
-        .expect("a Bundle");
-    bundle["total"].as_i64().expect("a total")
-}
-
 async fn read_reference(app: &TestApp, reference: &str) -> Value {
     let (rt, id) = reference.split_once('/').expect("Type/id");
     app.read_json(rt, id).await
@@ -154,7 +146,7 @@ async fn a_transaction_creates_every_entry_and_rewrites_urn_uuid_links_everywher
     // The rewritten reference is indexed: search finds the Observation by its patient.
     let id = patient_ref.split('/').nth(1).unwrap();
     assert_eq!(
-        count(&app, &format!("Observation?subject=Patient/{id}")).await,
+        search_total(&app, &format!("Observation?subject=Patient/{id}")).await,
         1
     );
     // The response carries the stored resources by default.
