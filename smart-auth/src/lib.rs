@@ -1,1 +1,6 @@
 //! SMART App Launch 2.x authorization server, bearer-token checks and scope/compartment rules.
+//!
+//! - [`scope`]: SMART scopes (v1, and v2 with query filters) read once per token into a
+//!   [`scope::ScopeSet`]. Pure: no I/O.
+
+pub mod scope;

@@ -1,0 +1,513 @@
+//! SMART App Launch 2.2 scopes: what a token asked for, was granted, and therefore may do
+//! (<https://hl7.org/fhir/smart-app-launch/scopes-and-launch-context.html>).
+//!
+//! A `scope` string is parsed once per token into a [`ScopeSet`]. Parsing never fails: a token
+//! that is not a scope this module knows (a typo, `.sr` out of order, an unknown resource type,
+//! an extension scope) is kept verbatim as [`Scope::Other`] and grants nothing, because a token
+//! request with unknown scopes is not an error, it just grants less.
+//!
+//! Pure: no I/O, no clock.
+
+use std::fmt;
+use std::sync::Arc;
+
+use fhir_models::ResourceType;
+
+/// Whose data a resource scope reaches: the `patient/`, `user/` or `system/` prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Context {
+    /// `patient/`: the data of the patient in context, and nothing else.
+    Patient,
+    /// `user/`: the data the signed-in user may reach.
+    User,
+    /// `system/`: the data a client is allowed without a user (SMART Backend Services).
+    System,
+}
+
+impl Context {
+    /// The three contexts, in the order `Allowed` lists them.
+    pub const ALL: [Context; 3] = [Context::Patient, Context::User, Context::System];
+
+    /// The prefix as written, without its slash: `patient`, `user` or `system`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Context::Patient => "patient",
+            Context::User => "user",
+            Context::System => "system",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "patient" => Some(Context::Patient),
+            "user" => Some(Context::User),
+            "system" => Some(Context::System),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One of the five SMART v2 permissions, each a group of FHIR interactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Permission {
+    /// `c`: type-level create.
+    Create,
+    /// `r`: read, vread and instance history.
+    Read,
+    /// `u`: update (including update-as-create) and patch.
+    Update,
+    /// `d`: delete.
+    Delete,
+    /// `s`: type- and system-level search and history.
+    Search,
+}
+
+impl Permission {
+    /// The five permissions in `cruds` order.
+    pub const ALL: [Permission; 5] = [
+        Permission::Create,
+        Permission::Read,
+        Permission::Update,
+        Permission::Delete,
+        Permission::Search,
+    ];
+
+    /// The letter of this permission in a v2 scope (`c`, `r`, `u`, `d` or `s`).
+    pub fn letter(self) -> char {
+        match self {
+            Permission::Create => 'c',
+            Permission::Read => 'r',
+            Permission::Update => 'u',
+            Permission::Delete => 'd',
+            Permission::Search => 's',
+        }
+    }
+
+    const fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.letter())
+    }
+}
+
+/// A set of [`Permission`]s. Displays as its letters in `cruds` order (`rs`, `cud`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Permissions(u8);
+
+impl Permissions {
+    /// No permission at all.
+    pub const NONE: Permissions = Permissions(0);
+    /// All five: v2 `cruds`, v1 `*`.
+    pub const ALL: Permissions = Permissions(0b1_1111);
+    /// What v1 `read` means in v2: `rs`.
+    pub const V1_READ: Permissions = Permissions(Permission::Read.bit() | Permission::Search.bit());
+    /// What v1 `write` means in v2: `cud`.
+    pub const V1_WRITE: Permissions =
+        Permissions(Permission::Create.bit() | Permission::Update.bit() | Permission::Delete.bit());
+
+    /// Whether `permission` is in the set.
+    pub fn contains(self, permission: Permission) -> bool {
+        self.0 & permission.bit() != 0
+    }
+
+    /// The permissions in either set.
+    #[must_use]
+    pub fn union(self, other: Permissions) -> Permissions {
+        Permissions(self.0 | other.0)
+    }
+
+    /// Whether every permission of `other` is also in `self`.
+    pub fn is_superset_of(self, other: Permissions) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The permissions in the set, in `cruds` order.
+    pub fn iter(self) -> impl Iterator<Item = Permission> {
+        Permission::ALL
+            .into_iter()
+            .filter(move |p| self.contains(*p))
+    }
+
+    /// A v2 suffix: a non-empty subset of `cruds`, each letter once, in that order. `sr`, `rr`
+    /// and `dus` are not in the grammar; the spec lets a server ignore them, so they are `None`
+    /// rather than being read leniently (that is how `.read` could turn into `.rd`).
+    fn parse_v2(text: &str) -> Option<Permissions> {
+        let mut rest = Permission::ALL.as_slice();
+        let mut set = Permissions::NONE;
+        for letter in text.chars() {
+            let at = rest.iter().position(|p| p.letter() == letter)?;
+            set = set.union(rest[at].into());
+            rest = &rest[at + 1..];
+        }
+        (!set.is_empty()).then_some(set)
+    }
+
+    fn parse_v1(text: &str) -> Option<Permissions> {
+        match text {
+            "read" => Some(Permissions::V1_READ),
+            "write" => Some(Permissions::V1_WRITE),
+            "*" => Some(Permissions::ALL),
+            _ => None,
+        }
+    }
+
+    /// The v1 word for this set, if it has one.
+    fn v1_word(self) -> Option<&'static str> {
+        match self {
+            Permissions::V1_READ => Some("read"),
+            Permissions::V1_WRITE => Some("write"),
+            Permissions::ALL => Some("*"),
+            _ => None,
+        }
+    }
+}
+
+impl From<Permission> for Permissions {
+    fn from(permission: Permission) -> Self {
+        Permissions(permission.bit())
+    }
+}
+
+impl FromIterator<Permission> for Permissions {
+    fn from_iter<I: IntoIterator<Item = Permission>>(iter: I) -> Self {
+        iter.into_iter()
+            .fold(Permissions::NONE, |set, p| set.union(p.into()))
+    }
+}
+
+impl fmt::Display for Permissions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.iter().try_for_each(|p| write!(f, "{p}"))
+    }
+}
+
+/// The query of a v2 scope, the part after `?`: `category=http://…|laboratory` in
+/// `patient/Observation.rs?category=http://…|laboratory`.
+///
+/// It keeps the text as written, which is what it displays and what equality compares (two
+/// filters are the same filter only when written the same way), and its name/value pairs decoded
+/// as a URL query is (`%7C` is `|`, `+` is a space), ready for the search engine. A resource is
+/// within a filter when the FHIR search made of these pairs would return it. The enforcement must
+/// refuse, not skip, a pair it cannot apply: skipping one would widen the grant. Cheap to clone.
+#[derive(Clone)]
+pub struct Filter(Arc<FilterInner>);
+
+struct FilterInner {
+    text: Box<str>,
+    pairs: Box<[(String, String)]>,
+}
+
+impl Filter {
+    /// Reads `name=value(&name=value)*`; `None` when a pair is empty or lacks its name, its `=`
+    /// or its value. An empty value is refused because FHIR search ignores such a parameter, so
+    /// `?category=` would silently grant every resource of the type.
+    pub fn parse(text: &str) -> Option<Filter> {
+        let well_formed = text.split('&').all(|pair| {
+            pair.split_once('=')
+                .is_some_and(|(name, value)| !name.is_empty() && !value.is_empty())
+        });
+        if !well_formed {
+            return None;
+        }
+        let pairs = form_urlencoded::parse(text.as_bytes())
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect();
+        Some(Filter(Arc::new(FilterInner {
+            text: text.into(),
+            pairs,
+        })))
+    }
+
+    /// The query as written, without the `?`.
+    pub fn as_str(&self) -> &str {
+        &self.0.text
+    }
+
+    /// The decoded name/value pairs, in the order written.
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.0.pairs
+    }
+}
+
+impl PartialEq for Filter {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Filter {}
+
+impl std::hash::Hash for Filter {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl fmt::Debug for Filter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Filter").field(&self.as_str()).finish()
+    }
+}
+
+impl fmt::Display for Filter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a resource scope was written, so that it is given back the way it was asked for (the
+/// spec: servers SHOULD return v1 scopes when v1 scopes are requested and granted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Syntax {
+    /// SMART 1.0: `read`, `write` or `*` after the dot.
+    V1,
+    /// SMART 2.x: letters of `cruds`, and perhaps a query.
+    #[default]
+    V2,
+}
+
+/// A scope on FHIR resources: `(patient|user|system)/(ResourceType|*).(permissions)[?query]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ResourceScope {
+    /// Whose data it reaches.
+    pub context: Context,
+    /// The resource type, or `None` for `*` (every type, including those a later server adds).
+    pub resource_type: Option<ResourceType>,
+    /// What it allows. A hand-built scope with no permission grants nothing.
+    pub permissions: Permissions,
+    /// The v2 query that narrows it to some resources of the type.
+    pub filter: Option<Filter>,
+    /// How it displays: v1 is used only when the permissions have a v1 word (`rs`, `cud`,
+    /// `cruds`) and there is no filter; otherwise v2.
+    pub syntax: Syntax,
+}
+
+impl ResourceScope {
+    /// Reads one resource scope; `None` when it is not one (see [`Scope::parse`]).
+    pub fn parse(text: &str) -> Option<ResourceScope> {
+        let (head, query) = match text.split_once('?') {
+            Some((head, query)) => (head, Some(query)),
+            None => (text, None),
+        };
+        let (context, rest) = head.split_once('/')?;
+        let context = Context::parse(context)?;
+        let (resource_type, permissions) = rest.split_once('.')?;
+        let resource_type = match resource_type {
+            "*" => None,
+            name => Some(name.parse::<ResourceType>().ok()?),
+        };
+        let (permissions, syntax) = match Permissions::parse_v1(permissions) {
+            Some(set) => (set, Syntax::V1),
+            None => (Permissions::parse_v2(permissions)?, Syntax::V2),
+        };
+        let filter = match (query, syntax) {
+            (None, _) => None,
+            (Some(query), Syntax::V2) => Some(Filter::parse(query)?),
+            // The query syntax is SMART 2 only; `.read?…` mixes the two.
+            (Some(_), Syntax::V1) => return None,
+        };
+        Some(ResourceScope {
+            context,
+            resource_type,
+            permissions,
+            filter,
+            syntax,
+        })
+    }
+}
+
+impl fmt::Display for ResourceScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/", self.context)?;
+        match self.resource_type {
+            Some(rt) => f.write_str(rt.as_str())?,
+            None => f.write_str("*")?,
+        }
+        let v1_word = match (self.syntax, &self.filter) {
+            (Syntax::V1, None) => self.permissions.v1_word(),
+            _ => None,
+        };
+        match v1_word {
+            Some(word) => write!(f, ".{word}")?,
+            None => write!(f, ".{}", self.permissions)?,
+        }
+        if let Some(filter) = &self.filter {
+            write!(f, "?{filter}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One scope token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Access to FHIR resources.
+    Resource(ResourceScope),
+    /// `openid`: authenticate the user (an `id_token`).
+    OpenId,
+    /// `fhirUser`: the `id_token` names the FHIR resource that is the user.
+    FhirUser,
+    /// `profile`: the OpenID Connect profile claims.
+    Profile,
+    /// `launch`: the context of an EHR launch.
+    Launch,
+    /// `launch/patient`: a patient in context (picked at launch when standalone).
+    LaunchPatient,
+    /// `launch/encounter`: an encounter in context.
+    LaunchEncounter,
+    /// `offline_access`: a refresh token that outlives the user's session.
+    OfflineAccess,
+    /// `online_access`: a refresh token usable while the user stays online.
+    OnlineAccess,
+    /// Anything else, kept verbatim: malformed scopes, other `launch/…` context requests,
+    /// extension scopes. Never grants access to a resource.
+    Other(String),
+}
+
+impl Scope {
+    /// Reads one scope token (no spaces). Never fails: what is not a known scope is
+    /// [`Scope::Other`].
+    pub fn parse(token: &str) -> Scope {
+        match token {
+            "openid" => Scope::OpenId,
+            "fhirUser" => Scope::FhirUser,
+            "profile" => Scope::Profile,
+            "launch" => Scope::Launch,
+            "launch/patient" => Scope::LaunchPatient,
+            "launch/encounter" => Scope::LaunchEncounter,
+            "offline_access" => Scope::OfflineAccess,
+            "online_access" => Scope::OnlineAccess,
+            _ => match ResourceScope::parse(token) {
+                Some(scope) => Scope::Resource(scope),
+                None => Scope::Other(token.to_owned()),
+            },
+        }
+    }
+
+    /// The resource scope, if it is one.
+    pub fn as_resource(&self) -> Option<&ResourceScope> {
+        match self {
+            Scope::Resource(scope) => Some(scope),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Resource(scope) => scope.fmt(f),
+            Scope::OpenId => f.write_str("openid"),
+            Scope::FhirUser => f.write_str("fhirUser"),
+            Scope::Profile => f.write_str("profile"),
+            Scope::Launch => f.write_str("launch"),
+            Scope::LaunchPatient => f.write_str("launch/patient"),
+            Scope::LaunchEncounter => f.write_str("launch/encounter"),
+            Scope::OfflineAccess => f.write_str("offline_access"),
+            Scope::OnlineAccess => f.write_str("online_access"),
+            Scope::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+/// The scopes of a request or a token, in the order first written, without duplicates.
+/// Displays space-separated. Two sets are equal when they hold the same scopes, in any order.
+#[derive(Debug, Clone, Default)]
+pub struct ScopeSet(Vec<Scope>);
+
+impl ScopeSet {
+    /// Reads a space-separated `scope` parameter (RFC 6749 §3.3). Never fails; runs of
+    /// whitespace are one separator and a repeated scope is kept once.
+    pub fn parse(text: &str) -> Self {
+        text.split_ascii_whitespace().map(Scope::parse).collect()
+    }
+
+    /// The scopes, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Scope> {
+        self.0.iter()
+    }
+
+    /// The resource scopes, in order.
+    pub fn resource_scopes(&self) -> impl Iterator<Item = &ResourceScope> {
+        self.0.iter().filter_map(Scope::as_resource)
+    }
+
+    /// Whether `scope` is in the set as such: `patient/Observation.read` and
+    /// `patient/Observation.rs` are different scopes here.
+    pub fn contains(&self, scope: &Scope) -> bool {
+        self.0.contains(scope)
+    }
+
+    /// Whether some resource scope is in `context` (a `patient/` scope needs a patient in
+    /// context).
+    pub fn has_context(&self, context: Context) -> bool {
+        self.resource_scopes().any(|s| s.context == context)
+    }
+
+    /// Whether the set holds no scope.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// How many scopes the set holds.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl FromIterator<Scope> for ScopeSet {
+    /// Keeps the first of each repeated scope.
+    fn from_iter<I: IntoIterator<Item = Scope>>(iter: I) -> Self {
+        let mut scopes: Vec<Scope> = Vec::new();
+        for scope in iter {
+            if !scopes.contains(&scope) {
+                scopes.push(scope);
+            }
+        }
+        ScopeSet(scopes)
+    }
+}
+
+impl<'a> IntoIterator for &'a ScopeSet {
+    type Item = &'a Scope;
+    type IntoIter = std::slice::Iter<'a, Scope>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl PartialEq for ScopeSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().all(|s| other.contains(s))
+    }
+}
+
+impl Eq for ScopeSet {}
+
+impl fmt::Display for ScopeSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, scope) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{scope}")?;
+        }
+        Ok(())
+    }
+}
