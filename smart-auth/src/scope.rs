@@ -1,10 +1,13 @@
 //! SMART App Launch 2.2 scopes: what a token asked for, was granted, and therefore may do
 //! (<https://hl7.org/fhir/smart-app-launch/scopes-and-launch-context.html>).
 //!
-//! A `scope` string is parsed once per token into a [`ScopeSet`]. Parsing never fails: a token
-//! that is not a scope this module knows (a typo, `.sr` out of order, an unknown resource type,
-//! an extension scope) is kept verbatim as [`Scope::Other`] and grants nothing, because a token
-//! request with unknown scopes is not an error, it just grants less.
+//! A `scope` string is parsed once per token into a [`ScopeSet`]; the FHIR server then asks it
+//! [`ScopeSet::allows`] on every request, and the authorization server uses
+//! [`ScopeSet::within`] to keep a request inside what a client is registered for or a refresh
+//! inside what was granted. Parsing never fails: a token that is not a scope this module knows
+//! (a typo, `.sr` out of order, an unknown resource type, an extension scope) is kept verbatim as
+//! [`Scope::Other`] and grants nothing, because a token request with unknown scopes is not an
+//! error, it just grants less.
 //!
 //! Pure: no I/O, no clock.
 
@@ -329,6 +332,11 @@ impl ResourceScope {
             syntax,
         })
     }
+
+    /// Whether it is about resources of type `rt` (it names `rt` or `*`).
+    pub fn applies_to(&self, rt: ResourceType) -> bool {
+        self.resource_type.is_none_or(|own| own == rt)
+    }
 }
 
 impl fmt::Display for ResourceScope {
@@ -447,8 +455,8 @@ impl ScopeSet {
         self.0.iter().filter_map(Scope::as_resource)
     }
 
-    /// Whether `scope` is in the set as such: `patient/Observation.read` and
-    /// `patient/Observation.rs` are different scopes here.
+    /// Whether `scope` is in the set as such. `patient/Observation.read` and
+    /// `patient/Observation.rs` are different scopes here; [`ScopeSet::covers`] compares meaning.
     pub fn contains(&self, scope: &Scope) -> bool {
         self.0.contains(scope)
     }
@@ -457,6 +465,81 @@ impl ScopeSet {
     /// context).
     pub fn has_context(&self, context: Context) -> bool {
         self.resource_scopes().any(|s| s.context == context)
+    }
+
+    /// What the set allows for `permission` on resources of type `rt`, in each context: the
+    /// resource scopes naming `rt` or `*` whose permissions hold `permission`. Scopes add up, so
+    /// one without a filter makes the context [`Grant::All`]; otherwise their filters together
+    /// make it [`Grant::Filtered`]. Allocates only in that last case.
+    pub fn allows(&self, rt: ResourceType, permission: Permission) -> Allowed {
+        let matching = || {
+            self.resource_scopes()
+                .filter(move |s| s.applies_to(rt) && s.permissions.contains(permission))
+        };
+        // A first pass without allocating answers All and None, the common cases.
+        let mut unfiltered = [false; 3];
+        let mut filtered = [false; 3];
+        for scope in matching() {
+            let seen = match scope.filter {
+                None => &mut unfiltered,
+                Some(_) => &mut filtered,
+            };
+            seen[scope.context as usize] = true;
+        }
+        let grant = |context: Context| {
+            let at = context as usize;
+            if unfiltered[at] {
+                return Grant::All;
+            }
+            if !filtered[at] {
+                return Grant::None;
+            }
+            let mut filters: Vec<Filter> = Vec::new();
+            for filter in matching()
+                .filter(|s| s.context == context)
+                .filter_map(|s| s.filter.as_ref())
+            {
+                if !filters.contains(filter) {
+                    filters.push(filter.clone());
+                }
+            }
+            Grant::Filtered(filters)
+        };
+        Allowed {
+            patient: grant(Context::Patient),
+            user: grant(Context::User),
+            system: grant(Context::System),
+        }
+    }
+
+    /// Whether `scope` asks for nothing this set does not already allow.
+    ///
+    /// A resource scope is covered when the resource scopes of this set in the same context
+    /// (contexts never cross), naming its type or `*`, and without a filter or with the very
+    /// same filter, hold all its permissions between them: scopes combine as a union, so
+    /// `patient/Observation.r patient/Observation.s` covers `patient/Observation.rs`. A scope
+    /// without a filter is never covered by filtered ones, nor `*` by named types. Any other
+    /// scope is covered when it is in the set.
+    pub fn covers(&self, scope: &Scope) -> bool {
+        let Scope::Resource(wanted) = scope else {
+            return self.contains(scope);
+        };
+        let held: Permissions = self
+            .resource_scopes()
+            .filter(|s| {
+                s.context == wanted.context
+                    && (s.resource_type.is_none() || s.resource_type == wanted.resource_type)
+                    && (s.filter.is_none() || s.filter == wanted.filter)
+            })
+            .fold(Permissions::NONE, |held, s| held.union(s.permissions));
+        held.is_superset_of(wanted.permissions)
+    }
+
+    /// The scopes of `self` that `limit` covers, in order: a client asking for more than it is
+    /// registered for, or a refresh asking for more than was granted, keeps only these.
+    #[must_use]
+    pub fn within(&self, limit: &ScopeSet) -> ScopeSet {
+        ScopeSet(self.0.iter().filter(|s| limit.covers(s)).cloned().collect())
     }
 
     /// Whether the set holds no scope.
@@ -509,5 +592,58 @@ impl fmt::Display for ScopeSet {
             write!(f, "{scope}")?;
         }
         Ok(())
+    }
+}
+
+/// What a [`ScopeSet`] allows for one permission on one resource type, per context. How the
+/// contexts combine is the enforcement's business: `patient` reaches only the patient in
+/// context's compartment, `user` only what the user may reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowed {
+    /// Through `patient/` scopes.
+    pub patient: Grant,
+    /// Through `user/` scopes.
+    pub user: Grant,
+    /// Through `system/` scopes.
+    pub system: Grant,
+}
+
+impl Allowed {
+    /// Whether no context allows anything.
+    pub fn is_none(&self) -> bool {
+        Context::ALL.iter().all(|c| self.context(*c).is_none())
+    }
+
+    /// The grant in `context`.
+    pub fn context(&self, context: Context) -> &Grant {
+        match context {
+            Context::Patient => &self.patient,
+            Context::User => &self.user,
+            Context::System => &self.system,
+        }
+    }
+}
+
+/// What one context allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// Nothing.
+    None,
+    /// Every resource of the type (within the context).
+    All,
+    /// The resources that match at least one of these filters (each one a FHIR search whose
+    /// parameters must all match), never empty, without repeats.
+    Filtered(Vec<Filter>),
+}
+
+impl Grant {
+    /// Whether it allows nothing.
+    pub fn is_none(&self) -> bool {
+        matches!(self, Grant::None)
+    }
+
+    /// Whether it allows every resource of the type.
+    pub fn is_all(&self) -> bool {
+        matches!(self, Grant::All)
     }
 }

@@ -2,7 +2,7 @@
 
 use fhir_models::ResourceType;
 use smart_auth::scope::{
-    Context, Filter, Permission, Permissions, ResourceScope, Scope, ScopeSet, Syntax,
+    Context, Filter, Grant, Permission, Permissions, ResourceScope, Scope, ScopeSet, Syntax,
 };
 
 const LAB: &str = "category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory";
@@ -252,6 +252,252 @@ fn malformed_queries_are_other() {
     for query in ["", "category", "=x", "category=", "a=1&&b=2", "a=1&"] {
         assert_other(&format!("patient/Observation.rs?{query}"));
     }
+}
+
+// allows.
+
+#[test]
+fn other_scopes_grant_nothing() {
+    let scopes = set("patient/Observation.sr patient/Nope.rs patient/Observation.read?x=1");
+    for permission in Permission::ALL {
+        assert!(
+            scopes
+                .allows(ResourceType::Observation, permission)
+                .is_none()
+        );
+    }
+}
+
+#[test]
+fn a_scope_allows_its_permissions_in_its_context() {
+    let allowed = set("patient/Observation.rs").allows(ResourceType::Observation, Permission::Read);
+    assert_eq!(allowed.patient, Grant::All);
+    assert_eq!(allowed.user, Grant::None);
+    assert_eq!(allowed.system, Grant::None);
+}
+
+#[test]
+fn a_scope_does_not_allow_other_permissions() {
+    let scopes = set("patient/Observation.rs");
+    assert!(
+        scopes
+            .allows(ResourceType::Observation, Permission::Create)
+            .is_none()
+    );
+}
+
+#[test]
+fn a_scope_does_not_allow_other_types() {
+    let scopes = set("patient/Observation.rs");
+    assert!(
+        scopes
+            .allows(ResourceType::Condition, Permission::Read)
+            .is_none()
+    );
+}
+
+#[test]
+fn a_star_scope_allows_every_type() {
+    let scopes = set("system/*.rs");
+    for rt in ResourceType::ALL {
+        assert_eq!(scopes.allows(*rt, Permission::Search).system, Grant::All);
+    }
+}
+
+#[test]
+fn each_context_is_answered_on_its_own() {
+    let allowed = set(&format!("patient/Observation.rs?{LAB} user/Observation.r"))
+        .allows(ResourceType::Observation, Permission::Read);
+    assert_eq!(
+        allowed.context(Context::Patient),
+        &Grant::Filtered(vec![filter(LAB)])
+    );
+    assert_eq!(allowed.context(Context::User), &Grant::All);
+    assert_eq!(allowed.context(Context::System), &Grant::None);
+}
+
+#[test]
+fn a_filtered_scope_allows_only_its_filter() {
+    let allowed = set(&format!("patient/Observation.rs?{LAB}"))
+        .allows(ResourceType::Observation, Permission::Search);
+    assert_eq!(allowed.patient, Grant::Filtered(vec![filter(LAB)]));
+}
+
+#[test]
+fn several_filters_for_one_type_are_all_kept_in_order() {
+    let allowed = set(
+        "patient/Observation.rs?category=laboratory patient/*.s?_tag=shared patient/Observation.s?category=vital-signs",
+    )
+    .allows(ResourceType::Observation, Permission::Search);
+    assert_eq!(
+        allowed.patient,
+        Grant::Filtered(vec![
+            filter("category=laboratory"),
+            filter("_tag=shared"),
+            filter("category=vital-signs"),
+        ])
+    );
+}
+
+#[test]
+fn a_filter_granted_twice_is_listed_once() {
+    let allowed =
+        set("patient/Observation.r?category=laboratory patient/Observation.rs?category=laboratory")
+            .allows(ResourceType::Observation, Permission::Read);
+    assert_eq!(
+        allowed.patient,
+        Grant::Filtered(vec![filter("category=laboratory")])
+    );
+}
+
+#[test]
+fn one_unfiltered_scope_makes_the_grant_all() {
+    let allowed = set(&format!("patient/Observation.rs?{LAB} patient/*.r"))
+        .allows(ResourceType::Observation, Permission::Read);
+    assert_eq!(allowed.patient, Grant::All);
+}
+
+#[test]
+fn a_filtered_scope_without_the_permission_does_not_count() {
+    let allowed = set("patient/Observation.r patient/Observation.s?category=laboratory")
+        .allows(ResourceType::Observation, Permission::Read);
+    assert_eq!(allowed.patient, Grant::All);
+}
+
+#[test]
+fn v1_read_allows_search_but_not_write() {
+    let scopes = set("patient/Observation.read");
+    assert_eq!(
+        scopes
+            .allows(ResourceType::Observation, Permission::Search)
+            .patient,
+        Grant::All
+    );
+    assert!(
+        scopes
+            .allows(ResourceType::Observation, Permission::Update)
+            .is_none()
+    );
+}
+
+#[test]
+fn an_empty_set_allows_nothing() {
+    assert!(
+        ScopeSet::parse("")
+            .allows(ResourceType::Patient, Permission::Read)
+            .is_none()
+    );
+}
+
+// covers and within.
+
+fn covers(limit: &str, scope: &str) -> bool {
+    set(limit).covers(&Scope::parse(scope))
+}
+
+#[test]
+fn narrower_permissions_are_covered() {
+    assert!(covers(
+        "patient/Observation.cruds",
+        "patient/Observation.rs"
+    ));
+}
+
+#[test]
+fn wider_permissions_are_not_covered() {
+    assert!(!covers("patient/Observation.rs", "patient/Observation.rsd"));
+}
+
+#[test]
+fn star_covers_a_named_type() {
+    assert!(covers("patient/*.rs", "patient/Observation.r"));
+}
+
+#[test]
+fn a_named_type_does_not_cover_star() {
+    assert!(!covers("patient/Observation.rs", "patient/*.rs"));
+}
+
+#[test]
+fn a_named_type_does_not_cover_another() {
+    assert!(!covers("patient/Observation.rs", "patient/Condition.rs"));
+}
+
+#[test]
+fn contexts_never_cross() {
+    assert!(!covers("user/*.cruds", "patient/Observation.r"));
+    assert!(!covers("patient/*.cruds", "user/Observation.r"));
+    assert!(!covers("system/*.cruds", "user/Observation.r"));
+}
+
+#[test]
+fn an_unfiltered_scope_covers_a_filtered_one() {
+    assert!(covers(
+        "patient/Observation.rs",
+        &format!("patient/Observation.rs?{LAB}")
+    ));
+}
+
+#[test]
+fn a_filter_covers_the_same_filter() {
+    assert!(covers(
+        &format!("patient/Observation.rs?{LAB}"),
+        &format!("patient/Observation.r?{LAB}")
+    ));
+}
+
+#[test]
+fn a_filter_does_not_cover_a_different_filter() {
+    assert!(!covers(
+        "patient/Observation.rs?category=laboratory",
+        "patient/Observation.rs?category=vital-signs"
+    ));
+}
+
+#[test]
+fn a_filter_does_not_cover_the_unfiltered_scope() {
+    assert!(!covers(
+        "patient/Observation.rs?category=laboratory",
+        "patient/Observation.rs"
+    ));
+}
+
+#[test]
+fn scopes_together_cover_their_union() {
+    assert!(covers(
+        "patient/Observation.r patient/Observation.s",
+        "patient/Observation.rs"
+    ));
+}
+
+#[test]
+fn v1_read_covers_v2_read_and_search() {
+    assert!(covers("patient/Observation.read", "patient/Observation.rs"));
+}
+
+#[test]
+fn a_non_resource_scope_is_covered_when_present() {
+    assert!(covers("openid fhirUser", "fhirUser"));
+    assert!(!covers("openid", "offline_access"));
+    assert!(covers("__custom.scope", "__custom.scope"));
+}
+
+#[test]
+fn within_keeps_the_covered_scopes_in_order() {
+    let asked =
+        set("launch/patient patient/Observation.cruds openid patient/Condition.rs offline_access");
+    let registered = set("openid launch/patient patient/*.rs");
+    assert_eq!(
+        asked.within(&registered).to_string(),
+        "launch/patient openid patient/Condition.rs"
+    );
+}
+
+#[test]
+fn within_a_grant_a_narrower_refresh_is_kept_whole() {
+    let granted = set("patient/Observation.rs patient/Condition.rs offline_access");
+    let asked = set("patient/Observation.r offline_access");
+    assert_eq!(asked.within(&granted), asked);
 }
 
 // Display and equality.
