@@ -92,6 +92,16 @@ impl Permission {
         }
     }
 
+    fn verb(self) -> &'static str {
+        match self {
+            Permission::Create => "create",
+            Permission::Read => "read",
+            Permission::Update => "update",
+            Permission::Delete => "delete",
+            Permission::Search => "search",
+        }
+    }
+
     const fn bit(self) -> u8 {
         1 << self as u8
     }
@@ -337,6 +347,38 @@ impl ResourceScope {
     pub fn applies_to(&self, rt: ResourceType) -> bool {
         self.resource_type.is_none_or(|own| own == rt)
     }
+
+    /// One plain-English line for a consent page, e.g. "Read and search your observations".
+    pub fn describe(&self) -> String {
+        let verbs: Vec<&str> = self.permissions.iter().map(Permission::verb).collect();
+        let mut line = match verbs.as_slice() {
+            [] => String::from("Nothing on"),
+            [only] => (*only).to_owned(),
+            [init @ .., last] => format!("{} and {last}", init.join(", ")),
+        };
+        if let Some(first) = line.get_mut(..1) {
+            first.make_ascii_uppercase();
+        }
+        line.push(' ');
+        match (self.context, self.resource_type) {
+            (Context::Patient, Some(rt)) => line += &format!("your {}", plural(rt)),
+            (Context::User, Some(rt)) => line += &format!("the {} you can access", plural(rt)),
+            (Context::System, Some(rt)) => line += &format!("all {}", plural(rt)),
+            // The spec asks that a wildcard be explained as reaching data kinds added later too.
+            (Context::Patient, None) => line += "all of your data, including kinds added later",
+            (Context::User, None) => line += "all data you can access, including kinds added later",
+            (Context::System, None) => line += "all data, including kinds added later",
+        }
+        if let Some(filter) = &self.filter {
+            let conditions: Vec<String> = filter
+                .pairs()
+                .iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect();
+            line += &format!(" that match {}", conditions.join(" and "));
+        }
+        line
+    }
 }
 
 impl fmt::Display for ResourceScope {
@@ -412,6 +454,27 @@ impl Scope {
         match self {
             Scope::Resource(scope) => Some(scope),
             _ => None,
+        }
+    }
+
+    /// One plain-English line for a consent page, e.g. "Read and search your observations".
+    /// Patient scopes say "your", as the patient is the reader in a standalone patient launch.
+    pub fn describe(&self) -> String {
+        match self {
+            Scope::Resource(scope) => scope.describe(),
+            Scope::OpenId => "Confirm who you are".to_owned(),
+            Scope::FhirUser => "Know which record in this system is you".to_owned(),
+            Scope::Profile => "See your name and basic profile".to_owned(),
+            Scope::Launch => "Know the patient and visit open in the EHR when it starts".to_owned(),
+            Scope::LaunchPatient => "Know which patient is chosen when it starts".to_owned(),
+            Scope::LaunchEncounter => "Know which visit is chosen when it starts".to_owned(),
+            Scope::OfflineAccess => {
+                "Keep its access when you are not signed in, until you revoke it".to_owned()
+            }
+            Scope::OnlineAccess => "Keep its access while you stay signed in".to_owned(),
+            Scope::Other(text) => {
+                format!("\u{201c}{text}\u{201d} (not recognised; grants nothing)")
+            }
         }
     }
 }
@@ -645,5 +708,102 @@ impl Grant {
     /// Whether it allows every resource of the type.
     pub fn is_all(&self) -> bool {
         matches!(self, Grant::All)
+    }
+}
+
+/// The plural of a resource type in lowercase words, for a consent page: `AllergyIntolerance`
+/// is "allergy intolerances", `EpisodeOfCare` "episodes of care".
+fn plural(rt: ResourceType) -> String {
+    match rt {
+        ResourceType::Patient => return "patient records".to_owned(),
+        ResourceType::Person => return "person records".to_owned(),
+        ResourceType::Provenance => return "provenance records".to_owned(),
+        ResourceType::Basic => return "basic resources".to_owned(),
+        ResourceType::Binary => return "binary files".to_owned(),
+        ResourceType::MedicinalProductManufactured => {
+            return "manufactured medicinal products".to_owned();
+        }
+        ResourceType::MedicinalProductPackaged => return "packaged medicinal products".to_owned(),
+        _ => {}
+    }
+    let mut words: Vec<String> = Vec::new();
+    for c in rt.as_str().chars() {
+        if c.is_ascii_uppercase() || words.is_empty() {
+            words.push(String::new());
+        }
+        if let Some(word) = words.last_mut() {
+            word.push(c.to_ascii_lowercase());
+        }
+    }
+    // "episode of care": the head noun is the one before "of".
+    let head = words
+        .iter()
+        .position(|w| w == "of")
+        .map_or(words.len() - 1, |of| of.saturating_sub(1));
+    words[head] = plural_word(&words[head]);
+    words.join(" ")
+}
+
+fn plural_word(word: &str) -> String {
+    const UNCOUNTED: &[&str] = &[
+        "evidence",
+        "media",
+        "knowledge",
+        "information",
+        "parameters",
+        "capabilities",
+    ];
+    if UNCOUNTED.contains(&word) {
+        return word.to_owned();
+    }
+    if word == "person" {
+        return "people".to_owned();
+    }
+    if let Some(stem) = word.strip_suffix("sis") {
+        return format!("{stem}ses");
+    }
+    if let Some(stem) = word.strip_suffix('y')
+        && !stem.ends_with(['a', 'e', 'i', 'o', 'u'])
+    {
+        return format!("{stem}ies");
+    }
+    if word.ends_with(['s', 'x']) || word.ends_with("ch") || word.ends_with("sh") {
+        return format!("{word}es");
+    }
+    format!("{word}s")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_resource_type_has_a_plural_of_lowercase_words() {
+        for rt in ResourceType::ALL {
+            let text = plural(*rt);
+            assert!(
+                text.chars().all(|c| c.is_ascii_lowercase() || c == ' '),
+                "{rt:?}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn plurals_follow_english_spelling() {
+        let cases = [
+            (ResourceType::Observation, "observations"),
+            (ResourceType::AllergyIntolerance, "allergy intolerances"),
+            (ResourceType::ImagingStudy, "imaging studies"),
+            (ResourceType::EpisodeOfCare, "episodes of care"),
+            (
+                ResourceType::RiskEvidenceSynthesis,
+                "risk evidence syntheses",
+            ),
+            (ResourceType::RelatedPerson, "related people"),
+            (ResourceType::MedicationKnowledge, "medication knowledge"),
+        ];
+        for (rt, want) in cases {
+            assert_eq!(plural(rt), want);
+        }
     }
 }

@@ -604,3 +604,59 @@ fn permissions_iterate_in_cruds_order() {
         [Permission::Create, Permission::Update, Permission::Delete]
     );
 }
+
+// describe.
+
+fn describe(text: &str) -> String {
+    Scope::parse(text).describe()
+}
+
+#[test]
+fn a_patient_scope_describes_your_data() {
+    assert_eq!(
+        describe("patient/Observation.rs"),
+        "Read and search your observations"
+    );
+}
+
+#[test]
+fn three_permissions_are_listed_with_commas() {
+    assert_eq!(
+        describe("patient/AllergyIntolerance.write"),
+        "Create, update and delete your allergy intolerances"
+    );
+}
+
+#[test]
+fn a_user_scope_describes_what_you_can_access() {
+    assert_eq!(
+        describe("user/Appointment.r"),
+        "Read the appointments you can access"
+    );
+}
+
+#[test]
+fn a_system_scope_describes_all_of_a_type() {
+    assert_eq!(describe("system/Encounter.c"), "Create all encounters");
+}
+
+#[test]
+fn a_star_scope_warns_of_kinds_added_later() {
+    assert_eq!(
+        describe("patient/*.cruds"),
+        "Create, read, update, delete and search all of your data, including kinds added later"
+    );
+}
+
+#[test]
+fn a_filter_is_described_by_its_decoded_conditions() {
+    assert_eq!(
+        describe("patient/Observation.rs?category=laboratory&code=http%3A%2F%2Floinc.org%7C1234-5"),
+        "Read and search your observations that match category=laboratory and code=http://loinc.org|1234-5"
+    );
+}
+
+#[test]
+fn an_unknown_scope_says_it_grants_nothing() {
+    assert!(describe("patient/Observation.sr").contains("grants nothing"));
+}
