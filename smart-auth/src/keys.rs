@@ -199,6 +199,13 @@ pub(crate) fn rsa_thumbprint(n: &str, e: &str) -> String {
     thumbprint(&format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#))
 }
 
+/// RFC 7638 thumbprint of an EC public key.
+pub(crate) fn ec_thumbprint(crv: &str, x: &str, y: &str) -> String {
+    thumbprint(&format!(
+        r#"{{"crv":"{crv}","kty":"EC","x":"{x}","y":"{y}"}}"#
+    ))
+}
+
 fn thumbprint(canonical_jwk: &str) -> String {
     b64url(Sha256::digest(canonical_jwk.as_bytes()))
 }
