@@ -24,7 +24,10 @@
 
 pub mod assertion;
 pub mod keys;
+pub mod pkce;
+pub mod secret;
 pub mod token;
+pub mod totp;
 
 /// Why a key could not be made or read, or a value could not be signed or hashed.
 ///
