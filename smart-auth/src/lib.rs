@@ -5,6 +5,7 @@
 //! | module | what it gives |
 //! | --- | --- |
 //! | [`scope`] | SMART scopes (v1, and v2 with query filters) read once per token into a [`scope::ScopeSet`] that says what a request may do, what a client or a refresh may keep, and how each scope reads on a consent page |
+//! | [`server`] | the authorization server's HTTP endpoints (discovery, authorize with its login, second-factor, picker and consent pages, token, introspection, revocation, EHR launch) and [`server::AuthServer::authenticate`], the FHIR server's bearer-token check |
 //! | [`store`] | clients, users, signing keys and the state of authorizations (codes, grants, refresh tokens, revocations), on SQLite or PostgreSQL |
 //! | [`keys`] | the server's RS256 signing keys ([`keys::SigningKey`]), their rotation ([`keys::KeyRing`]) and the published JWKS |
 //! | [`token`] | access tokens (RFC 9068 `at+jwt`) and OpenID id_tokens, signed; [`token::TokenVerifier`], the per-request check, with its cache |
@@ -28,6 +29,7 @@ pub mod keys;
 pub mod pkce;
 pub mod scope;
 pub mod secret;
+pub mod server;
 pub mod store;
 pub mod token;
 pub mod totp;
