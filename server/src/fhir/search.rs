@@ -19,7 +19,7 @@ use super::interactions::{QueryPairs, resource_type};
 use crate::app::AppState;
 use crate::error::{FhirError, FhirResult, Issue, operation_outcome};
 use crate::search::execute::{self, Found, Page};
-use crate::search::query::{self, Limits, SearchQuery, Total};
+use crate::search::query::{self, Filter, Limits, SearchQuery, Total};
 
 /// The parameters of a search POSTed as a form, after those of the URL.
 fn form_pairs(
@@ -55,6 +55,16 @@ impl AppState {
         strict: bool,
     ) -> FhirResult<SearchQuery> {
         query::parse(types, pairs, strict, &self.fhir_base, &self.search_limits())
+    }
+
+    /// The filters of `name=value` pairs on `types`, all of which must hold: one group of a
+    /// [`SearchQuery::narrow`]. A parameter that does not select resources is an error.
+    pub fn search_filters(
+        &self,
+        types: &[ResourceType],
+        pairs: &[(String, String)],
+    ) -> FhirResult<Vec<Filter>> {
+        query::parse_filters(types, pairs, &self.fhir_base)
     }
 }
 

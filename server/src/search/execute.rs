@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use fhir_models::ResourceType;
 
-use super::query::{Cursor, Filter, Include, Modifier, SearchQuery, Total};
+use super::query::{Cursor, Filter, Include, SearchQuery, Total};
 use super::sql::{self, ROW_COLUMNS, Sql};
 use crate::error::FhirError;
 use crate::store::{Cell, Kind, Micros, Store, Version};
-use fhir_models::search::SearchParamType;
 
 /// Most `(type, id)` pairs fetched by one include query.
 const INCLUDE_BATCH: usize = 500;
@@ -27,6 +26,11 @@ pub struct Found {
 #[derive(Debug, Default)]
 pub struct Page {
     pub matches: Vec<Found>,
+    /// What comes with the matches without matching: `_include` and `_revinclude` (and their
+    /// `:iterate` forms), all found by [`page`]'s one call to `includes`, or for `$everything`
+    /// the resources its members refer to. A narrowing ([`SearchQuery::narrow`]) selects
+    /// matches only, so this list is where a caller removes included resources its client may
+    /// not see, before the Bundle is built from the page.
     pub included: Vec<Found>,
     pub total: Option<i64>,
     /// The `_cursor` of the next page, if there is one.
@@ -124,7 +128,7 @@ impl Plan {
         if candidates.is_empty() {
             return Ok(Plan::default());
         }
-        candidates.sort_by_key(|&i| likely_size(&query.filters[i]));
+        candidates.sort_by_key(|&i| sql::likely_size(&query.filters[i]));
         let size = sizes.of(store, &query.types).await?;
         let page = i64::from(query.count) + 1;
         let mut rarest: Option<(usize, i64, i64)> = None;
@@ -166,22 +170,6 @@ impl Plan {
     }
 }
 
-/// How likely a filter is to match few resources, the likeliest first: a token, reference or
-/// URI (an identifier, a patient) before a string prefix or a number, before a date range or
-/// a presence, before a chain or `_has`, whose counting is dearest.
-fn likely_size(filter: &Filter) -> u8 {
-    match filter {
-        Filter::Param { def, modifier, .. } => match (def.kind, modifier) {
-            (SearchParamType::String, Modifier::Exact) => 0,
-            (SearchParamType::Token | SearchParamType::Reference | SearchParamType::Uri, _) => 0,
-            (SearchParamType::Date, _) => 2,
-            _ => 1,
-        },
-        Filter::Missing { .. } => 2,
-        _ => 3,
-    }
-}
-
 /// Where the estimate of `filter` stops counting, for a page of `page` among `size` resources.
 ///
 /// A page in `rid` order either starts from the filter's matches, reading all `m` of them, or
@@ -191,9 +179,10 @@ fn likely_size(filter: &Filter) -> u8 {
 /// counting it costs as much again, so for those the cap that bounds the worse of the two is
 /// near `√(0.7 · page · size)`. Below its cap a filter is started from.
 fn cap(filter: &Filter, page: i64, size: i64) -> i64 {
-    let weight = match filter {
-        Filter::Chain { .. } | Filter::Has { .. } => 0.7,
-        _ => 5.0,
+    let weight = if sql::follows_references(filter) {
+        0.7
+    } else {
+        5.0
     };
     // A float is exact enough for a threshold, and its square root of an i64 fits one.
     let cap = (weight * page as f64 * size.max(1) as f64).sqrt() as i64;

@@ -163,6 +163,9 @@ pub enum Filter {
         param: &'static SearchParameterDef,
         filter: Box<Filter>,
     },
+    /// Any one of these groups holds, each group being filters that all hold (OR of ANDs). Never
+    /// produced by parsing a client's query: the server adds it to narrow a search.
+    Any(Vec<Vec<Filter>>),
 }
 
 /// One key of `_sort`.
@@ -224,6 +227,18 @@ pub struct SearchQuery {
     pub canonical: Vec<(String, String)>,
     /// Parameters ignored, as warnings for the Bundle.
     pub warnings: Vec<Issue>,
+}
+
+impl SearchQuery {
+    /// Narrows the search to the resources that match any one of `groups`, each group being
+    /// filters that all hold (see [`parse_filters`] to build them): how the server limits what
+    /// a client may find, such as the compartment of the patient a token is for. Called after
+    /// parsing and before [`super::execute`] runs the query; every page of the search must be
+    /// narrowed again, as the paging links do not carry it. An empty list of groups matches
+    /// nothing.
+    pub fn narrow(&mut self, groups: Vec<Vec<Filter>>) {
+        self.filters.push(Filter::Any(groups));
+    }
 }
 
 /// Parameters that shape the response rather than select resources; read elsewhere.
@@ -364,6 +379,32 @@ pub fn parse(
         }
     }
     Ok(query)
+}
+
+/// The filters of `name=value` pairs on resources of `types`, all of which must hold: one group
+/// of a [`SearchQuery::narrow`]. Only parameters that select resources are taken, and an
+/// unknown one is an error rather than ignored, so that a narrowing never silently widens.
+pub fn parse_filters(
+    types: &[ResourceType],
+    pairs: &[(String, String)],
+    fhir_base: &str,
+) -> Result<Vec<Filter>, FhirError> {
+    let single = (types.len() == 1).then(|| types[0]);
+    let mut filters = Vec::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        let filter = if name.starts_with("_has:") {
+            Some(parse_has(single, name, value, fhir_base)?)
+        } else {
+            parse_filter(types, name, value, fhir_base)?
+        };
+        filters.push(filter.ok_or_else(|| {
+            bad(
+                name,
+                "is not a search parameter that selects resources of these types",
+            )
+        })?);
+    }
+    Ok(filters)
 }
 
 fn parse_cursor(value: &str) -> Option<Cursor> {

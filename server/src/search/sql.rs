@@ -157,12 +157,6 @@ pub fn page(query: &SearchQuery, driver: Option<usize>, cursor_keys: &[Cell]) ->
 /// How many resources match, starting from the filter `driver`.
 pub fn count(query: &SearchQuery, driver: Option<usize>) -> Sql {
     let mut sql = Sql::default();
-    let rid_only = |f: &Filter| {
-        matches!(
-            f,
-            Filter::Param { .. } | Filter::Missing { .. } | Filter::Chain { .. }
-        )
-    };
     match driver {
         // Every other test names only the resource's rid: count the set's resources without
         // visiting them.
@@ -191,6 +185,16 @@ pub fn count(query: &SearchQuery, driver: Option<usize>) -> Sql {
         }
     }
     sql
+}
+
+/// Whether `filter`'s test names only the resource's `rid`, so that it can test the rows of a
+/// set, which carry nothing else.
+fn rid_only(filter: &Filter) -> bool {
+    match filter {
+        Filter::Param { .. } | Filter::Missing { .. } | Filter::Chain { .. } => true,
+        Filter::Any(groups) => groups.iter().flatten().all(rid_only),
+        Filter::Id(_) | Filter::LastUpdated(_) | Filter::Has { .. } => false,
+    }
 }
 
 /// `(k0, k1, …, rid) > (v0, v1, …, rid)` with each key's direction, as an OR of prefixes.
@@ -341,6 +345,51 @@ pub fn can_drive(filter: &Filter) -> bool {
         ),
         Filter::Missing { missing, .. } => !missing,
         Filter::Chain { .. } | Filter::Has { .. } => true,
+        // Started from the union of the groups' sets, each found from one of its filters; a
+        // group with no such filter (or none at all) holds for too much to be a set.
+        Filter::Any(groups) => groups.iter().all(|group| group_driver(group).is_some()),
+    }
+}
+
+/// The filter of a group of [`Filter::Any`] its set is found from: of those that [`can_drive`],
+/// the likeliest to be rare.
+fn group_driver(group: &[Filter]) -> Option<usize> {
+    (0..group.len())
+        .filter(|&i| can_drive(&group[i]))
+        .min_by_key(|&i| likely_size(&group[i]))
+}
+
+/// How likely a filter is to match few resources, the likeliest first: a token, reference or
+/// URI (an identifier, a patient) before a string prefix or a number, before a date range or
+/// a presence, before a chain or `_has`, whose counting is dearest. An OR of groups is as
+/// likely as its least likely group.
+pub fn likely_size(filter: &Filter) -> u8 {
+    match filter {
+        Filter::Param { def, modifier, .. } => match (def.kind, modifier) {
+            (SearchParamType::String, Modifier::Exact) => 0,
+            (SearchParamType::Token | SearchParamType::Reference | SearchParamType::Uri, _) => 0,
+            (SearchParamType::Date, _) => 2,
+            _ => 1,
+        },
+        Filter::Missing { .. } => 2,
+        Filter::Any(groups) => groups
+            .iter()
+            .map(|group| group.iter().map(likely_size).min().unwrap_or(3))
+            .max()
+            .unwrap_or(0),
+        _ => 3,
+    }
+}
+
+/// Whether counting or following `filter`'s matches costs as a chain's do (a join per match,
+/// not an index entry): a chain, a `_has`, or an OR with such a group.
+pub fn follows_references(filter: &Filter) -> bool {
+    match filter {
+        Filter::Chain { .. } | Filter::Has { .. } => true,
+        Filter::Any(groups) => groups
+            .iter()
+            .any(|group| group_driver(group).is_none_or(|d| follows_references(&group[d]))),
+        _ => false,
     }
 }
 
@@ -390,6 +439,29 @@ fn filter_condition(
         _ if form == Form::In => {
             sql.push(&format!("{alias}.rid IN "));
             set_of(sql, types, filter);
+        }
+        Filter::Any(groups) => {
+            sql.push("(");
+            if groups.is_empty() {
+                sql.push("1 = 0");
+            }
+            for (i, group) in groups.iter().enumerate() {
+                if i > 0 {
+                    sql.push(" OR ");
+                }
+                sql.push("(");
+                if group.is_empty() {
+                    sql.push("1 = 1");
+                }
+                for (j, filter) in group.iter().enumerate() {
+                    if j > 0 {
+                        sql.push(" AND ");
+                    }
+                    filter_condition(sql, alias, types, filter, Form::Exists);
+                }
+                sql.push(")");
+            }
+            sql.push(")");
         }
         Filter::Missing { def, missing } => {
             rows_probe(sql, alias, table_of(def.kind), def.code);
@@ -466,6 +538,7 @@ fn needs_its_rows(filter: &Filter) -> bool {
         Filter::Param { modifier, .. } => *modifier != Modifier::Not,
         Filter::Missing { missing, .. } => !missing,
         Filter::Chain { .. } => true,
+        Filter::Any(groups) => groups.iter().all(|group| group.iter().any(needs_its_rows)),
         Filter::Id(_) | Filter::LastUpdated(_) | Filter::Has { .. } => false,
     }
 }
@@ -554,6 +627,36 @@ fn set_of(sql: &mut Sql, types: &[ResourceType], filter: &Filter) {
                 " AND t.resource_type = y.target_type AND t.id = y.target_id \
                  AND t.deleted = FALSE)",
             );
+        }
+        Filter::Any(groups) if can_drive(filter) => {
+            // The union of the groups' sets (a resource may be in several: every use of a set
+            // takes each rid once). A group is found from one of its filters, and its other
+            // filters test each resource found.
+            sql.push("(");
+            if groups.is_empty() {
+                sql.push("SELECT e.rid FROM resources e WHERE 1 = 0");
+            }
+            let driven = groups
+                .iter()
+                .filter_map(|group| group_driver(group).map(|d| (group, d)));
+            for (i, (group, d)) in driven.enumerate() {
+                if i > 0 {
+                    sql.push(" UNION ALL ");
+                }
+                sql.push("SELECT g.rid FROM ");
+                set_of(sql, types, &group[d]);
+                sql.push(" g");
+                if group.len() > 1 {
+                    sql.push(" CROSS JOIN resources e WHERE e.rid = g.rid");
+                    for (j, filter) in group.iter().enumerate() {
+                        if j != d {
+                            sql.push(" AND ");
+                            filter_condition(sql, "e", types, filter, Form::Exists);
+                        }
+                    }
+                }
+            }
+            sql.push(")");
         }
         // No index finds these: the type is walked, each resource tested.
         _ => {
@@ -952,4 +1055,260 @@ fn referring_types(targets: impl Iterator<Item = ResourceType> + Clone) -> Vec<R
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::search::query::{self, Limits};
+
+    const BASE: &str = "http://example.org/fhir";
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn observations(list: &[(&str, &str)]) -> SearchQuery {
+        let limits = Limits {
+            default_count: 10,
+            max_count: 100,
+        };
+        query::parse(
+            vec![ResourceType::Observation],
+            &pairs(list),
+            true,
+            BASE,
+            &limits,
+        )
+        .expect("the query parses")
+    }
+
+    fn group(list: &[(&str, &str)]) -> Vec<Filter> {
+        query::parse_filters(&[ResourceType::Observation], &pairs(list), BASE)
+            .expect("the filters parse")
+    }
+
+    /// "Patient 1's Observations": by subject, or by performer.
+    fn compartment_of_patient_1() -> Vec<Vec<Filter>> {
+        vec![
+            group(&[("subject", "Patient/1")]),
+            group(&[("performer", "Patient/1")]),
+        ]
+    }
+
+    /// `(param, patient id)` pairs of one Observation's references.
+    type References<'a> = &'a [(&'a str, &'a str)];
+
+    /// An in-memory database with the SQLite schema and six Observations (rids 1–6):
+    /// 1 subject Patient/1, final; 2 performer Patient/1, preliminary; 3 subject Patient/2,
+    /// final; 4 subject and performer Patient/1, final; 5 subject Patient/1, deleted; 6 no
+    /// references, final.
+    fn database() -> rusqlite::Connection {
+        let connection = rusqlite::Connection::open_in_memory().expect("an in-memory database");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite");
+        let mut migrations: Vec<_> = std::fs::read_dir(dir)
+            .expect("the SQLite migrations")
+            .map(|entry| entry.expect("a migration").path())
+            .collect();
+        migrations.sort();
+        for path in migrations {
+            let text = std::fs::read_to_string(&path).expect("a migration");
+            connection.execute_batch(&text).expect("the migration runs");
+        }
+        let rows: [(References<'_>, &str, bool); 6] = [
+            (&[("subject", "1")], "final", false),
+            (&[("performer", "1")], "preliminary", false),
+            (&[("subject", "2")], "final", false),
+            (&[("subject", "1"), ("performer", "1")], "final", false),
+            (&[("subject", "1")], "final", true),
+            (&[], "final", false),
+        ];
+        for (n, (references, status, deleted)) in rows.into_iter().enumerate() {
+            let rid = i64::try_from(n).expect("a small number") + 1;
+            let id = format!("o{rid}");
+            connection
+                .execute(
+                    "INSERT INTO resource_versions \
+                     (seq, resource_type, id, version_id, last_updated, method, body) \
+                     VALUES (?1, 'Observation', ?2, 1, 0, 'POST', '{}')",
+                    (rid, &id),
+                )
+                .expect("a version");
+            connection
+                .execute(
+                    "INSERT INTO resources \
+                     (rid, resource_type, id, version_id, last_updated, deleted, seq) \
+                     VALUES (?1, 'Observation', ?2, 1, 0, ?3, ?1)",
+                    (rid, &id, deleted),
+                )
+                .expect("a resource");
+            if deleted {
+                continue;
+            }
+            for (param, patient) in references {
+                connection
+                    .execute(
+                        "INSERT INTO search_reference \
+                         (rid, resource_type, param, target_type, target_id) \
+                         VALUES (?1, 'Observation', ?2, 'Patient', ?3)",
+                        (rid, param, patient),
+                    )
+                    .expect("a reference row");
+            }
+            connection
+                .execute(
+                    "INSERT INTO search_token (rid, resource_type, param, code) \
+                     VALUES (?1, 'Observation', 'status', ?2)",
+                    (rid, status),
+                )
+                .expect("a token row");
+        }
+        connection
+    }
+
+    fn run(connection: &rusqlite::Connection, sql: &Sql) -> Vec<i64> {
+        let mut statement = connection.prepare(&sql.text).expect("the query prepares");
+        statement
+            .query_map(rusqlite::params_from_iter(&sql.binds), |row| row.get(0))
+            .expect("the query runs")
+            .collect::<Result<_, _>>()
+            .expect("its rows")
+    }
+
+    /// The rids of the first page of `query`, found by walking the type (`None`) and from each
+    /// filter that can drive; every way must agree.
+    fn page_rids(connection: &rusqlite::Connection, query: &SearchQuery) -> Vec<i64> {
+        let walked = run(connection, &page(query, None, &[]).0);
+        for i in 0..query.filters.len() {
+            if can_drive(&query.filters[i]) {
+                let driven = run(connection, &page(query, Some(i), &[]).0);
+                assert_eq!(driven, walked, "driven by filter {i}");
+            }
+        }
+        walked
+    }
+
+    fn counted(connection: &rusqlite::Connection, query: &SearchQuery) -> Vec<i64> {
+        let mut counts = vec![run(connection, &count(query, None))[0]];
+        for i in 0..query.filters.len() {
+            if can_drive(&query.filters[i]) {
+                counts.push(run(connection, &count(query, Some(i)))[0]);
+            }
+        }
+        counts
+    }
+
+    #[test]
+    fn any_matches_a_resource_that_meets_one_group() {
+        let connection = database();
+        let mut query = observations(&[]);
+        query.narrow(compartment_of_patient_1());
+        assert!(can_drive(&query.filters[0]));
+        assert_eq!(page_rids(&connection, &query), [1, 2, 4]);
+        assert_eq!(counted(&connection, &query), [3, 3]);
+    }
+
+    #[test]
+    fn any_holds_beside_the_clients_filters() {
+        let connection = database();
+        let mut query = observations(&[("status", "final")]);
+        query.narrow(compartment_of_patient_1());
+        assert_eq!(page_rids(&connection, &query), [1, 4]);
+        assert_eq!(counted(&connection, &query), [2, 2, 2]);
+    }
+
+    #[test]
+    fn a_group_needs_all_its_filters() {
+        let connection = database();
+        let mut query = observations(&[]);
+        query.narrow(vec![
+            group(&[("subject", "Patient/1"), ("status", "final")]),
+            group(&[("performer", "Patient/1"), ("status", "preliminary")]),
+        ]);
+        assert_eq!(page_rids(&connection, &query), [1, 2, 4]);
+        query.narrow(vec![group(&[
+            ("performer", "Patient/1"),
+            ("status", "final"),
+        ])]);
+        assert_eq!(page_rids(&connection, &query), [4]);
+    }
+
+    #[test]
+    fn no_groups_match_nothing_and_an_empty_group_everything() {
+        let connection = database();
+        let mut nothing = observations(&[]);
+        nothing.narrow(Vec::new());
+        assert_eq!(page_rids(&connection, &nothing), Vec::<i64>::new());
+        assert_eq!(run(&connection, &estimate(&nothing, 0, 100)), [0]);
+        let mut everything = observations(&[]);
+        everything.narrow(vec![Vec::new(), group(&[("subject", "Patient/2")])]);
+        assert!(!can_drive(&everything.filters[0]));
+        assert_eq!(page_rids(&connection, &everything), [1, 2, 3, 4, 6]);
+    }
+
+    #[test]
+    fn a_group_that_no_index_finds_is_tested_but_never_drives() {
+        let connection = database();
+        let mut query = observations(&[]);
+        query.narrow(vec![
+            group(&[("subject", "Patient/1")]),
+            group(&[("status:not", "final")]),
+        ]);
+        assert!(!can_drive(&query.filters[0]));
+        assert_eq!(page_rids(&connection, &query), [1, 2, 4]);
+    }
+
+    #[test]
+    fn any_is_estimated_from_the_union_of_its_groups() {
+        let connection = database();
+        let mut query = observations(&[]);
+        query.narrow(compartment_of_patient_1());
+        // Observation 4 is in both groups: an estimate may count it twice, never less.
+        assert_eq!(run(&connection, &estimate(&query, 0, 100)), [4]);
+        assert_eq!(run(&connection, &estimate(&query, 0, 2)), [2]);
+    }
+
+    #[test]
+    fn a_compartment_of_references_is_as_likely_rare_as_one_reference() {
+        let mut query = observations(&[("subject", "Patient/1")]);
+        query.narrow(compartment_of_patient_1());
+        assert_eq!(
+            likely_size(&query.filters[1]),
+            likely_size(&query.filters[0])
+        );
+        assert!(!follows_references(&query.filters[1]));
+    }
+
+    /// The steps of SQLite's plan for `sql`.
+    fn plan(connection: &rusqlite::Connection, sql: &Sql) -> Vec<String> {
+        let mut statement = connection
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", sql.text))
+            .expect("the query prepares");
+        statement
+            .query_map(rusqlite::params_from_iter(&sql.binds), |row| row.get(3))
+            .expect("the plan")
+            .collect::<Result<_, _>>()
+            .expect("the plan's rows")
+    }
+
+    #[test]
+    fn sqlite_drives_a_compartment_from_one_reference_seek_a_group() {
+        let connection = database();
+        let mut query = observations(&[]);
+        query.narrow(compartment_of_patient_1());
+        let steps = plan(&connection, &page(&query, Some(0), &[]).0);
+        let seeks = steps
+            .iter()
+            .filter(|s| s.starts_with("SEARCH x USING COVERING INDEX search_reference_target"))
+            .count();
+        assert_eq!(seeks, 2, "{steps:#?}");
+        assert!(
+            !steps
+                .iter()
+                .any(|s| s.starts_with("SCAN r") || s.contains("resources_type_live")),
+            "{steps:#?}"
+        );
+    }
 }

@@ -1,0 +1,265 @@
+//! A search narrowed by the server (`SearchQuery::narrow`, an OR of filter groups that no
+//! client parameter can express): resources written through the store with their real index
+//! rows, then searched through `search::execute` as the FHIR handlers search.
+//!
+//! Runs on SQLite by default, on PostgreSQL when `TELEMED_TEST_DATABASE_URL` is set.
+
+use fhir_models::ResourceType;
+use serde_json::{Value, json};
+use sqlx::Connection as _;
+use telemed_server::search::execute::{self, Page, TypeSizes};
+use telemed_server::search::index;
+use telemed_server::search::query::{self, Filter, Limits, SearchQuery};
+use telemed_server::store::{Change, Precondition, Store, WriteMethod};
+
+const BASE: &str = "http://localhost/fhir";
+
+/// A store on a database of its own, removed when dropped.
+struct TestStore {
+    store: Store,
+    url: String,
+}
+
+impl TestStore {
+    async fn new() -> Self {
+        let url = match std::env::var("TELEMED_TEST_DATABASE_URL") {
+            Ok(admin) => {
+                let name = format!("telemed_test_{}", uuid::Uuid::new_v4().simple());
+                let mut connection = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .expect("PostgreSQL reachable");
+                sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+                    .execute(&mut connection)
+                    .await
+                    .expect("CREATE DATABASE");
+                let (prefix, _) = admin.rsplit_once('/').expect("URL ends with /database");
+                format!("{prefix}/{name}")
+            }
+            Err(_) => format!(
+                "sqlite://{}/telemed-narrowing-{}.db",
+                std::env::temp_dir().display(),
+                uuid::Uuid::new_v4().simple()
+            ),
+        };
+        let store = Store::open(&url, 4).await.expect("the store opens");
+        Self { store, url }
+    }
+
+    async fn put(&self, resource: Value) {
+        let rt: ResourceType = resource["resourceType"]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .expect("a resource type");
+        let id = resource["id"].as_str().expect("an id").to_owned();
+        let rows = index::extract(rt, &resource, BASE);
+        self.store
+            .write(
+                rt,
+                &id,
+                Precondition::Absent,
+                Change::Put {
+                    body: resource,
+                    method: WriteMethod::Post,
+                    index: Box::new(rows),
+                },
+            )
+            .await
+            .expect("the write");
+    }
+
+    async fn drop_database(self) {
+        self.store.close().await;
+        match std::env::var("TELEMED_TEST_DATABASE_URL") {
+            Ok(admin) => {
+                let (_, name) = self.url.rsplit_once('/').expect("a database name");
+                let mut connection = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .expect("PostgreSQL reachable");
+                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&mut connection)
+                    .await
+                    .expect("DROP DATABASE");
+            }
+            Err(_) => {
+                let path = self.url.trim_start_matches("sqlite://");
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{path}{suffix}"));
+                }
+            }
+        }
+    }
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn observations(list: &[(&str, &str)]) -> SearchQuery {
+    let limits = Limits {
+        default_count: 50,
+        max_count: 100,
+    };
+    query::parse(
+        vec![ResourceType::Observation],
+        &pairs(list),
+        true,
+        BASE,
+        &limits,
+    )
+    .expect("the query parses")
+}
+
+fn group(list: &[(&str, &str)]) -> Vec<Filter> {
+    query::parse_filters(&[ResourceType::Observation], &pairs(list), BASE)
+        .expect("the filters parse")
+}
+
+/// The compartment of Patient `p` for Observations: its subject or a performer.
+fn compartment(p: &str) -> Vec<Vec<Filter>> {
+    let patient = format!("Patient/{p}");
+    vec![
+        group(&[("subject", &patient)]),
+        group(&[("performer", &patient)]),
+    ]
+}
+
+fn observation(id: &str, subject: &str, performer: Option<&str>, category: &str) -> Value {
+    let mut resource = json!({
+        "resourceType": "Observation",
+        "id": id,
+        "status": "final",
+        "category": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+            "code": category}]}],
+        "code": {"text": "a measurement"},
+        "subject": {"reference": format!("Patient/{subject}")}
+    });
+    if let Some(performer) = performer {
+        resource["performer"] = json!([{"reference": format!("Patient/{performer}")}]);
+    }
+    resource
+}
+
+/// Patients 1 and 2; Observations: a (subject 1, lab), b (subject 2, performer 1, vitals),
+/// c (subject 2, lab), d (subject 1, vitals).
+async fn population() -> TestStore {
+    let store = TestStore::new().await;
+    for p in ["1", "2"] {
+        store
+            .put(json!({"resourceType": "Patient", "id": p, "active": true}))
+            .await;
+    }
+    store.put(observation("a", "1", None, "laboratory")).await;
+    store
+        .put(observation("b", "2", Some("1"), "vital-signs"))
+        .await;
+    store.put(observation("c", "2", None, "laboratory")).await;
+    store.put(observation("d", "1", None, "vital-signs")).await;
+    store
+}
+
+fn ids(found: &[execute::Found]) -> Vec<String> {
+    let mut ids: Vec<String> = found
+        .iter()
+        .map(|f| format!("{}/{}", f.version.resource_type, f.version.id))
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn page(store: &TestStore, query: &SearchQuery) -> Page {
+    execute::page(&store.store, &TypeSizes::default(), query)
+        .await
+        .expect("the search runs")
+}
+
+#[tokio::test]
+async fn a_compartment_narrowing_finds_the_patients_resources_by_any_reference() {
+    let store = population().await;
+    let mut query = observations(&[]);
+    query.narrow(compartment("1"));
+    let found = page(&store, &query).await;
+    assert_eq!(
+        ids(&found.matches),
+        ["Observation/a", "Observation/b", "Observation/d"]
+    );
+    assert_eq!(found.total, Some(3));
+    store.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_narrowing_holds_beside_the_clients_parameters() {
+    let store = population().await;
+    let mut query = observations(&[("category", "laboratory"), ("_total", "accurate")]);
+    query.narrow(compartment("1"));
+    let found = page(&store, &query).await;
+    assert_eq!(ids(&found.matches), ["Observation/a"]);
+    assert_eq!(found.total, Some(1));
+    let counted = execute::count(&store.store, &TypeSizes::default(), &query)
+        .await
+        .expect("the count runs");
+    assert_eq!(counted, 1);
+    store.drop_database().await;
+}
+
+#[tokio::test]
+async fn scope_groups_narrow_as_an_or_of_ands() {
+    let store = population().await;
+    // `category=laboratory` OR `category=vital-signs&subject=Patient/1`.
+    let mut query = observations(&[]);
+    query.narrow(vec![
+        group(&[("category", "laboratory")]),
+        group(&[("category", "vital-signs"), ("subject", "Patient/1")]),
+    ]);
+    let found = page(&store, &query).await;
+    assert_eq!(
+        ids(&found.matches),
+        ["Observation/a", "Observation/c", "Observation/d"]
+    );
+    store.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_narrowing_with_no_groups_finds_nothing() {
+    let store = population().await;
+    let mut query = observations(&[]);
+    query.narrow(Vec::new());
+    let found = page(&store, &query).await;
+    assert!(found.matches.is_empty());
+    assert_eq!(found.total, Some(0));
+    store.drop_database().await;
+}
+
+#[tokio::test]
+async fn includes_of_a_narrowed_search_come_back_apart_from_its_matches() {
+    let store = population().await;
+    let mut query = observations(&[("_include", "Observation:subject")]);
+    query.narrow(compartment("1"));
+    let found = page(&store, &query).await;
+    assert_eq!(
+        ids(&found.matches),
+        ["Observation/a", "Observation/b", "Observation/d"]
+    );
+    // Observation b's subject is Patient 2: the narrowing does not reach includes, which a
+    // caller filters in `Page::included`.
+    assert_eq!(ids(&found.included), ["Patient/1", "Patient/2"]);
+    store.drop_database().await;
+}
+
+#[test]
+fn a_narrowing_refuses_a_parameter_it_does_not_know() {
+    let error = query::parse_filters(
+        &[ResourceType::Observation],
+        &pairs(&[("no-such-parameter", "1")]),
+        BASE,
+    );
+    assert!(error.is_err());
+    let error = query::parse_filters(
+        &[ResourceType::Observation],
+        &pairs(&[("_count", "1")]),
+        BASE,
+    );
+    assert!(error.is_err());
+}
