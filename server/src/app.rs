@@ -18,6 +18,7 @@ use crate::error::{FhirError, Issue, outcome_response};
 use crate::search::execute::TypeSizes;
 use crate::store::{Store, Version};
 use crate::validate::SchemaValidator;
+use smart_auth::server::AuthServer;
 
 /// Everything a request handler may need. Built once at start.
 pub struct App {
@@ -33,6 +34,9 @@ pub struct App {
     pub capability_statement: Bytes,
     /// How many resources each type holds, as search plans last counted.
     pub type_sizes: TypeSizes,
+    /// The SMART authorization server, whose tokens every FHIR request needs; `None` when
+    /// authorization is disabled by configuration.
+    pub auth: Option<Arc<AuthServer>>,
 }
 
 /// Shared handle to [`App`]; cheap to clone into each request.
@@ -59,8 +63,11 @@ impl App {
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
-    Router::new()
-        .nest("/fhir", crate::fhir::router())
+    let mut router = Router::new().nest("/fhir", crate::fhir::router(state.clone()));
+    if let Some(auth) = &state.auth {
+        router = router.nest("/auth", smart_auth::server::router(auth.clone()));
+    }
+    router
         .fallback(|| async { FhirError::NotFound("no such endpoint".to_owned()) })
         .with_state(state)
         .layer(middleware::from_fn(outcome_for_bare_errors))

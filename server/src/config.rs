@@ -31,6 +31,23 @@ pub struct Config {
     pub max_page_size: u32,
     /// Page size when `_count` is not given.
     pub default_page_size: u32,
+    /// Whether FHIR requests need a SMART access token (`TELEMED_AUTH`).
+    pub auth: AuthMode,
+    /// Whether practitioners must pass a TOTP second factor to sign in: a practitioner without
+    /// one cannot, until an administrator sets one up (`telemed user add --totp`).
+    pub practitioners_need_totp: bool,
+}
+
+/// Whether the FHIR API needs a SMART access token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Every FHIR request needs a valid access token and stays within its scopes (the
+    /// default).
+    Smart,
+    /// No token is needed and everything is reachable: only on a trusted network, with test
+    /// data. The server says so in its log at start.
+    Disabled,
 }
 
 impl Default for Config {
@@ -44,6 +61,8 @@ impl Default for Config {
             max_db_connections: 16,
             max_page_size: 1000,
             default_page_size: 50,
+            auth: AuthMode::Smart,
+            practitioners_need_totp: false,
         }
     }
 }
@@ -78,7 +97,8 @@ impl Config {
         })
     }
 
-    /// Applies `TELEMED_LISTEN`, `DATABASE_URL` and `TELEMED_BASE_URL` from `env`.
+    /// Applies `TELEMED_LISTEN`, `DATABASE_URL`, `TELEMED_BASE_URL` and `TELEMED_AUTH` from
+    /// `env`.
     pub fn apply_env(mut self, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         if let Some(listen) = env("TELEMED_LISTEN") {
             self.listen = listen.parse().map_err(|e| ConfigError::Env {
@@ -91,6 +111,18 @@ impl Config {
         }
         if let Some(url) = env("TELEMED_BASE_URL") {
             self.base_url = Some(url);
+        }
+        if let Some(mode) = env("TELEMED_AUTH") {
+            self.auth = match mode.as_str() {
+                "smart" => AuthMode::Smart,
+                "disabled" => AuthMode::Disabled,
+                _ => {
+                    return Err(ConfigError::Env {
+                        name: "TELEMED_AUTH",
+                        message: "expected smart or disabled".to_owned(),
+                    });
+                }
+            };
         }
         Ok(self)
     }

@@ -118,6 +118,16 @@ pub enum FhirError {
     /// 415
     #[error("unsupported media type: {0}")]
     UnsupportedMediaType(String),
+    /// 401: no access token, or one that is not valid; `challenge` is the
+    /// `WWW-Authenticate` header (RFC 6750).
+    #[error("unauthorized: {message}")]
+    Unauthorized {
+        message: String,
+        challenge: HeaderValue,
+    },
+    /// 403: the access token does not allow this.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// 500: logged with a correlation id; the client sees only the id.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -140,6 +150,8 @@ impl FhirError {
             Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -158,6 +170,8 @@ impl FhirError {
             Self::PreconditionFailed(what) => one("conflict", what),
             Self::PayloadTooLarge(what) => one("too-costly", what),
             Self::UnsupportedMediaType(what) => one("not-supported", what),
+            Self::Unauthorized { message, .. } => one("login", message),
+            Self::Forbidden(what) => one("forbidden", what),
             Self::Internal(error) => {
                 let correlation_id = uuid::Uuid::new_v4();
                 // The chain may quote database errors; it stays in the log, never in the answer.
@@ -181,7 +195,13 @@ impl From<sqlx::Error> for FhirError {
 
 impl IntoResponse for FhirError {
     fn into_response(self) -> Response {
-        outcome_response(self.status(), &self.issues())
+        let mut response = outcome_response(self.status(), &self.issues());
+        if let Self::Unauthorized { challenge, .. } = self {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        response
     }
 }
 

@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use futures::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::access::Access;
 use crate::app::AppState;
 use crate::error::FhirError;
 use crate::fhir::transaction;
@@ -138,7 +139,7 @@ async fn load(state: &AppState, path: &Path, headers: &HeaderMap) -> Loaded {
             };
         }
     };
-    match transaction::process(state, &body, headers).await {
+    match transaction::process(state, &Access::Open, &body, headers).await {
         Ok(processed) if processed.failed == 0 => Loaded::All(processed.entries as u64),
         Ok(processed) => Loaded::Partly {
             stored: (processed.entries - processed.failed) as u64,

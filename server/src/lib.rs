@@ -12,8 +12,10 @@
 //! - [`import`]: `telemed import`, Bundle files loaded as `POST /fhir` would load them.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod access;
 pub mod app;
 pub mod config;
+pub mod directory;
 pub mod error;
 pub mod fhir;
 pub mod import;

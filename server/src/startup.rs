@@ -8,11 +8,13 @@ use fhir_models::ResourceType;
 use tokio::net::TcpListener;
 
 use crate::app::{App, AppState, router};
-use crate::config::Config;
+use crate::config::{AuthMode, Config};
+use crate::directory::FhirDirectory;
 use crate::fhir::capability::capability_statement;
 use crate::search::execute::TypeSizes;
 use crate::store::{Micros, Store};
 use crate::validate::SchemaValidator;
+use smart_auth::server::{AuthConfig, AuthServer};
 
 /// The resource types of a video visit, whose validators are built at start rather than on the
 /// first request that needs one.
@@ -108,7 +110,30 @@ async fn shutdown_signal() {
 /// Opens and migrates the database and builds what every request shares.
 async fn app_state(config: Config, fhir_base: String) -> anyhow::Result<AppState> {
     let store = Store::open(&config.database_url, config.max_db_connections).await?;
-    let capability = capability_statement(&fhir_base, &Micros::now().to_instant());
+    let directory = Arc::new(FhirDirectory::default());
+    let auth = match config.auth {
+        AuthMode::Smart => {
+            let base = fhir_base.strip_suffix("/fhir").unwrap_or(&fhir_base);
+            let mut auth_config = AuthConfig::new(fhir_base.clone(), format!("{base}/auth"));
+            auth_config.practitioners_need_totp = config.practitioners_need_totp;
+            let server = AuthServer::open(auth_config, &config.database_url, directory.clone())
+                .await
+                .context("cannot start the authorization server")?;
+            Some(Arc::new(server))
+        }
+        AuthMode::Disabled => {
+            tracing::warn!(
+                "authorization is disabled: every FHIR request is served without a token; \
+                 run this only on a trusted network, with test data"
+            );
+            None
+        }
+    };
+    let capability = capability_statement(
+        &fhir_base,
+        &Micros::now().to_instant(),
+        auth.as_ref().map(|auth| &auth.config),
+    );
     let capability_statement = serde_json::to_vec(&capability)?.into();
     let validator = SchemaValidator::new();
     let app = Arc::new(App {
@@ -118,7 +143,12 @@ async fn app_state(config: Config, fhir_base: String) -> anyhow::Result<AppState
         validator,
         capability_statement,
         type_sizes: TypeSizes::default(),
+        auth,
     });
+    directory.attach(&app);
+    if let Some(auth) = &app.auth {
+        tokio::spawn(purge_auth(Arc::downgrade(auth)));
+    }
     let warm = app.clone();
     tokio::task::spawn_blocking(move || {
         warm.validator.warm(WARM_TYPES);
@@ -158,6 +188,20 @@ pub async fn reindex(config: &Config, progress: impl FnMut(u64)) -> anyhow::Resu
         .await?;
     store.close().await;
     Ok(count)
+}
+
+/// Clears expired authorization state (codes, refresh tokens, revocations, …) every few
+/// minutes, for as long as the authorization server lives.
+async fn purge_auth(auth: std::sync::Weak<AuthServer>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(600));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(auth) = auth.upgrade() else { return };
+        if let Err(error) = auth.purge_expired().await {
+            tracing::warn!(%error, "cannot purge expired authorization state");
+        }
+    }
 }
 
 /// Keeps the search planner's counts of each type's resources fresh, off the request path,

@@ -3,17 +3,46 @@
 //!
 //! The database is SQLite (a new file per test) unless `TELEMED_TEST_DATABASE_URL` names a
 //! PostgreSQL server, on which each test creates a database of its own and drops it afterwards.
+//!
+//! Authorization is on, as in production: the client of a [`TestApp`] carries a SMART Backend
+//! Services token with `system/*.cruds`, obtained over HTTP by the real client_credentials
+//! flow, and [`TestApp::anonymous`] is a client without one. One signing key and one client key
+//! serve every test of a run (RSA key generation takes seconds in a debug build); each test's
+//! database gets them before its server starts.
 
+use std::sync::LazyLock;
+
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use reqwest::{Client, Method, RequestBuilder, Response};
 use serde_json::Value;
+use smart_auth::assertion::{ClientAlgorithm, ClientKey, sign_client_assertion};
+use smart_auth::keys::SigningKey;
+use smart_auth::scope::ScopeSet;
+use smart_auth::store::{AuthStore, Client as AuthClient, ClientKind};
 use sqlx::Connection as _;
 use telemed_server::{Application, Config};
+
+/// The signing key of every test server of this run.
+static SIGNING_KEY: LazyLock<SigningKey> =
+    LazyLock::new(|| SigningKey::generate().expect("an RSA key"));
+
+/// The key of the backend client every test registers.
+static BACKEND_KEY: LazyLock<ClientKey> =
+    LazyLock::new(|| ClientKey::generate(ClientAlgorithm::Es384).expect("a P-384 key"));
+
+/// The client_id of the backend service each test registers.
+pub const BACKEND_CLIENT: &str = "test-backend";
 
 /// A running server and a client for it.
 pub struct TestApp {
     /// The FHIR base URL, e.g. `http://127.0.0.1:41234/fhir`.
     pub base: String,
+    /// The authorization server's base URL, e.g. `http://127.0.0.1:41234/auth`.
+    pub auth: String,
+    /// A client whose requests carry [`Self::token`].
     pub client: Client,
+    /// A `system/*.cruds` access token (empty when authorization is disabled).
+    pub token: String,
     /// The configuration the server started with (its database URL, for commands that work on
     /// the same database).
     pub config: Config,
@@ -60,17 +89,55 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = Config::for_tests(url);
     config.max_db_connections = 4;
     configure(&mut config);
+    seed_auth(&config.database_url).await;
     let app = Application::build(config.clone())
         .await
         .expect("the server starts");
     let base = format!("{}/fhir", app.base_url());
+    let auth = format!("{}/auth", app.base_url());
     tokio::spawn(app.run_until_stopped());
-    TestApp {
+    let mut app = TestApp {
         base,
+        auth,
         client: Client::new(),
+        token: String::new(),
         config,
         database,
+    };
+    if app.config.auth == telemed_server::config::AuthMode::Smart {
+        app.token = app.backend_token("system/*.cruds").await;
+        app.client = app.client_with_token(&app.token);
     }
+    app
+}
+
+/// Gives a new database the run's signing key and backend client, before its server starts.
+async fn seed_auth(database_url: &str) {
+    let store = AuthStore::open(database_url)
+        .await
+        .expect("the authorization tables");
+    let key = &*SIGNING_KEY;
+    store
+        .insert_first_signing_key(key.kid(), &key.to_pkcs8_pem().expect("PEM"), 0)
+        .await
+        .expect("the signing key is stored");
+    store
+        .insert_client(&AuthClient {
+            client_id: BACKEND_CLIENT.to_owned(),
+            name: "Test backend service".to_owned(),
+            kind: ClientKind::ConfidentialAsymmetric,
+            secret_hash: None,
+            jwks: Some(BACKEND_KEY.jwks()),
+            jwks_url: None,
+            redirect_uris: Vec::new(),
+            scope: ScopeSet::parse("system/*.cruds system/*.read system/*.write"),
+            launch_url: None,
+            origins: Vec::new(),
+            created_at: 0,
+        })
+        .await
+        .expect("the backend client is registered");
+    store.close().await;
 }
 
 impl Drop for TestApp {
@@ -110,6 +177,70 @@ impl Drop for TestApp {
 }
 
 impl TestApp {
+    /// The token endpoint's URL.
+    pub fn token_url(&self) -> String {
+        format!("{}/token", self.auth)
+    }
+
+    /// A client assertion of the test backend client (private_key_jwt), good for a minute.
+    pub fn backend_assertion(&self) -> String {
+        let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 60;
+        let jti = uuid::Uuid::new_v4().to_string();
+        sign_client_assertion(&BACKEND_KEY, BACKEND_CLIENT, &self.token_url(), &jti, exp)
+            .expect("an assertion")
+    }
+
+    /// An access token of the test backend client for `scope` (client_credentials); panics
+    /// unless the token endpoint grants one.
+    pub async fn backend_token(&self, scope: &str) -> String {
+        let response = Client::new()
+            .post(self.token_url())
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", scope),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                ("client_assertion", &self.backend_assertion()),
+            ])
+            .send()
+            .await
+            .expect("token request sent");
+        let status = response.status();
+        let body: Value = response.json().await.expect("a JSON token response");
+        assert_eq!(status, 200, "client_credentials: {body}");
+        body["access_token"]
+            .as_str()
+            .expect("an access_token")
+            .to_owned()
+    }
+
+    /// A client whose every request carries `token`.
+    pub fn client_with_token(&self, token: &str) -> Client {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {token}")).expect("a header value"),
+        );
+        Client::builder()
+            .default_headers(headers)
+            .build()
+            .expect("a client")
+    }
+
+    /// A client without an access token.
+    pub fn anonymous(&self) -> Client {
+        Client::new()
+    }
+
+    /// The authorization tables of this test's database, for registering clients and users.
+    pub async fn auth_store(&self) -> AuthStore {
+        AuthStore::open(&self.config.database_url)
+            .await
+            .expect("the authorization tables")
+    }
+
     /// A request to `{base}/{path}`.
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.client.request(method, format!("{}/{path}", self.base))

@@ -11,9 +11,11 @@ use super::Interaction;
 use super::format::{FHIR_JSON, Shape};
 use crate::app::AppState;
 use crate::error::FhirResult;
+use smart_auth::server::AuthConfig;
 
-/// The CapabilityStatement of a server whose FHIR base is `fhir_base`, as of `date`.
-pub fn capability_statement(fhir_base: &str, date: &str) -> Value {
+/// The CapabilityStatement of a server whose FHIR base is `fhir_base`, as of `date`; with
+/// `auth`, the SMART authorization server that guards it.
+pub fn capability_statement(fhir_base: &str, date: &str, auth: Option<&AuthConfig>) -> Value {
     let interactions: Vec<Value> = Interaction::TYPE_LEVEL
         .iter()
         .map(|i| json!({ "code": i.code() }))
@@ -49,7 +51,7 @@ pub fn capability_statement(fhir_base: &str, date: &str) -> Value {
             resource
         })
         .collect();
-    json!({
+    let mut statement = json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": date,
@@ -80,6 +82,39 @@ pub fn capability_statement(fhir_base: &str, date: &str) -> Value {
                 .map(search_param)
                 .collect::<Vec<_>>(),
         }],
+    });
+    if let Some(auth) = auth {
+        statement["rest"][0]["security"] = security(auth);
+    }
+    statement
+}
+
+/// `rest.security`: SMART on FHIR, with its endpoints in the `oauth-uris` extension
+/// (http://hl7.org/fhir/smart-app-launch/conformance.html#using-cors).
+fn security(auth: &AuthConfig) -> Value {
+    let uri =
+        |name: &str, endpoint: &str| json!({ "url": name, "valueUri": auth.endpoint(endpoint) });
+    json!({
+        "extension": [{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [
+                uri("authorize", "authorize"),
+                uri("token", "token"),
+                uri("introspect", "introspect"),
+                uri("revoke", "revoke"),
+            ],
+        }],
+        "cors": true,
+        "service": [{
+            "coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                "code": "SMART-on-FHIR",
+                "display": "SMART-on-FHIR",
+            }],
+            "text": "OAuth2 using the SMART App Launch 2.2 profile",
+        }],
+        "description": "Every request needs a SMART access token; see \
+                        .well-known/smart-configuration under this base.",
     })
 }
 
@@ -125,6 +160,26 @@ fn search_rev_includes(rt: ResourceType) -> Vec<String> {
         .collect()
 }
 
+/// `GET /fhir/.well-known/smart-configuration`: how to get an access token (always JSON,
+/// readable from any origin); 404 when authorization is disabled.
+pub async fn get_smart_configuration(State(state): State<AppState>) -> Response {
+    match &state.auth {
+        Some(auth) => {
+            let body = smart_auth::server::discovery::smart_configuration(auth);
+            (
+                StatusCode::OK,
+                [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
+                axum::Json(body),
+            )
+                .into_response()
+        }
+        None => crate::error::FhirError::NotFound(
+            "authorization is disabled on this server: it takes no access tokens".to_owned(),
+        )
+        .into_response(),
+    }
+}
+
 /// `GET /fhir/metadata`.
 pub async fn get_metadata(
     State(state): State<AppState>,
@@ -150,7 +205,7 @@ mod tests {
 
     /// The `rest.resource` entries of a CapabilityStatement.
     fn listed_resources() -> Vec<Value> {
-        let statement = capability_statement("http://localhost/fhir", "2024-05-01T10:00:00Z");
+        let statement = capability_statement("http://localhost/fhir", "2024-05-01T10:00:00Z", None);
         statement["rest"][0]["resource"]
             .as_array()
             .cloned()
@@ -159,7 +214,7 @@ mod tests {
 
     #[test]
     fn the_capability_statement_is_valid_fhir() {
-        let statement = capability_statement("http://localhost/fhir", "2024-05-01T10:00:00Z");
+        let statement = capability_statement("http://localhost/fhir", "2024-05-01T10:00:00Z", None);
         let issues = SchemaValidator::new().check(ResourceType::CapabilityStatement, &statement);
         assert_eq!(issues, vec![]);
     }

@@ -16,12 +16,14 @@ use serde_json::Value;
 use super::bundle::{Bundle, BundleLink};
 use super::format::{self, FHIR_JSON, Shape, Summary, bad_parameter};
 use super::headers::parse_instant;
-use super::interactions::{QueryPairs, check_resource, resource_type, stored_version};
-use super::search::{page_entries, system_types};
+use super::interactions::{QueryPairs, check_resource, resource_type, visible_version};
+use super::search::{keep_reachable, page_entries, system_types};
+use crate::access::Access;
 use crate::app::AppState;
 use crate::error::{FhirError, FhirResult};
 use crate::search::compartment::{self, CompartmentQuery};
 use crate::store::Micros;
+use smart_auth::scope::Permission;
 
 /// The paging cursor of `$everything`: the `rid` after which the next page starts.
 const CURSOR: &str = "_cursor";
@@ -29,24 +31,26 @@ const CURSOR: &str = "_cursor";
 /// `GET /fhir/Patient/{id}/$everything`.
 pub async fn get_everything(
     State(state): State<AppState>,
+    access: Access,
     Path((type_name, id)): Path<(String, String)>,
     Query(pairs): QueryPairs,
     headers: HeaderMap,
 ) -> FhirResult<Response> {
-    everything(&state, &type_name, &id, &pairs, &headers).await
+    everything(&state, &access, &type_name, &id, &pairs, &headers).await
 }
 
 /// `POST /fhir/Patient/{id}/$everything` with a `Parameters` body or none; the body's
 /// parameters count as if they were in the URL.
 pub async fn post_everything(
     State(state): State<AppState>,
+    access: Access,
     Path((type_name, id)): Path<(String, String)>,
     Query(mut pairs): QueryPairs,
     headers: HeaderMap,
     body: Bytes,
 ) -> FhirResult<Response> {
     pairs.extend(parameters_pairs(&state, &headers, &body)?);
-    everything(&state, &type_name, &id, &pairs, &headers).await
+    everything(&state, &access, &type_name, &id, &pairs, &headers).await
 }
 
 /// The parameters of a `Parameters` body as name/value pairs; none for an empty body.
@@ -147,6 +151,7 @@ impl Params {
 
 async fn everything(
     state: &AppState,
+    access: &Access,
     type_name: &str,
     id: &str,
     pairs: &[(String, String)],
@@ -163,10 +168,20 @@ async fn everything(
     if shape.summary == Summary::Count {
         params.count = 0;
     }
-    let patient = stored_version(state, rt, id).await?;
+    let patient = visible_version(state, access, rt, id).await?;
     if patient.is_deleted() {
         return Err(FhirError::Gone(format!("Patient/{id} was deleted")));
     }
+    // Only the types the token may read; what it reaches of each is checked on the page.
+    let mut readable = Vec::with_capacity(params.types.len());
+    for &rt in &params.types {
+        match access.reach(state, rt, Permission::Read).await {
+            Ok(_) => readable.push(rt),
+            Err(FhirError::Forbidden(_)) => {}
+            Err(other) => return Err(other),
+        }
+    }
+    params.types = readable;
     let query = CompartmentQuery {
         patient: id,
         types: &params.types,
@@ -174,7 +189,15 @@ async fn everything(
         after: params.after,
         count: params.count,
     };
-    let page = compartment::page(&state.store, &query).await?;
+    let mut page = compartment::page(&state.store, &query).await?;
+    if !matches!(access, Access::Open) {
+        let before = page.matches.len();
+        keep_reachable(state, access, &mut page.matches).await?;
+        keep_reachable(state, access, &mut page.included).await?;
+        if page.matches.len() != before {
+            page.total = None;
+        }
+    }
 
     let self_cursor = params.after.map(|rid| rid.to_string());
     let mut links = vec![BundleLink {

@@ -14,12 +14,14 @@ use serde_json::value::RawValue;
 use super::bundle::{Bundle, BundleLink};
 use super::format::{self, FHIR_JSON, Return, Shape, bad_parameter};
 use super::headers;
+use crate::access::{Access, Reaches, outside_reach};
 use crate::app::AppState;
 use crate::error::{FhirError, FhirResult, Issue, operation_outcome};
 use crate::search;
 use crate::store::{
     Change, HistoryQuery, HistoryScope, Precondition, Version, WriteMethod, Written,
 };
+use smart_auth::scope::Permission;
 
 pub(super) type QueryPairs = Query<Vec<(String, String)>>;
 
@@ -155,12 +157,14 @@ fn shape_body(shape: &Shape, body: &[u8]) -> FhirResult<Vec<u8>> {
 /// `POST /fhir/{type}`: create with a server-assigned id.
 pub async fn create(
     State(state): State<AppState>,
+    access: Access,
     Path(type_name): Path<String>,
     Query(query): QueryPairs,
     headers: HeaderMap,
     body: Bytes,
 ) -> FhirResult<Response> {
     let rt = resource_type(&type_name)?;
+    let reach = access.reach(&state, rt, Permission::Create).await?;
     let shape = Shape::from_request(&query, &headers)?;
     format::check_resource_content_type(&headers)?;
     let value = parse_resource(&state, rt, &body)?;
@@ -175,7 +179,8 @@ pub async fn create(
                 FhirError::bad_request("invalid", "If-None-Exist must be a query string")
             })?;
         let found =
-            super::search::conditional_matches(&state, rt, &pairs, 2, "If-None-Exist").await?;
+            super::search::conditional_matches(&state, &reach, rt, &pairs, 2, "If-None-Exist")
+                .await?;
         match found.as_slice() {
             [] => {}
             [existing] => {
@@ -197,6 +202,9 @@ pub async fn create(
     }
     let id = uuid::Uuid::new_v4().to_string();
     let change = put_change(&state, rt, value, WriteMethod::Post);
+    if !reach.admits_change(rt, &id, &change) {
+        return Err(outside_reach(rt));
+    }
     let (version, _) = state
         .store
         .write(rt, &id, Precondition::Absent, change)
@@ -233,27 +241,49 @@ pub(super) async fn stored_version(
     state.store.read(rt, id).await?.ok_or_else(not_found)
 }
 
+/// The current version of `rt/id` if `access` may read it; 404 if it never existed, cannot
+/// be an id, or is out of reach (so that nobody learns what they may not see).
+pub(super) async fn visible_version(
+    state: &AppState,
+    access: &Access,
+    rt: ResourceType,
+    id: &str,
+) -> FhirResult<Version> {
+    let reach = access.reach(state, rt, Permission::Read).await?;
+    let version = stored_version(state, rt, id).await?;
+    if reach.sees(state, &version).await? {
+        Ok(version)
+    } else {
+        Err(FhirError::NotFound(format!(
+            "{rt} has no resource with that id"
+        )))
+    }
+}
+
 /// `GET /fhir/{type}/{id}`.
 pub async fn read(
     State(state): State<AppState>,
+    access: Access,
     Path((type_name, id)): Path<(String, String)>,
     Query(query): QueryPairs,
     headers: HeaderMap,
 ) -> FhirResult<Response> {
     let rt = resource_type(&type_name)?;
     let shape = Shape::from_request(&query, &headers)?;
-    let version = stored_version(&state, rt, &id).await?;
+    let version = visible_version(&state, &access, rt, &id).await?;
     version_response(&headers, &shape, &version)
 }
 
 /// `GET /fhir/{type}/{id}/_history/{vid}`.
 pub async fn vread(
     State(state): State<AppState>,
+    access: Access,
     Path((type_name, id, vid)): Path<(String, String, String)>,
     Query(query): QueryPairs,
     headers: HeaderMap,
 ) -> FhirResult<Response> {
     let rt = resource_type(&type_name)?;
+    let reach = access.reach(&state, rt, Permission::Read).await?;
     let shape = Shape::from_request(&query, &headers)?;
     let not_found = || FhirError::NotFound(format!("{rt}/{id} has no version {vid}"));
     let version_id: i64 = vid.parse().map_err(|_| not_found())?;
@@ -265,6 +295,9 @@ pub async fn vread(
         .vread(rt, &id, version_id)
         .await?
         .ok_or_else(not_found)?;
+    if !reach.sees(&state, &version).await? {
+        return Err(not_found());
+    }
     version_response(&headers, &shape, &version)
 }
 
@@ -289,7 +322,35 @@ fn version_response(headers: &HeaderMap, shape: &Shape, version: &Version) -> Fh
     Ok(response)
 }
 
-/// Stores `value` as the next version of `rt/id` (an update, or a create with that id) and
+/// The write of `value` as the next version of `rt/id` by PUT, if `access` may make it: an
+/// update needs the `u` permission on what is there and on what replaces it; storing a new id
+/// needs `c`.
+async fn checked_put(
+    state: &AppState,
+    access: &Access,
+    rt: ResourceType,
+    id: &str,
+    value: Value,
+) -> FhirResult<Change> {
+    let change = put_change(state, rt, value, WriteMethod::Put);
+    let current = state.store.read(rt, id).await?;
+    let permission = match current.as_ref().filter(|c| !c.is_deleted()) {
+        Some(_) => Permission::Update,
+        None => Permission::Create,
+    };
+    let reach = access.reach(state, rt, permission).await?;
+    let current_in_reach = match &current {
+        Some(current) => reach.sees(state, current).await?,
+        None => true,
+    };
+    if current_in_reach && reach.admits_change(rt, id, &change) {
+        Ok(change)
+    } else {
+        Err(outside_reach(rt))
+    }
+}
+
+/// Stores `change` as the next version of `rt/id` (an update, or a create with that id) and
 /// answers 200 or 201: the common end of update and conditional update.
 async fn put(
     state: &AppState,
@@ -298,10 +359,9 @@ async fn put(
     rt: ResourceType,
     id: &str,
     if_match: Option<i64>,
-    value: Value,
+    change: Change,
 ) -> FhirResult<Response> {
     let precondition = if_match.map_or(Precondition::None, Precondition::IfMatch);
-    let change = put_change(state, rt, value, WriteMethod::Put);
     let (version, created) = state
         .store
         .write(rt, id, precondition, change)
@@ -318,6 +378,7 @@ async fn put(
 /// `PUT /fhir/{type}/{id}`: update, or create with the client's id.
 pub async fn update(
     State(state): State<AppState>,
+    access: Access,
     Path((type_name, id)): Path<(String, String)>,
     Query(query): QueryPairs,
     headers: HeaderMap,
@@ -330,7 +391,8 @@ pub async fn update(
     let if_match = headers::if_match(&headers)?;
     let value = parse_resource(&state, rt, &body)?;
     check_update_id(rt, &id, &value)?;
-    put(&state, &headers, &shape, rt, &id, if_match, value).await
+    let change = checked_put(&state, &access, rt, &id, value).await?;
+    put(&state, &headers, &shape, rt, &id, if_match, change).await
 }
 
 /// An update carries the id of the URL in its body.
@@ -358,6 +420,7 @@ pub(super) fn check_update_id(rt: ResourceType, id: &str, value: &Value) -> Fhir
 /// No match → create (with the body's id, or a new one); one → update it; several → 412.
 pub async fn conditional_update(
     State(state): State<AppState>,
+    access: Access,
     Path(type_name): Path<String>,
     Query(query): QueryPairs,
     headers: HeaderMap,
@@ -368,11 +431,14 @@ pub async fn conditional_update(
     format::check_resource_content_type(&headers)?;
     let if_match = headers::if_match(&headers)?;
     let mut value = parse_resource(&state, rt, &body)?;
+    let reach = access.reach(&state, rt, Permission::Update).await?;
     let found =
-        super::search::conditional_matches(&state, rt, &query, 2, "a conditional update").await?;
+        super::search::conditional_matches(&state, &reach, rt, &query, 2, "a conditional update")
+            .await?;
     let matched: Vec<&str> = found.iter().map(|f| f.version.id.as_str()).collect();
     let id = conditional_update_id(rt, &matched, &mut value)?;
-    put(&state, &headers, &shape, rt, &id, if_match, value).await
+    let change = checked_put(&state, &access, rt, &id, value).await?;
+    put(&state, &headers, &shape, rt, &id, if_match, change).await
 }
 
 /// The id a conditional update writes, from the ids its condition matched: none → the body's
@@ -418,15 +484,23 @@ pub(super) fn conditional_update_id(
 /// `DELETE /fhir/{type}?…`: conditional delete of every match (up to the page maximum).
 pub async fn conditional_delete(
     State(state): State<AppState>,
+    access: Access,
     Path(type_name): Path<String>,
     Query(query): QueryPairs,
     headers: HeaderMap,
 ) -> FhirResult<Response> {
     let rt = resource_type(&type_name)?;
+    let reach = access.reach(&state, rt, Permission::Delete).await?;
     let limit = state.config.max_page_size;
-    let found =
-        super::search::conditional_matches(&state, rt, &query, limit + 1, "a conditional delete")
-            .await?;
+    let found = super::search::conditional_matches(
+        &state,
+        &reach,
+        rt,
+        &query,
+        limit + 1,
+        "a conditional delete",
+    )
+    .await?;
     if found.len() > limit as usize {
         return Err(FhirError::PreconditionFailed(format!(
             "the conditional delete matches more than {limit} resources; narrow it"
@@ -448,6 +522,7 @@ pub async fn conditional_delete(
 /// `PATCH /fhir/{type}/{id}` with a JSON Patch (RFC 6902) document.
 pub async fn patch(
     State(state): State<AppState>,
+    access: Access,
     Path((type_name, id)): Path<(String, String)>,
     Query(query): QueryPairs,
     headers: HeaderMap,
@@ -468,10 +543,19 @@ pub async fn patch(
             format!("the body is not a JSON Patch document: {e}"),
         )
     })?;
+    let reach = access.reach(&state, rt, Permission::Update).await?;
     let current = stored_version(&state, rt, &id).await?;
+    if !reach.sees(&state, &current).await? {
+        return Err(FhirError::NotFound(format!(
+            "{rt} has no resource with that id"
+        )));
+    }
     let value = patched(&state, &current, if_match, &operations)?;
     // The patch was applied to this version: a write in between must not be overwritten.
     let change = put_change(&state, rt, value, WriteMethod::Patch);
+    if !reach.admits_change(rt, &id, &change) {
+        return Err(outside_reach(rt));
+    }
     let written = state
         .store
         .write(rt, &id, Precondition::IfMatch(current.version_id), change)
@@ -557,12 +641,19 @@ fn delete_response(headers: &HeaderMap, text: String) -> Response {
 /// `DELETE /fhir/{type}/{id}`: stores a deleted version; reads then answer 410.
 pub async fn delete(
     State(state): State<AppState>,
+    access: Access,
     Path((type_name, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> FhirResult<Response> {
     let rt = resource_type(&type_name)?;
+    let reach = access.reach(&state, rt, Permission::Delete).await?;
     let if_match = headers::if_match(&headers)?;
-    let message = if !is_valid_id(&id) {
+    // What is out of reach is deleted as if it did not exist: nothing happens.
+    let in_reach = match state.store.read(rt, &id).await? {
+        Some(current) if is_valid_id(&id) => reach.sees(&state, &current).await?,
+        _ => true,
+    };
+    let message = if !is_valid_id(&id) || !in_reach {
         None
     } else {
         let precondition = if_match.map_or(Precondition::None, Precondition::IfMatch);
@@ -591,33 +682,44 @@ pub async fn delete(
 /// `GET /fhir/_history`.
 pub async fn history_system(
     State(state): State<AppState>,
+    access: Access,
     Query(query): QueryPairs,
     headers: HeaderMap,
 ) -> FhirResult<Response> {
-    history(&state, HistoryScope::System, &query, &headers).await
+    history(&state, &access, HistoryScope::System, &query, &headers).await
 }
 
 /// `GET /fhir/{type}/_history`.
 pub async fn history_type(
     State(state): State<AppState>,
+    access: Access,
     Path(type_name): Path<String>,
     Query(query): QueryPairs,
     headers: HeaderMap,
 ) -> FhirResult<Response> {
     let rt = resource_type(&type_name)?;
-    history(&state, HistoryScope::Type(rt), &query, &headers).await
+    access.reach(&state, rt, Permission::Read).await?;
+    history(&state, &access, HistoryScope::Type(rt), &query, &headers).await
 }
 
 /// `GET /fhir/{type}/{id}/_history`.
 pub async fn history_instance(
     State(state): State<AppState>,
+    access: Access,
     Path((type_name, id)): Path<(String, String)>,
     Query(query): QueryPairs,
     headers: HeaderMap,
 ) -> FhirResult<Response> {
     let rt = resource_type(&type_name)?;
-    stored_version(&state, rt, &id).await?;
-    history(&state, HistoryScope::Instance(rt, id), &query, &headers).await
+    visible_version(&state, &access, rt, &id).await?;
+    history(
+        &state,
+        &access,
+        HistoryScope::Instance(rt, id),
+        &query,
+        &headers,
+    )
+    .await
 }
 
 /// The paging cursor of history Bundles: the sequence number below which the next page starts.
@@ -625,6 +727,7 @@ const CURSOR: &str = "_cursor";
 
 async fn history(
     state: &AppState,
+    access: &Access,
     scope: HistoryScope,
     query: &[(String, String)],
     headers: &HeaderMap,
@@ -665,6 +768,11 @@ async fn history(
     let (mut versions, total) = state.store.history(&request).await?;
     let has_next = versions.len() > count as usize;
     versions.truncate(count as usize);
+    // Paging runs on the versions before they are narrowed, so a page may come back with fewer
+    // entries than `_count` (or none) and still have a next one; its total would count what
+    // the token may not see, so it is left out.
+    let narrowed = keep_visible_versions(state, access, &mut versions).await?;
+    let total = if narrowed { None } else { Some(total) };
 
     let path = match &request.scope {
         HistoryScope::System => "_history".to_owned(),
@@ -697,7 +805,7 @@ async fn history(
         .iter()
         .map(|version| history_entry(state, version))
         .collect::<FhirResult<Vec<_>>>()?;
-    let bundle = Bundle::new("history", Some(total), links, entries);
+    let bundle = Bundle::new("history", total, links, entries);
     Ok(json_response(StatusCode::OK, shape.to_bytes(&bundle)?))
 }
 
@@ -730,6 +838,27 @@ fn history_entry<'a>(state: &AppState, version: &'a Version) -> FhirResult<Bundl
             last_modified: version.last_updated.to_instant(),
         },
     })
+}
+
+/// Drops the versions `access` may not read; returns whether its reach narrowed any type the
+/// versions are of (whether or not it dropped one).
+async fn keep_visible_versions(
+    state: &AppState,
+    access: &Access,
+    versions: &mut Vec<Version>,
+) -> FhirResult<bool> {
+    if matches!(access, Access::Open) {
+        return Ok(false);
+    }
+    let mut reaches = Reaches::new(access, Permission::Read);
+    let mut kept = Vec::with_capacity(versions.len());
+    for version in versions.drain(..) {
+        if reaches.sees(state, &version).await? {
+            kept.push(version);
+        }
+    }
+    *versions = kept;
+    Ok(reaches.narrowed())
 }
 
 #[derive(Serialize)]

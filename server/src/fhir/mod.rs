@@ -66,8 +66,9 @@ impl Interaction {
     }
 }
 
-/// The routes under `/fhir`.
-pub fn router() -> Router<AppState> {
+/// The routes under `/fhir`. Every route but the CapabilityStatement and the SMART
+/// configuration passes [`crate::access::authenticate`] first.
+pub fn router(state: AppState) -> Router<AppState> {
     use interactions::*;
     use search::*;
     Router::new()
@@ -76,7 +77,6 @@ pub fn router() -> Router<AppState> {
             get(search_system).post(transaction::batch_or_transaction),
         )
         .route("/_search", axum::routing::post(search_system_post))
-        .route("/metadata", get(capability::get_metadata))
         .route("/_history", get(history_system))
         .route(
             "/{type}",
@@ -97,4 +97,13 @@ pub fn router() -> Router<AppState> {
             get(everything::get_everything).post(everything::post_everything),
         )
         .route("/{type}/{id}/_history/{vid}", get(vread))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            crate::access::authenticate,
+        ))
+        .route("/metadata", get(capability::get_metadata))
+        .route(
+            "/.well-known/smart-configuration",
+            get(capability::get_smart_configuration),
+        )
 }

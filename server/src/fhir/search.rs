@@ -16,10 +16,12 @@ use serde_json::value::RawValue;
 use super::bundle::{Bundle, BundleLink};
 use super::format::{self, FHIR_JSON, Shape, Summary};
 use super::interactions::{QueryPairs, resource_type};
+use crate::access::{Access, Reach, Reaches};
 use crate::app::AppState;
 use crate::error::{FhirError, FhirResult, Issue, operation_outcome};
 use crate::search::execute::{self, Found, Page};
 use crate::search::query::{self, Filter, Limits, SearchQuery, Total};
+use smart_auth::scope::Permission;
 
 /// The parameters of a search POSTed as a form, after those of the URL.
 fn form_pairs(
@@ -71,17 +73,19 @@ impl AppState {
 /// `GET /fhir/{type}?…`.
 pub async fn search_type(
     State(state): State<AppState>,
+    access: Access,
     Path(type_name): Path<String>,
     Query(pairs): QueryPairs,
     headers: HeaderMap,
 ) -> FhirResult<Response> {
     let rt = resource_type(&type_name)?;
-    search(&state, Some(rt), &pairs, &headers).await
+    search(&state, &access, Some(rt), &pairs, &headers).await
 }
 
 /// `POST /fhir/{type}/_search` with a form body.
 pub async fn search_type_post(
     State(state): State<AppState>,
+    access: Access,
     Path(type_name): Path<String>,
     Query(pairs): QueryPairs,
     headers: HeaderMap,
@@ -89,27 +93,29 @@ pub async fn search_type_post(
 ) -> FhirResult<Response> {
     let rt = resource_type(&type_name)?;
     let pairs = form_pairs(pairs, &headers, &body)?;
-    search(&state, Some(rt), &pairs, &headers).await
+    search(&state, &access, Some(rt), &pairs, &headers).await
 }
 
 /// `GET /fhir?_type=…&…`.
 pub async fn search_system(
     State(state): State<AppState>,
+    access: Access,
     Query(pairs): QueryPairs,
     headers: HeaderMap,
 ) -> FhirResult<Response> {
-    search(&state, None, &pairs, &headers).await
+    search(&state, &access, None, &pairs, &headers).await
 }
 
 /// `POST /fhir/_search` with a form body.
 pub async fn search_system_post(
     State(state): State<AppState>,
+    access: Access,
     Query(pairs): QueryPairs,
     headers: HeaderMap,
     body: Bytes,
 ) -> FhirResult<Response> {
     let pairs = form_pairs(pairs, &headers, &body)?;
-    search(&state, None, &pairs, &headers).await
+    search(&state, &access, None, &pairs, &headers).await
 }
 
 /// The types of a system search: those `_type` lists, or all.
@@ -135,6 +141,7 @@ pub(super) fn system_types(pairs: &[(String, String)]) -> FhirResult<Vec<Resourc
 
 async fn search(
     state: &AppState,
+    access: &Access,
     rt: Option<ResourceType>,
     pairs: &[(String, String)],
     headers: &HeaderMap,
@@ -144,8 +151,9 @@ async fn search(
         Some(rt) => vec![rt],
         None => system_types(pairs)?,
     };
-    let query = state.parse_search(types, pairs, format::handling_is_strict(headers))?;
-    let page = if shape.summary == Summary::Count {
+    let mut query = state.parse_search(types, pairs, format::handling_is_strict(headers))?;
+    narrow_to_access(state, access, &mut query).await?;
+    let mut page = if shape.summary == Summary::Count {
         Page {
             total: Some(execute::count(&state.store, &state.type_sizes, &query).await?),
             ..Page::default()
@@ -153,6 +161,7 @@ async fn search(
     } else {
         execute::page(&state.store, &state.type_sizes, &query).await?
     };
+    keep_reachable(state, access, &mut page.included).await?;
     let bundle = searchset(state, rt, &query, &shape, &page)?;
     let body = shape.to_bytes(&bundle)?;
     Ok(axum::response::IntoResponse::into_response((
@@ -160,6 +169,68 @@ async fn search(
         [(header::CONTENT_TYPE, FHIR_JSON)],
         body,
     )))
+}
+
+/// Narrows a search to what `access` may search: one type to its reach; several types (a
+/// system search) to those it may search whole, refusing a mix that would need narrowing per
+/// type.
+async fn narrow_to_access(
+    state: &AppState,
+    access: &Access,
+    query: &mut SearchQuery,
+) -> FhirResult<()> {
+    if matches!(access, Access::Open) {
+        return Ok(());
+    }
+    if let [rt] = query.types[..] {
+        let reach = access.reach(state, rt, Permission::Search).await?;
+        if let Some(groups) = reach.search_groups(state, rt) {
+            query.narrow(groups);
+        }
+        return Ok(());
+    }
+    let mut whole = Vec::new();
+    for &rt in &query.types {
+        match access.reach(state, rt, Permission::Search).await {
+            Ok(Reach::All) => whole.push(rt),
+            Ok(Reach::Some(_)) => {
+                return Err(FhirError::Forbidden(format!(
+                    "the access token reaches only some {rt} resources; search each type on \
+                     its own (GET [base]/{rt}?…) so the search can be narrowed to them"
+                )));
+            }
+            Err(FhirError::Forbidden(_)) => {}
+            Err(other) => return Err(other),
+        }
+    }
+    if whole.is_empty() {
+        return Err(FhirError::Forbidden(
+            "the access token may search none of these types".to_owned(),
+        ));
+    }
+    query.types = whole;
+    Ok(())
+}
+
+/// Drops the resources `access` may not read from `found` (the includes of a page, which
+/// reach across types and patients).
+pub(super) async fn keep_reachable(
+    state: &AppState,
+    access: &Access,
+    found: &mut Vec<Found>,
+) -> FhirResult<()> {
+    if matches!(access, Access::Open) || found.is_empty() {
+        return Ok(());
+    }
+    let mut reaches = Reaches::new(access, Permission::Read);
+    let mut kept = Vec::with_capacity(found.len());
+    for one in found.drain(..) {
+        if reaches.sees(state, &one.version).await? {
+            kept.push(one);
+        }
+    }
+    *found = kept;
+    Ok(())
 }
 
 /// An entry of a `searchset` Bundle.
@@ -272,10 +343,11 @@ fn entry(state: &AppState, shape: &Shape, found: &Found, mode: &'static str) -> 
     })
 }
 
-/// The resources of type `rt` that a conditional request's query matches, at most `limit`
+/// The resources of type `rt` within `reach` that a conditional request's query matches, at most `limit`
 /// (the caller asks for one more than it can take, to know when there are too many).
 pub async fn conditional_matches(
     state: &AppState,
+    reach: &Reach,
     rt: ResourceType,
     pairs: &[(String, String)],
     limit: u32,
@@ -288,6 +360,10 @@ pub async fn conditional_matches(
             "invalid",
             format!("{what} needs search parameters to find its target"),
         )]));
+    }
+    // Only what the request may reach can match: a condition never reveals the rest.
+    if let Some(groups) = reach.search_groups(state, rt) {
+        query.narrow(groups);
     }
     query.count = limit;
     query.total = Total::None;

@@ -38,9 +38,11 @@ use super::interactions::{
     check_id, check_resource, check_update_id, condition_pairs, conditional_update_id, is_valid_id,
     patched, put_change, resource_type, stored_version,
 };
+use crate::access::{Access, Reach, outside_reach};
 use crate::app::AppState;
 use crate::error::{FhirError, FhirResult, Issue, operation_outcome};
 use crate::store::{Change, Precondition, Version, WriteFailed, WriteMethod, WriteOp, Written};
+use smart_auth::scope::Permission;
 
 /// Batch entries that run at once (each waits mostly on the database).
 const BATCH_CONCURRENCY: usize = 16;
@@ -48,11 +50,12 @@ const BATCH_CONCURRENCY: usize = 16;
 /// `POST /fhir`: a batch or transaction Bundle.
 pub async fn batch_or_transaction(
     State(state): State<AppState>,
+    access: Access,
     headers: HeaderMap,
     body: Bytes,
 ) -> FhirResult<Response> {
     format::check_resource_content_type(&headers)?;
-    let processed = process(&state, &body, &headers).await?;
+    let processed = process(&state, &access, &body, &headers).await?;
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, FHIR_JSON)],
@@ -71,9 +74,14 @@ pub struct Processed {
     pub failed: usize,
 }
 
-/// Processes a batch or transaction Bundle exactly as `POST /fhir` does; `headers` are the
-/// request's (`Prefer` shapes the response entries).
-pub async fn process(state: &AppState, body: &[u8], headers: &HeaderMap) -> FhirResult<Processed> {
+/// Processes a batch or transaction Bundle exactly as `POST /fhir` does, for `access`;
+/// `headers` are the request's (`Prefer` shapes the response entries).
+pub async fn process(
+    state: &AppState,
+    access: &Access,
+    body: &[u8],
+    headers: &HeaderMap,
+) -> FhirResult<Processed> {
     let bundle: Value = serde_json::from_slice(body).map_err(|e| {
         FhirError::bad_request("structure", format!("the body is not valid JSON: {e}"))
     })?;
@@ -82,8 +90,8 @@ pub async fn process(state: &AppState, body: &[u8], headers: &HeaderMap) -> Fhir
     let count = entries.len();
     let prefer = Return::from_headers(headers);
     let responses = match kind {
-        Kind::Batch => batch(state, &entries, headers).await,
-        Kind::Transaction => transaction(state, entries, headers, prefer).await?,
+        Kind::Batch => batch(state, access, &entries, headers).await,
+        Kind::Transaction => transaction(state, access, entries, headers, prefer).await?,
     };
     let failed = responses
         .iter()
@@ -331,7 +339,12 @@ fn processing_order(entries: &[Entry]) -> Vec<usize> {
 // ---------------------------------------------------------------------------------------------
 // Batch
 
-async fn batch(state: &AppState, entries: &[Entry], headers: &HeaderMap) -> Vec<ResponseEntry> {
+async fn batch(
+    state: &AppState,
+    access: &Access,
+    entries: &[Entry],
+    headers: &HeaderMap,
+) -> Vec<ResponseEntry> {
     let router = crate::app::router(state.clone());
     let order = processing_order(entries);
     let mut responses: Vec<Option<ResponseEntry>> = entries.iter().map(|_| None).collect();
@@ -340,7 +353,10 @@ async fn batch(state: &AppState, entries: &[Entry], headers: &HeaderMap) -> Vec<
         let answered: Vec<(usize, ResponseEntry)> = futures::stream::iter(group.iter().copied())
             .map(|i| {
                 let router = router.clone();
-                async move { (i, dispatch(state, router, &entries[i], headers).await) }
+                async move {
+                    let answer = dispatch(state, access, router, &entries[i], headers).await;
+                    (i, answer)
+                }
             })
             .buffer_unordered(BATCH_CONCURRENCY)
             .collect()
@@ -352,17 +368,20 @@ async fn batch(state: &AppState, entries: &[Entry], headers: &HeaderMap) -> Vec<
     responses.into_iter().flatten().collect()
 }
 
-/// Runs an entry as the HTTP request it describes, through the server's own router.
+/// Runs an entry as the HTTP request it describes, through the server's own router, with the
+/// access of the Bundle's request.
 async fn dispatch(
     state: &AppState,
+    access: &Access,
     router: Router,
     entry: &Entry,
     headers: &HeaderMap,
 ) -> ResponseEntry {
-    let request = match entry_request(state, entry, headers) {
+    let mut request = match entry_request(state, entry, headers) {
         Ok(request) => request,
         Err(error) => return response_entry(state, error.into_response()).await,
     };
+    request.extensions_mut().insert(access.clone());
     let response = match router.oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
@@ -586,6 +605,7 @@ impl Claims {
 
 async fn transaction(
     state: &AppState,
+    access: &Access,
     entries: Vec<Entry>,
     headers: &HeaderMap,
     prefer: Return,
@@ -596,7 +616,7 @@ async fn transaction(
     let mut actions: Vec<Option<Action>> = entries.iter().map(|_| None).collect();
     for &i in &order {
         let entry = &entries[i];
-        let action = resolve(state, entry, &mut claims, &mut links)
+        let action = resolve(state, access, entry, &mut claims, &mut links)
             .await
             .map_err(|e| at_entry(entry, e))?;
         actions[i] = Some(action);
@@ -611,7 +631,7 @@ async fn transaction(
         }
     }
     for (reference, i) in wanted {
-        let target = resolve_conditional_reference(state, &reference, &claims)
+        let target = resolve_conditional_reference(state, access, &reference, &claims)
             .await
             .map_err(|e| at_entry(&entries[i], e))?;
         links.conditional.insert(reference, target);
@@ -631,6 +651,9 @@ async fn transaction(
             }) => {
                 rewrite_links(resource, &links, entry).map_err(|e| at_entry(entry, e))?;
                 let change = put_change(state, *rt, std::mem::take(resource), *method);
+                check_write(state, access, *rt, id, *method, &change)
+                    .await
+                    .map_err(|e| at_entry(entry, e))?;
                 ops.push(WriteOp {
                     rt: *rt,
                     id: id.clone(),
@@ -692,7 +715,7 @@ async fn transaction(
                 version_entry(state, version, StatusCode::OK, prefer)?
             }
             Some(Action::Delete { .. }) => delete_entry(deletes.remove(&i).unwrap_or_default()),
-            Some(Action::Read) => dispatch(state, router.clone(), entry, headers).await,
+            Some(Action::Read) => dispatch(state, access, router.clone(), entry, headers).await,
             Some(Action::Write { .. }) | None => continue,
         };
         responses[i] = Some(response);
@@ -700,10 +723,45 @@ async fn transaction(
     Ok(responses.into_iter().flatten().collect())
 }
 
+/// Whether `access` may make this write: the resource there now (if any) and the one that
+/// replaces it within the reach of the write's permission (create for a new resource, update
+/// for an existing one).
+async fn check_write(
+    state: &AppState,
+    access: &Access,
+    rt: ResourceType,
+    id: &str,
+    method: WriteMethod,
+    change: &Change,
+) -> FhirResult<()> {
+    if matches!(access, Access::Open) {
+        return Ok(());
+    }
+    let current = match method {
+        WriteMethod::Post => None,
+        _ => state.store.read(rt, id).await?,
+    };
+    let permission = match current.as_ref().filter(|c| !c.is_deleted()) {
+        Some(_) => Permission::Update,
+        None => Permission::Create,
+    };
+    let reach = access.reach(state, rt, permission).await?;
+    let current_in_reach = match &current {
+        Some(current) => reach.sees(state, current).await?,
+        None => true,
+    };
+    if current_in_reach && reach.admits_change(rt, id, change) {
+        Ok(())
+    } else {
+        Err(outside_reach(rt))
+    }
+}
+
 /// Resolves what entry `entry` of a transaction does, claiming the resources it touches and
 /// recording the link from its `fullUrl`.
 async fn resolve(
     state: &AppState,
+    access: &Access,
     entry: &Entry,
     claims: &mut Claims,
     links: &mut Links,
@@ -739,13 +797,19 @@ async fn resolve(
     let precondition = if_match.map_or(Precondition::None, Precondition::IfMatch);
     let action = match entry.method.as_str() {
         "DELETE" => {
+            let reach = access.reach(state, rt, Permission::Delete).await?;
             let ids = match (id, query) {
-                // An id that cannot exist names nothing to delete.
-                (Some(id), _) => Vec::from_iter(is_valid_id(id).then(|| id.to_owned())),
+                // An id that cannot exist names nothing to delete; one out of reach neither.
+                (Some(id), _) if is_valid_id(id) => match state.store.read(rt, id).await? {
+                    Some(current) if !reach.sees(state, &current).await? => Vec::new(),
+                    _ => vec![id.to_owned()],
+                },
+                (Some(_), _) => Vec::new(),
                 (None, Some(query)) => {
                     let limit = state.config.max_page_size;
                     let found =
-                        matches(state, rt, query, limit + 1, "a conditional delete").await?;
+                        matches(state, &reach, rt, query, limit + 1, "a conditional delete")
+                            .await?;
                     if found.len() > limit as usize {
                         return Err(FhirError::PreconditionFailed(format!(
                             "the conditional delete matches more than {limit} resources; narrow it"
@@ -780,7 +844,9 @@ async fn resolve(
                             .at(format!("{}.request.ifNoneExist", entry.at())),
                     ])
                 })?;
-                let found = conditional_matches(state, rt, &pairs, "ifNoneExist", claims).await?;
+                let reach = access.reach(state, rt, Permission::Create).await?;
+                let found =
+                    conditional_matches(state, &reach, rt, &pairs, "ifNoneExist", claims).await?;
                 match found.as_slice() {
                     [] => {}
                     [one] => matched = Some(stored_version(state, rt, one).await?),
@@ -824,8 +890,10 @@ async fn resolve(
                     id.to_owned()
                 }
                 (None, Some(query)) => {
+                    let reach = access.reach(state, rt, Permission::Update).await?;
                     let found =
-                        matches_pairs(state, rt, query, "a conditional update", claims).await?;
+                        matches_pairs(state, &reach, rt, query, "a conditional update", claims)
+                            .await?;
                     let found: Vec<&str> = found.iter().map(String::as_str).collect();
                     conditional_update_id(rt, &found, &mut resource)?
                 }
@@ -844,11 +912,13 @@ async fn resolve(
             }
         }
         "PATCH" => {
+            let reach = access.reach(state, rt, Permission::Update).await?;
             let id = match (id, query) {
                 (Some(id), _) => id.to_owned(),
                 (None, Some(query)) => {
                     let found =
-                        matches_pairs(state, rt, query, "a conditional patch", claims).await?;
+                        matches_pairs(state, &reach, rt, query, "a conditional patch", claims)
+                            .await?;
                     match <[String; 1]>::try_from(found) {
                         Ok([one]) => one,
                         Err(found) if found.is_empty() => {
@@ -876,6 +946,11 @@ async fn resolve(
                     )
                 })?;
             let current = stored_version(state, rt, &id).await?;
+            if !reach.sees(state, &current).await? {
+                return Err(FhirError::NotFound(format!(
+                    "{rt} has no resource with that id"
+                )));
+            }
             let value = patched(state, &current, if_match, &operations)?;
             claims.claim(entry, rt, &id)?;
             link(links, entry, rt, &id);
@@ -928,6 +1003,7 @@ fn link(links: &mut Links, entry: &Entry, rt: ResourceType, id: &str) {
 /// transaction deletes.
 async fn conditional_matches(
     state: &AppState,
+    reach: &Reach,
     rt: ResourceType,
     pairs: &[(String, String)],
     what: &str,
@@ -938,7 +1014,7 @@ async fn conditional_matches(
     let limit = u32::try_from(claims.deleted.len())
         .unwrap_or(u32::MAX)
         .saturating_add(2);
-    let found = super::search::conditional_matches(state, rt, pairs, limit, what).await?;
+    let found = super::search::conditional_matches(state, reach, rt, pairs, limit, what).await?;
     Ok(found
         .into_iter()
         .map(|found| found.version.id)
@@ -948,24 +1024,26 @@ async fn conditional_matches(
 
 async fn matches_pairs(
     state: &AppState,
+    reach: &Reach,
     rt: ResourceType,
     query: &str,
     what: &str,
     claims: &Claims,
 ) -> FhirResult<Vec<String>> {
-    conditional_matches(state, rt, &query_pairs(query, what)?, what, claims).await
+    conditional_matches(state, reach, rt, &query_pairs(query, what)?, what, claims).await
 }
 
 /// The ids a conditional delete's search matches (up to `limit`).
 async fn matches(
     state: &AppState,
+    reach: &Reach,
     rt: ResourceType,
     query: &str,
     limit: u32,
     what: &str,
 ) -> FhirResult<Vec<String>> {
     let pairs = query_pairs(query, what)?;
-    let found = super::search::conditional_matches(state, rt, &pairs, limit, what).await?;
+    let found = super::search::conditional_matches(state, reach, rt, &pairs, limit, what).await?;
     Ok(found.into_iter().map(|found| found.version.id).collect())
 }
 
@@ -1010,6 +1088,7 @@ fn collect_conditional_references(value: &Value, entry: usize, into: &mut HashMa
 /// The `Type/id` a conditional reference matches: exactly one resource, or 412.
 async fn resolve_conditional_reference(
     state: &AppState,
+    access: &Access,
     reference: &str,
     claims: &Claims,
 ) -> FhirResult<String> {
@@ -1021,7 +1100,8 @@ async fn resolve_conditional_reference(
         )
     })?;
     let what = format!("the conditional reference {reference:?}");
-    let found = matches_pairs(state, rt, query, &what, claims).await?;
+    let reach = access.reach(state, rt, Permission::Search).await?;
+    let found = matches_pairs(state, &reach, rt, query, &what, claims).await?;
     match found.as_slice() {
         [one] => Ok(format!("{rt}/{one}")),
         [] => Err(FhirError::PreconditionFailed(format!(
@@ -1176,6 +1256,11 @@ fn at_entry(entry: &Entry, error: FhirError) -> FhirError {
         FhirError::PreconditionFailed(text) => FhirError::PreconditionFailed(prefix(text)),
         FhirError::PayloadTooLarge(text) => FhirError::PayloadTooLarge(prefix(text)),
         FhirError::UnsupportedMediaType(text) => FhirError::UnsupportedMediaType(prefix(text)),
+        FhirError::Forbidden(text) => FhirError::Forbidden(prefix(text)),
+        FhirError::Unauthorized { message, challenge } => FhirError::Unauthorized {
+            message: prefix(message),
+            challenge,
+        },
         FhirError::Internal(error) => FhirError::Internal(error),
     }
 }

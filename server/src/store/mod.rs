@@ -273,6 +273,13 @@ macro_rules! with_pool {
     };
 }
 
+/// sqlx's migrator for the FHIR tables. The authorization server's migrations (from 1001, in
+/// `smart-auth`) share the `_sqlx_migrations` table, so theirs are not missing ones of ours.
+fn shared_migrator(mut migrator: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
 /// The current version of one resource.
 const READ_SQL: &str = "SELECT v.seq, v.resource_type, v.id, v.version_id, v.last_updated, \
                         v.method, v.body FROM resources r JOIN resource_versions v \
@@ -291,7 +298,7 @@ impl Store {
                 .connect_with(options)
                 .await
                 .context("cannot connect to PostgreSQL")?;
-            sqlx::migrate!("migrations/postgres")
+            shared_migrator(sqlx::migrate!("migrations/postgres"))
                 .run(&pool)
                 .await
                 .context("cannot migrate the PostgreSQL database")?;
@@ -316,7 +323,7 @@ impl Store {
                 .connect_with(options.clone())
                 .await
                 .context("cannot open the SQLite database")?;
-            sqlx::migrate!("migrations/sqlite")
+            shared_migrator(sqlx::migrate!("migrations/sqlite"))
                 .run(&migrator)
                 .await
                 .context("cannot migrate the SQLite database")?;

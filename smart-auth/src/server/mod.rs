@@ -427,7 +427,7 @@ pub fn no_store(mut response: Response) -> Response {
 /// The authorization server's routes under `/auth` (to be nested there), plus the SMART
 /// discovery document, which belongs under the FHIR base: see
 /// [`discovery::get_smart_configuration`].
-pub fn router(server: Arc<AuthServer>) -> Router {
+pub fn router<S: Clone + Send + Sync + 'static>(server: Arc<AuthServer>) -> Router<S> {
     Router::new()
         .route(
             "/.well-known/openid-configuration",

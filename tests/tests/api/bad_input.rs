@@ -165,7 +165,8 @@ async fn a_chunked_body_over_the_limit_is_413() {
         .expect("connect");
     let mut request = format!(
         "POST /fhir/Patient HTTP/1.1\r\nHost: {authority}\r\nContent-Type: {FHIR}\r\n\
-         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+         Authorization: Bearer {}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        app.token
     );
     let body = format!(
         r#"{{"resourceType":"Patient","name":[{{"family":"{}"}}]}}"#,

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use telemed_server::config::AuthMode;
 use telemed_server::{Application, Config};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -11,9 +12,11 @@ use tokio::net::TcpStream;
 async fn a_request_in_flight_at_shutdown_completes() {
     let path =
         std::env::temp_dir().join(format!("telemed-test-{}.db", uuid::Uuid::new_v4().simple()));
-    let app = Application::build(Config::for_tests(format!("sqlite://{}", path.display())))
-        .await
-        .expect("the server starts");
+    let mut config = Config::for_tests(format!("sqlite://{}", path.display()));
+    // What is shown here is how the server stops, not who may ask: the raw request below
+    // carries no token.
+    config.auth = AuthMode::Disabled;
+    let app = Application::build(config).await.expect("the server starts");
     let port = app.port();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async {
