@@ -8,11 +8,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use smart_auth::assertion::{ClientAlgorithm, ClientKey, sign_client_assertion};
 use sqlx::Connection as _;
 
 struct Server {
     child: Child,
     base: String,
+    /// A client whose requests carry a `system/*.cruds` token.
+    client: reqwest::Client,
 }
 
 fn free_port() -> u16 {
@@ -22,7 +25,78 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-async fn start(database_url: &str) -> Server {
+/// Registers a backend service with `telemed client add`, as an operator would, and returns
+/// its client_id and key.
+fn register_backend(database_url: &str) -> (String, ClientKey) {
+    let key = ClientKey::generate(ClientAlgorithm::Es384).expect("a key");
+    let jwks = std::env::temp_dir().join(format!(
+        "telemed-durability-jwks-{}.json",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::write(&jwks, key.jwks().to_string()).expect("JWKS written");
+    let output = Command::new(env!("CARGO_BIN_EXE_telemed"))
+        .args(["client", "add", "--name", "durability", "--type"])
+        .args(["confidential-asymmetric", "--scope", "system/*.cruds"])
+        .arg("--jwks-file")
+        .arg(&jwks)
+        .env("DATABASE_URL", database_url)
+        .env("TELEMED_LOG", "warn")
+        .output()
+        .expect("telemed client add runs");
+    let _ = std::fs::remove_file(&jwks);
+    assert!(
+        output.status.success(),
+        "telemed client add failed: {output:?}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let client_id = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("client_id: "))
+        .expect("the client_id is printed")
+        .to_owned();
+    (client_id, key)
+}
+
+/// A client carrying a token of the backend service, by client_credentials.
+async fn authorized_client(base: &str, client_id: &str, key: &ClientKey) -> reqwest::Client {
+    let token_url = format!("{}/auth/token", base.trim_end_matches("/fhir"));
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs() as i64
+        + 60;
+    let jti = uuid::Uuid::new_v4().to_string();
+    let assertion = sign_client_assertion(key, client_id, &token_url, &jti, exp).expect("signed");
+    let response: Value = reqwest::Client::new()
+        .post(&token_url)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "system/*.cruds"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", &assertion),
+        ])
+        .send()
+        .await
+        .expect("token request")
+        .json()
+        .await
+        .expect("a token response");
+    let token = response["access_token"].as_str().expect("an access token");
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("a header"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("a client")
+}
+
+async fn start(database_url: &str, backend: &(String, ClientKey)) -> Server {
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_telemed"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -39,7 +113,12 @@ async fn start(database_url: &str) -> Server {
         if let Ok(response) = client.get(format!("{base}/metadata")).send().await
             && response.status().is_success()
         {
-            return Server { child, base };
+            let client = authorized_client(&base, &backend.0, &backend.1).await;
+            return Server {
+                child,
+                base,
+                client,
+            };
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -86,8 +165,9 @@ async fn database_url() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_sigkill() {
     let url = database_url().await;
-    let mut server = start(&url).await;
-    let client = reqwest::Client::new();
+    let backend = register_backend(&url);
+    let mut server = start(&url, &backend).await;
+    let client = server.client.clone();
 
     // Writers run until the server dies under them; remember what was acknowledged.
     let mut writers = Vec::new();
@@ -129,10 +209,11 @@ async fn acknowledged_writes_survive_sigkill() {
         acknowledged.len()
     );
 
-    let mut server = start(&url).await;
+    let mut server = start(&url, &backend).await;
     let mut missing = Vec::new();
     for id in &acknowledged {
-        let response = client
+        let response = server
+            .client
             .get(format!("{}/Patient/{id}", server.base))
             .send()
             .await
@@ -155,8 +236,10 @@ async fn acknowledged_writes_survive_sigkill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_server_cleanly() {
     let url = database_url().await;
-    let mut server = start(&url).await;
-    let created: Value = reqwest::Client::new()
+    let backend = register_backend(&url);
+    let mut server = start(&url, &backend).await;
+    let created: Value = server
+        .client
         .post(format!("{}/Patient", server.base))
         .header("content-type", "application/fhir+json")
         .body(r#"{"resourceType":"Patient"}"#)
