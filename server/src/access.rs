@@ -349,6 +349,25 @@ pub fn compartments_of(rt: ResourceType, id: &str, references: &[ReferenceRow]) 
     patients
 }
 
+/// The Patients (ids) whose compartment the stored resource `rt/id` is in (see
+/// [`compartments_of`]), read from its body.
+pub fn compartments_of_body(
+    state: &AppState,
+    rt: ResourceType,
+    id: &str,
+    body: &[u8],
+) -> HashSet<String> {
+    let params = patient_compartment_params(rt);
+    if params.is_empty() {
+        return HashSet::new();
+    }
+    let references = match serde_json::from_slice::<Value>(body) {
+        Ok(value) => crate::search::index::references_through(rt, &value, &state.fhir_base, params),
+        Err(_) => Vec::new(),
+    };
+    compartments_of(rt, id, &references)
+}
+
 impl Reach {
     /// Whether a resource with these index rows passes: its compartments meet a term's
     /// patients, and it satisfies that term's filter (checked against the index rows, for the
@@ -442,6 +461,11 @@ pub async fn authenticate(
                 }
             },
         };
+        if let Some(slot) = request.extensions().get::<crate::audit::AccessSlot>()
+            && let Ok(mut slot) = slot.0.lock()
+        {
+            *slot = Some(access.clone());
+        }
         request.extensions_mut().insert(access);
     }
     next.run(request).await

@@ -37,6 +37,8 @@ pub struct App {
     /// The SMART authorization server, whose tokens every FHIR request needs; `None` when
     /// authorization is disabled by configuration.
     pub auth: Option<Arc<AuthServer>>,
+    /// Appends to the audit trail; `None` when authorization is disabled (nobody to audit).
+    pub auditor: Option<crate::audit::Auditor>,
 }
 
 /// Shared handle to [`App`]; cheap to clone into each request.

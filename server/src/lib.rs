@@ -14,6 +14,8 @@
 //! - [`import`]: `telemed import`, Bundle files loaded as `POST /fhir` would load them.
 //! - [`access`]: who a request acts for (its SMART access token) and what it may reach.
 //! - [`directory`]: the FHIR data the authorization server's pickers and launches read.
+//! - [`audit`]: the hash-chained audit trail of every request for patient data and every
+//!   authorization event.
 //! - [`admin`]: `telemed client …` and `telemed user …`, the authorization server's
 //!   clients and users.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
@@ -21,6 +23,7 @@
 pub mod access;
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod config;
 pub mod directory;
 pub mod error;

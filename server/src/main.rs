@@ -33,6 +33,16 @@ enum Command {
     /// Add, list or remove the users who sign in.
     #[command(subcommand)]
     User(UserCommand),
+    /// Check the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain of the audit trail and name the first record that does not
+    /// fit (exit status 1), or say how many records are intact.
+    Verify(ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -159,6 +169,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Import(args) => import(args).await,
         Command::Client(command) => client(command).await,
         Command::User(command) => user(command).await,
+        Command::Audit(AuditCommand::Verify(args)) => verify_audit(args).await,
     }
 }
 
@@ -380,4 +391,31 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `telemed audit verify`: its verdict, on stdout, is the command's answer.
+#[expect(clippy::print_stdout, reason = "the command's answer is its output")]
+async fn verify_audit(args: ServeArgs) -> anyhow::Result<()> {
+    let config = config(args)?;
+    let store = telemed_server::store::Store::open(&config.database_url, 2)
+        .await
+        .context("cannot open the database")?;
+    let verdict = telemed_server::audit::verify(&store).await;
+    store.close().await;
+    match verdict? {
+        telemed_server::audit::Verified::Intact(count) => {
+            println!("the audit trail is intact: {count} records");
+            Ok(())
+        }
+        telemed_server::audit::Verified::Broken(broken) => {
+            let row = broken.seq.map_or(String::new(), |seq| {
+                format!(" (audit_events row seq {seq})")
+            });
+            println!(
+                "the audit trail is broken at record {}{row}: {}",
+                broken.chain_pos, broken.why
+            );
+            anyhow::bail!("the audit trail is broken")
+        }
+    }
 }

@@ -8,6 +8,7 @@ use fhir_models::ResourceType;
 use tokio::net::TcpListener;
 
 use crate::app::{App, AppState, router};
+use crate::audit::AuthTrail;
 use crate::config::{AuthMode, Config};
 use crate::directory::FhirDirectory;
 use crate::fhir::capability::capability_statement;
@@ -77,7 +78,10 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let state = self.state.clone();
-        let result = axum::serve(self.listener, router(self.state))
+        // The client's address reaches the handlers, for the audit trail.
+        let service =
+            router(self.state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let result = axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown)
             .await;
         state.store.close().await;
@@ -111,22 +115,28 @@ async fn shutdown_signal() {
 async fn app_state(config: Config, fhir_base: String) -> anyhow::Result<AppState> {
     let store = Store::open(&config.database_url, config.max_db_connections).await?;
     let directory = Arc::new(FhirDirectory::default());
-    let auth = match config.auth {
+    let (auth, auditor) = match config.auth {
         AuthMode::Smart => {
+            let auditor = store.auditor()?;
             let base = fhir_base.strip_suffix("/fhir").unwrap_or(&fhir_base);
             let mut auth_config = AuthConfig::new(fhir_base.clone(), format!("{base}/auth"));
             auth_config.practitioners_need_totp = config.practitioners_need_totp;
-            let server = AuthServer::open(auth_config, &config.database_url, directory.clone())
-                .await
-                .context("cannot start the authorization server")?;
-            Some(Arc::new(server))
+            let server = AuthServer::open(
+                auth_config,
+                &config.database_url,
+                directory.clone(),
+                Arc::new(AuthTrail(auditor.clone())),
+            )
+            .await
+            .context("cannot start the authorization server")?;
+            (Some(Arc::new(server)), Some(auditor))
         }
         AuthMode::Disabled => {
             tracing::warn!(
                 "authorization is disabled: every FHIR request is served without a token; \
                  run this only on a trusted network, with test data"
             );
-            None
+            (None, None)
         }
     };
     let capability = capability_statement(
@@ -144,6 +154,7 @@ async fn app_state(config: Config, fhir_base: String) -> anyhow::Result<AppState
         capability_statement,
         type_sizes: TypeSizes::default(),
         auth,
+        auditor,
     });
     directory.attach(&app);
     if let Some(auth) = &app.auth {

@@ -38,6 +38,9 @@ pub fn capability_statement(fhir_base: &str, date: &str, auth: Option<&AuthConfi
                 "searchRevInclude": search_rev_includes(*rt),
                 "searchParam": search_params(*rt),
             });
+            if *rt == ResourceType::AuditEvent {
+                audit_event_capability(&mut resource);
+            }
             if *rt == ResourceType::Patient {
                 resource["operation"] = json!([{
                     "name": "everything",
@@ -116,6 +119,39 @@ fn security(auth: &AuthConfig) -> Value {
         "description": "Every request needs a SMART access token; see \
                         .well-known/smart-configuration under this base.",
     })
+}
+
+/// AuditEvent is the audit trail: read and searched, never written, each with one version
+/// (see [`super::audit_events`]).
+fn audit_event_capability(resource: &mut Value) {
+    const SEARCHED: [&str; 8] = [
+        "date", "patient", "agent", "entity", "type", "subtype", "action", "outcome",
+    ];
+    resource["interaction"] = json!([
+        { "code": Interaction::Read.code() },
+        { "code": Interaction::Vread.code() },
+        { "code": Interaction::SearchType.code() },
+    ]);
+    resource["versioning"] = json!("no-version");
+    resource["readHistory"] = json!(false);
+    resource["updateCreate"] = json!(false);
+    resource["conditionalCreate"] = json!(false);
+    resource["conditionalRead"] = json!("not-supported");
+    resource["conditionalUpdate"] = json!(false);
+    resource["conditionalDelete"] = json!("not-supported");
+    resource["searchInclude"] = json!([]);
+    resource["searchRevInclude"] = json!([]);
+    let params: Vec<Value> = fhir_models::COMMON_SEARCH_PARAMETERS
+        .iter()
+        .filter(|def| def.code == "_id")
+        .chain(
+            fhir_models::search_parameters(ResourceType::AuditEvent)
+                .iter()
+                .filter(|def| SEARCHED.contains(&def.code)),
+        )
+        .map(search_param)
+        .collect();
+    resource["searchParam"] = Value::Array(params);
 }
 
 fn search_param(def: &SearchParameterDef) -> Value {

@@ -198,6 +198,9 @@ async fn everything(
             page.total = None;
         }
     }
+    for found in page.matches.iter().chain(&page.included) {
+        crate::audit::note_version(state, &found.version);
+    }
 
     let self_cursor = params.after.map(|rid| rid.to_string());
     let mut links = vec![BundleLink {

@@ -11,11 +11,13 @@ use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::audit_events;
 use super::bundle::{Bundle, BundleLink};
 use super::format::{self, FHIR_JSON, Return, Shape, bad_parameter};
 use super::headers;
 use crate::access::{Access, Reaches, outside_reach};
 use crate::app::AppState;
+use crate::audit;
 use crate::error::{FhirError, FhirResult, Issue, operation_outcome};
 use crate::search;
 use crate::store::{
@@ -164,6 +166,7 @@ pub async fn create(
     body: Bytes,
 ) -> FhirResult<Response> {
     let rt = resource_type(&type_name)?;
+    audit_events::refuse_write(rt)?;
     let reach = access.reach(&state, rt, Permission::Create).await?;
     let shape = Shape::from_request(&query, &headers)?;
     format::check_resource_content_type(&headers)?;
@@ -202,6 +205,7 @@ pub async fn create(
     }
     let id = uuid::Uuid::new_v4().to_string();
     let change = put_change(&state, rt, value, WriteMethod::Post);
+    audit::note_change(rt, &id, &change);
     if !reach.admits_change(rt, &id, &change) {
         return Err(outside_reach(rt));
     }
@@ -251,6 +255,7 @@ pub(super) async fn visible_version(
 ) -> FhirResult<Version> {
     let reach = access.reach(state, rt, Permission::Read).await?;
     let version = stored_version(state, rt, id).await?;
+    audit::note_version(state, &version);
     if reach.sees(state, &version).await? {
         Ok(version)
     } else {
@@ -270,6 +275,9 @@ pub async fn read(
 ) -> FhirResult<Response> {
     let rt = resource_type(&type_name)?;
     let shape = Shape::from_request(&query, &headers)?;
+    if rt == ResourceType::AuditEvent {
+        return audit_events::read(&state, &access, &id, None, &shape).await;
+    }
     let version = visible_version(&state, &access, rt, &id).await?;
     version_response(&headers, &shape, &version)
 }
@@ -283,8 +291,11 @@ pub async fn vread(
     headers: HeaderMap,
 ) -> FhirResult<Response> {
     let rt = resource_type(&type_name)?;
-    let reach = access.reach(&state, rt, Permission::Read).await?;
     let shape = Shape::from_request(&query, &headers)?;
+    if rt == ResourceType::AuditEvent {
+        return audit_events::read(&state, &access, &id, Some(&vid), &shape).await;
+    }
+    let reach = access.reach(&state, rt, Permission::Read).await?;
     let not_found = || FhirError::NotFound(format!("{rt}/{id} has no version {vid}"));
     let version_id: i64 = vid.parse().map_err(|_| not_found())?;
     if !is_valid_id(&id) {
@@ -295,6 +306,7 @@ pub async fn vread(
         .vread(rt, &id, version_id)
         .await?
         .ok_or_else(not_found)?;
+    audit::note_version(&state, &version);
     if !reach.sees(&state, &version).await? {
         return Err(not_found());
     }
@@ -333,6 +345,7 @@ async fn checked_put(
     value: Value,
 ) -> FhirResult<Change> {
     let change = put_change(state, rt, value, WriteMethod::Put);
+    audit::note_change(rt, id, &change);
     let current = state.store.read(rt, id).await?;
     let permission = match current.as_ref().filter(|c| !c.is_deleted()) {
         Some(_) => Permission::Update,
@@ -385,6 +398,7 @@ pub async fn update(
     body: Bytes,
 ) -> FhirResult<Response> {
     let rt = resource_type(&type_name)?;
+    audit_events::refuse_write(rt)?;
     let shape = Shape::from_request(&query, &headers)?;
     check_id(&id)?;
     format::check_resource_content_type(&headers)?;
@@ -427,6 +441,7 @@ pub async fn conditional_update(
     body: Bytes,
 ) -> FhirResult<Response> {
     let rt = resource_type(&type_name)?;
+    audit_events::refuse_write(rt)?;
     let shape = Shape::from_request(&query, &headers)?;
     format::check_resource_content_type(&headers)?;
     let if_match = headers::if_match(&headers)?;
@@ -490,6 +505,7 @@ pub async fn conditional_delete(
     headers: HeaderMap,
 ) -> FhirResult<Response> {
     let rt = resource_type(&type_name)?;
+    audit_events::refuse_write(rt)?;
     let reach = access.reach(&state, rt, Permission::Delete).await?;
     let limit = state.config.max_page_size;
     let found = super::search::conditional_matches(
@@ -507,6 +523,7 @@ pub async fn conditional_delete(
         )));
     }
     for target in &found {
+        audit::note_version(&state, &target.version);
         state
             .store
             .write(rt, &target.version.id, Precondition::None, Change::Delete)
@@ -529,6 +546,7 @@ pub async fn patch(
     body: Bytes,
 ) -> FhirResult<Response> {
     let rt = resource_type(&type_name)?;
+    audit_events::refuse_write(rt)?;
     let shape = Shape::from_request(&query, &headers)?;
     if !format::content_type_is(&headers, "application/json-patch+json") {
         return Err(FhirError::UnsupportedMediaType(
@@ -545,6 +563,7 @@ pub async fn patch(
     })?;
     let reach = access.reach(&state, rt, Permission::Update).await?;
     let current = stored_version(&state, rt, &id).await?;
+    audit::note_version(&state, &current);
     if !reach.sees(&state, &current).await? {
         return Err(FhirError::NotFound(format!(
             "{rt} has no resource with that id"
@@ -553,6 +572,7 @@ pub async fn patch(
     let value = patched(&state, &current, if_match, &operations)?;
     // The patch was applied to this version: a write in between must not be overwritten.
     let change = put_change(&state, rt, value, WriteMethod::Patch);
+    audit::note_change(rt, &id, &change);
     if !reach.admits_change(rt, &id, &change) {
         return Err(outside_reach(rt));
     }
@@ -646,11 +666,15 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> FhirResult<Response> {
     let rt = resource_type(&type_name)?;
+    audit_events::refuse_write(rt)?;
     let reach = access.reach(&state, rt, Permission::Delete).await?;
     let if_match = headers::if_match(&headers)?;
     // What is out of reach is deleted as if it did not exist: nothing happens.
     let in_reach = match state.store.read(rt, &id).await? {
-        Some(current) if is_valid_id(&id) => reach.sees(&state, &current).await?,
+        Some(current) if is_valid_id(&id) => {
+            audit::note_version(&state, &current);
+            reach.sees(&state, &current).await?
+        }
         _ => true,
     };
     let message = if !is_valid_id(&id) || !in_reach {
@@ -698,6 +722,11 @@ pub async fn history_type(
     headers: HeaderMap,
 ) -> FhirResult<Response> {
     let rt = resource_type(&type_name)?;
+    if rt == ResourceType::AuditEvent {
+        return Err(FhirError::MethodNotAllowed(
+            "AuditEvents have no history: each is recorded once and never changes".to_owned(),
+        ));
+    }
     access.reach(&state, rt, Permission::Read).await?;
     history(&state, &access, HistoryScope::Type(rt), &query, &headers).await
 }
@@ -711,6 +740,11 @@ pub async fn history_instance(
     headers: HeaderMap,
 ) -> FhirResult<Response> {
     let rt = resource_type(&type_name)?;
+    if rt == ResourceType::AuditEvent {
+        return Err(FhirError::MethodNotAllowed(
+            "AuditEvents have no history: each is recorded once and never changes".to_owned(),
+        ));
+    }
     visible_version(&state, &access, rt, &id).await?;
     history(
         &state,
@@ -854,6 +888,7 @@ async fn keep_visible_versions(
     let mut kept = Vec::with_capacity(versions.len());
     for version in versions.drain(..) {
         if reaches.sees(state, &version).await? {
+            audit::note_version(state, &version);
             kept.push(version);
         }
     }

@@ -4,12 +4,14 @@
 //!   conditional forms of create, update and delete.
 //! - [`search`]: search at type and system level, by GET and POST.
 //! - [`everything`]: `Patient/{id}/$everything`, the Patient's compartment.
+//! - [`audit_events`]: AuditEvent, read and searched from the audit trail, never written.
 //! - [`transaction`]: batch and transaction Bundles posted to the base.
 //! - [`capability`]: the CapabilityStatement at `/metadata`, built from what is routed here.
 //! - [`bundle`]: the frame of the Bundles the server answers with.
 //! - [`format`]: media types, `_format`, `_pretty`, `_summary`, `_elements`, `Prefer`.
 //! - [`headers`]: ETags and conditional requests.
 
+pub mod audit_events;
 pub mod bundle;
 pub mod capability;
 pub mod everything;
@@ -67,7 +69,8 @@ impl Interaction {
 }
 
 /// The routes under `/fhir`. Every route but the CapabilityStatement and the SMART
-/// configuration passes [`crate::access::authenticate`] first.
+/// configuration passes [`crate::audit::record_requests`] and
+/// [`crate::access::authenticate`] first.
 pub fn router(state: AppState) -> Router<AppState> {
     use interactions::*;
     use search::*;
@@ -98,8 +101,13 @@ pub fn router(state: AppState) -> Router<AppState> {
         )
         .route("/{type}/{id}/_history/{vid}", get(vread))
         .route_layer(axum::middleware::from_fn_with_state(
-            state,
+            state.clone(),
             crate::access::authenticate,
+        ))
+        // Outside the authentication, so that refusals are audited too.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            crate::audit::record_requests,
         ))
         .route("/metadata", get(capability::get_metadata))
         .route(

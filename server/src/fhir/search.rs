@@ -146,6 +146,9 @@ async fn search(
     pairs: &[(String, String)],
     headers: &HeaderMap,
 ) -> FhirResult<Response> {
+    if rt == Some(ResourceType::AuditEvent) {
+        return super::audit_events::search(state, access, pairs, headers).await;
+    }
     let shape = Shape::from_request(pairs, headers)?;
     let types = match rt {
         Some(rt) => vec![rt],
@@ -162,6 +165,9 @@ async fn search(
         execute::page(&state.store, &state.type_sizes, &query).await?
     };
     keep_reachable(state, access, &mut page.included).await?;
+    for found in page.matches.iter().chain(&page.included) {
+        crate::audit::note_version(state, &found.version);
+    }
     let bundle = searchset(state, rt, &query, &shape, &page)?;
     let body = shape.to_bytes(&bundle)?;
     Ok(axum::response::IntoResponse::into_response((

@@ -651,6 +651,7 @@ async fn transaction(
             }) => {
                 rewrite_links(resource, &links, entry).map_err(|e| at_entry(entry, e))?;
                 let change = put_change(state, *rt, std::mem::take(resource), *method);
+                crate::audit::note_change(*rt, id, &change);
                 check_write(state, access, *rt, id, *method, &change)
                     .await
                     .map_err(|e| at_entry(entry, e))?;
@@ -785,6 +786,7 @@ async fn resolve(
             &format!("{type_name:?} is not a FHIR R4 resource type"),
         )
     })?;
+    super::audit_events::refuse_write(rt)?;
     let if_match = match &entry.if_match {
         Some(tag) => Some(headers::parse_version_tag(tag).ok_or_else(|| {
             FhirError::BadRequest(vec![
@@ -801,8 +803,15 @@ async fn resolve(
             let ids = match (id, query) {
                 // An id that cannot exist names nothing to delete; one out of reach neither.
                 (Some(id), _) if is_valid_id(id) => match state.store.read(rt, id).await? {
-                    Some(current) if !reach.sees(state, &current).await? => Vec::new(),
-                    _ => vec![id.to_owned()],
+                    Some(current) => {
+                        crate::audit::note_version(state, &current);
+                        if reach.sees(state, &current).await? {
+                            vec![id.to_owned()]
+                        } else {
+                            Vec::new()
+                        }
+                    }
+                    None => vec![id.to_owned()],
                 },
                 (Some(_), _) => Vec::new(),
                 (None, Some(query)) => {

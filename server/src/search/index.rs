@@ -477,6 +477,30 @@ fn number_rows(code: &str, value: &Value, rows: &mut Vec<NumberRow>) {
     }
 }
 
+/// The references of `resource` (of type `rt`) through the reference parameters named in
+/// `params` only, as index rows: what the compartment of a resource is read from, without
+/// extracting every other parameter.
+pub fn references_through(
+    rt: ResourceType,
+    resource: &Value,
+    fhir_base: &str,
+    params: &[&str],
+) -> Vec<ReferenceRow> {
+    let mut rows = IndexRows::default();
+    for compiled in &COMPILED[rt as usize] {
+        let def = compiled.def;
+        if def.kind != SearchParamType::Reference || !params.contains(&def.code) {
+            continue;
+        }
+        for item in fhirpath::evaluate(&compiled.expr, resource) {
+            if let Item::Json { value, .. } = item {
+                reference_rows(def.code, value, fhir_base, &mut rows);
+            }
+        }
+    }
+    rows.references
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

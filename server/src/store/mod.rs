@@ -350,6 +350,14 @@ impl Store {
         Ok(Self { backend })
     }
 
+    /// An appender of audit records to this database (see [`crate::audit`]).
+    pub fn auditor(&self) -> anyhow::Result<crate::audit::Auditor> {
+        Ok(match &self.backend {
+            Backend::Sqlite { path, .. } => crate::audit::Auditor::sqlite(path)?,
+            Backend::Postgres(pool) => crate::audit::Auditor::postgres(pool.clone()),
+        })
+    }
+
     /// Closes every connection, waiting for the ones in use.
     pub async fn close(&self) {
         match &self.backend {

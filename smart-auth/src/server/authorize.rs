@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::pages::{self, error_page};
 use super::token_endpoint::form_map;
-use super::{AuthServer, Choice, now};
+use super::{AuthEvent, AuthServer, Choice, ClientAddress, now};
 use crate::pkce::is_valid_challenge;
 use crate::scope::{Context, Scope, ScopeSet};
 use crate::secret::{hash_password, random_token, token_digest, verify_password};
@@ -319,9 +319,20 @@ async fn signed_in_user(server: &AuthServer, pending: &Pending) -> Result<User, 
         .ok_or_else(|| error_page(StatusCode::BAD_REQUEST, "The user no longer exists."))
 }
 
+/// Records an authorization event of the pages; the page shown next depends on it.
+async fn audit_page(server: &AuthServer, event: AuthEvent) -> Result<(), Response> {
+    server.audit(event).await.map_err(|_| {
+        error_page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The server failed. Try again later.",
+        )
+    })
+}
+
 /// `POST /auth/login`: username and password.
 pub async fn post_login(
     State(server): State<Arc<AuthServer>>,
+    ClientAddress(address): ClientAddress,
     body: axum::body::Bytes,
 ) -> Response {
     let mut step = match load(&server, &body).await {
@@ -342,7 +353,18 @@ pub async fn post_login(
         .await
         .unwrap_or(false);
     let Some(user) = user.filter(|_| good) else {
-        tracing::info!(client = %step.client.client_id, "login failed");
+        let event = AuthEvent {
+            kind: "login",
+            success: false,
+            client_id: Some(step.client.client_id.clone()),
+            username: Some(username),
+            address,
+            detail: Some("wrong username or password".to_owned()),
+            ..AuthEvent::default()
+        };
+        if let Err(response) = audit_page(&server, event).await {
+            return response;
+        }
         return pages::login(
             &server.config.display_name,
             &step.client.name,
@@ -356,6 +378,19 @@ pub async fn post_login(
         .as_deref()
         .is_some_and(|r| r.starts_with("Practitioner/"));
     if is_practitioner && server.config.practitioners_need_totp && user.totp_secret.is_none() {
+        let event = AuthEvent {
+            kind: "login",
+            success: false,
+            client_id: Some(step.client.client_id.clone()),
+            username: Some(user.username.clone()),
+            fhir_user: user.fhir_user.clone(),
+            address,
+            detail: Some("a practitioner without a second factor".to_owned()),
+            ..AuthEvent::default()
+        };
+        if let Err(response) = audit_page(&server, event).await {
+            return response;
+        }
         return pages::login(
             &server.config.display_name,
             &step.client.name,
@@ -363,6 +398,20 @@ pub async fn post_login(
             Some("Practitioners must have a second factor. Ask your administrator to set one up."),
             &step.client.origins,
         );
+    }
+    let event = AuthEvent {
+        kind: "login",
+        success: true,
+        client_id: Some(step.client.client_id.clone()),
+        username: Some(user.username.clone()),
+        fhir_user: user.fhir_user.clone(),
+        address,
+        // The second factor, when the user has one, is audited on its own.
+        detail: user.totp_secret.is_some().then(|| "password".to_owned()),
+        ..AuthEvent::default()
+    };
+    if let Err(response) = audit_page(&server, event).await {
+        return response;
     }
     step.pending.username = Some(user.username.clone());
     step.pending.fhir_user = user.fhir_user.clone();
@@ -390,6 +439,7 @@ fn dummy_hash() -> String {
 /// `POST /auth/second-factor`: the TOTP code.
 pub async fn post_second_factor(
     State(server): State<Arc<AuthServer>>,
+    ClientAddress(address): ClientAddress,
     body: axum::body::Bytes,
 ) -> Response {
     let mut step = match load(&server, &body).await {
@@ -415,6 +465,19 @@ pub async fn post_second_factor(
         }
         None => false,
     };
+    let event = AuthEvent {
+        kind: "second-factor",
+        success: accepted,
+        client_id: Some(step.client.client_id.clone()),
+        username: Some(user.username.clone()),
+        fhir_user: user.fhir_user.clone(),
+        address,
+        detail: (!accepted).then(|| "wrong or reused code".to_owned()),
+        ..AuthEvent::default()
+    };
+    if let Err(response) = audit_page(&server, event).await {
+        return response;
+    }
     if !accepted {
         return pages::second_factor(
             &step.id,
@@ -523,6 +586,7 @@ pub async fn post_encounter(
 /// `POST /auth/consent`: the scopes the user keeps, or a refusal.
 pub async fn post_consent(
     State(server): State<Arc<AuthServer>>,
+    ClientAddress(address): ClientAddress,
     body: axum::body::Bytes,
 ) -> Response {
     let step = match load(&server, &body).await {
@@ -537,7 +601,21 @@ pub async fn post_consent(
         return internal_page(error);
     }
     let state = Some(pending.state.as_str());
-    if step.form.get("decision").map(String::as_str) != Some("allow") {
+    let allowed = step.form.get("decision").map(String::as_str) == Some("allow");
+    let event = AuthEvent {
+        kind: "consent",
+        success: allowed,
+        client_id: Some(pending.client_id.clone()),
+        username: pending.username.clone(),
+        fhir_user: pending.fhir_user.clone(),
+        patient: current_patient(pending),
+        address,
+        detail: (!allowed).then(|| "access_denied".to_owned()),
+    };
+    if let Err(response) = audit_page(&server, event).await {
+        return response;
+    }
+    if !allowed {
         return redirect_error(
             &pending.redirect_uri,
             "access_denied",

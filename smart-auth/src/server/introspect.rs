@@ -10,7 +10,9 @@ use serde_json::{Map, Value, json};
 
 use super::client_auth::{authenticate, internal};
 use super::token_endpoint::{check_form, form_map};
-use super::{AuthServer, OAuthError, bearer_token, no_store, now, respond};
+use super::{
+    AuthEvent, AuthServer, ClientAddress, OAuthError, bearer_token, no_store, now, respond,
+};
 use crate::scope::ScopeSet;
 use crate::secret::token_digest;
 
@@ -123,16 +125,18 @@ async fn active_refresh_token(
 /// 200 all the same (RFC 7009 §2.2).
 pub async fn post_revoke(
     State(server): State<Arc<AuthServer>>,
+    ClientAddress(address): ClientAddress,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    respond(revoke(&server, &headers, &body).await)
+    respond(revoke(&server, &headers, &body, address).await)
 }
 
 async fn revoke(
     server: &AuthServer,
     headers: &HeaderMap,
     body: &[u8],
+    address: Option<String>,
 ) -> Result<Response, OAuthError> {
     check_form(headers)?;
     let form: HashMap<String, String> = form_map(body)?;
@@ -141,12 +145,23 @@ async fn revoke(
         .get("token")
         .filter(|t| !t.is_empty())
         .ok_or_else(|| OAuthError::invalid_request("token is missing"))?;
+    let mut event = AuthEvent {
+        kind: "revoke",
+        success: true,
+        client_id: Some(client.client_id.clone()),
+        address,
+        detail: Some("nothing of this client's to revoke".to_owned()),
+        ..AuthEvent::default()
+    };
     if let Ok(principal) = server.principal(token) {
         if principal.claims.client_id == client.client_id {
             server
                 .revoke_token_id(&principal.claims.jti, principal.claims.exp)
                 .await
                 .map_err(internal)?;
+            event.username = Some(principal.claims.sub.clone());
+            event.patient = principal.claims.patient.clone();
+            event.detail = Some("access token".to_owned());
         }
     } else if let Some(sid) = server
         .store
@@ -155,9 +170,13 @@ async fn revoke(
         .map_err(internal)?
     {
         let owner = server.store.grant(&sid).await.map_err(internal)?;
-        if owner.is_some_and(|grant| grant.info.client_id == client.client_id) {
+        if let Some(grant) = owner.filter(|grant| grant.info.client_id == client.client_id) {
             server.revoke_grant(&sid).await.map_err(internal)?;
+            event.username = grant.info.username.clone();
+            event.patient = grant.info.context.patient.clone();
+            event.detail = Some("refresh token and its grant".to_owned());
         }
     }
+    server.audit(event).await?;
     Ok(no_store(StatusCode::OK.into_response()))
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::client_auth::internal;
-use super::{AuthServer, OAuthError, no_store, now, respond};
+use super::{AuthEvent, AuthServer, ClientAddress, OAuthError, no_store, now, respond};
 use crate::secret::{random_token, token_digest};
 use crate::store::LaunchContext;
 
@@ -42,16 +42,18 @@ struct LaunchRequest {
 /// `POST /auth/launch` with a JSON body.
 pub async fn post_launch(
     State(server): State<Arc<AuthServer>>,
+    ClientAddress(address): ClientAddress,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    respond(launch(&server, &headers, &body).await)
+    respond(launch(&server, &headers, &body, address).await)
 }
 
 async fn launch(
     server: &AuthServer,
     headers: &HeaderMap,
     body: &[u8],
+    address: Option<String>,
 ) -> Result<Response, OAuthError> {
     let principal = server.authenticate(headers).map_err(|e| {
         OAuthError::new(StatusCode::UNAUTHORIZED, "invalid_token", e.to_string())
@@ -98,6 +100,17 @@ async fn launch(
         .may_launch(&principal, &context)
         .await
         .map_err(internal)?;
+    let event = AuthEvent {
+        kind: "launch",
+        success: allowed,
+        client_id: Some(principal.client_id().to_owned()),
+        username: Some(principal.claims.sub.clone()),
+        fhir_user: principal.fhir_user().map(str::to_owned),
+        patient: context.patient.clone(),
+        address,
+        detail: (!allowed).then(|| "access_denied".to_owned()),
+    };
+    server.audit(event).await?;
     if !allowed {
         return Err(OAuthError::new(
             StatusCode::FORBIDDEN,

@@ -136,6 +136,55 @@ pub trait Directory: Send + Sync {
     ) -> BoxFuture<'a, anyhow::Result<bool>>;
 }
 
+/// An authorization event for the audit trail: a login, a second factor, a consent, a token
+/// issued or refused, a refresh, a revocation, a launch.
+#[derive(Debug, Clone, Default)]
+pub struct AuthEvent {
+    /// `login`, `second-factor`, `consent`, `token`, `refresh`, `revoke` or `launch`.
+    pub kind: &'static str,
+    /// Whether it succeeded.
+    pub success: bool,
+    /// The client concerned, if known.
+    pub client_id: Option<String>,
+    /// The user concerned (for a failed login, the username tried).
+    pub username: Option<String>,
+    /// The user as a FHIR reference.
+    pub fhir_user: Option<String>,
+    /// The patient in the context granted.
+    pub patient: Option<String>,
+    /// The address the request came from.
+    pub address: Option<String>,
+    /// Why it failed: an OAuth error code or a short reason, never a secret.
+    pub detail: Option<String>,
+}
+
+/// Where the authorization server's events are audited (the FHIR server's audit trail, or a
+/// stand-in in this crate's tests). A response leaves only once its event is recorded.
+pub trait AuditSink: Send + Sync {
+    /// Records `event` durably.
+    fn record(&self, event: AuthEvent) -> BoxFuture<'_, anyhow::Result<()>>;
+}
+
+/// The address a request came from, when the server was started with connection info.
+#[derive(Debug, Clone, Default)]
+pub struct ClientAddress(pub Option<String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|info| info.0.ip().to_string()),
+        ))
+    }
+}
+
 /// The authenticated caller of a FHIR request: a verified access token and its scopes.
 #[derive(Debug, Clone)]
 pub struct Principal {
@@ -237,6 +286,8 @@ pub struct AuthServer {
     pub directory: Arc<dyn Directory>,
     /// Fetches clients' JWK Sets registered by URL.
     pub http: reqwest::Client,
+    /// Where events are audited.
+    pub audit: Arc<dyn AuditSink>,
 }
 
 impl AuthServer {
@@ -246,6 +297,7 @@ impl AuthServer {
         config: AuthConfig,
         database_url: &str,
         directory: Arc<dyn Directory>,
+        audit: Arc<dyn AuditSink>,
     ) -> anyhow::Result<Self> {
         let store = AuthStore::open(database_url).await?;
         let keys = load_keys(&store).await?;
@@ -266,7 +318,14 @@ impl AuthServer {
             revocations,
             directory,
             http,
+            audit,
         })
+    }
+
+    /// Records an authorization event; a response that depends on it fails if it cannot be
+    /// recorded.
+    pub async fn audit(&self, event: AuthEvent) -> Result<(), OAuthError> {
+        self.audit.record(event).await.map_err(OAuthError::internal)
     }
 
     /// The principal of an `Authorization` header: a bearer access token that verifies, is
@@ -377,6 +436,11 @@ impl OAuthError {
     /// 400 `invalid_request`.
     pub fn invalid_request(description: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+    }
+
+    /// The OAuth error code (`invalid_grant`, …).
+    pub fn code(&self) -> &'static str {
+        self.error
     }
 
     /// The same error with a `WWW-Authenticate` challenge.

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::client_auth::{authenticate, internal};
-use super::{AuthServer, OAuthError, no_store, now, respond};
+use super::{AuthEvent, AuthServer, ClientAddress, OAuthError, no_store, now, respond};
 use crate::pkce::verify_s256;
 use crate::scope::{Context, Scope, ScopeSet};
 use crate::secret::{random_token, token_digest};
@@ -50,28 +50,52 @@ pub(super) fn check_form(headers: &HeaderMap) -> Result<(), OAuthError> {
     }
 }
 
-/// `POST /auth/token`.
+/// `POST /auth/token`. Every answer, tokens or refusal, is audited first.
 pub async fn post_token(
     State(server): State<Arc<AuthServer>>,
+    ClientAddress(address): ClientAddress,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let response = respond(token(&server, &headers, &body).await);
-    with_cors(&server, &headers, response).await
+    let result = token(&server, &headers, &body, &address).await;
+    let result = match result {
+        Ok(response) => Ok(response),
+        Err(error) => {
+            let form = form_map(&body).unwrap_or_default();
+            let kind = match form.get("grant_type").map(String::as_str) {
+                Some("refresh_token") => "refresh",
+                _ => "token",
+            };
+            let event = AuthEvent {
+                kind,
+                success: false,
+                client_id: form.get("client_id").cloned(),
+                address,
+                detail: Some(error.code().to_owned()),
+                ..AuthEvent::default()
+            };
+            match server.audit(event).await {
+                Ok(()) => Err(error),
+                Err(failed) => Err(failed),
+            }
+        }
+    };
+    with_cors(&server, &headers, respond(result)).await
 }
 
 async fn token(
     server: &AuthServer,
     headers: &HeaderMap,
     body: &[u8],
+    address: &Option<String>,
 ) -> Result<Response, OAuthError> {
     check_form(headers)?;
     let form = form_map(body)?;
     let grant_type = form.get("grant_type").map(String::as_str).unwrap_or("");
     match grant_type {
-        "authorization_code" => authorization_code(server, headers, &form).await,
-        "refresh_token" => refresh_token(server, headers, &form).await,
-        "client_credentials" => client_credentials(server, headers, &form).await,
+        "authorization_code" => authorization_code(server, headers, &form, address).await,
+        "refresh_token" => refresh_token(server, headers, &form, address).await,
+        "client_credentials" => client_credentials(server, headers, &form, address).await,
         "" => Err(invalid_request("grant_type is missing")),
         _ => Err(OAuthError::new(
             StatusCode::BAD_REQUEST,
@@ -101,6 +125,7 @@ async fn authorization_code(
     server: &AuthServer,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
+    address: &Option<String>,
 ) -> Result<Response, OAuthError> {
     let client = authenticate(server, headers, form, false).await?;
     let code = required(form, "code")?;
@@ -131,7 +156,11 @@ async fn authorization_code(
         .map_err(internal)?;
     let scope = ScopeSet::parse(&info.grant.scope);
     let refresh = refresh_life(server, &scope).map(|life| (life, &scope));
-    issue(server, &info.grant, &sid, &scope, refresh, now).await
+    let issued = Issued {
+        kind: "token",
+        address,
+    };
+    issue(server, issued, &info.grant, &sid, &scope, refresh, now).await
 }
 
 /// A refresh token, rotated: the old one stops working, a new one comes back.
@@ -139,6 +168,7 @@ async fn refresh_token(
     server: &AuthServer,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
+    address: &Option<String>,
 ) -> Result<Response, OAuthError> {
     let client = authenticate(server, headers, form, false).await?;
     let token = required(form, "refresh_token")?;
@@ -198,7 +228,11 @@ async fn refresh_token(
     // The new refresh token carries the scope of the one it replaces (RFC 6749 §6), however
     // narrow the access token asked for.
     let refresh = refresh_life(server, &token_scope).map(|life| (life, &token_scope));
-    issue(server, &grant.info, &sid, &scope, refresh, now).await
+    let issued = Issued {
+        kind: "refresh",
+        address,
+    };
+    issue(server, issued, &grant.info, &sid, &scope, refresh, now).await
 }
 
 /// A backend service's client credentials, for a short-lived `system/` token.
@@ -206,6 +240,7 @@ async fn client_credentials(
     server: &AuthServer,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
+    address: &Option<String>,
 ) -> Result<Response, OAuthError> {
     let client = authenticate(server, headers, form, true).await?;
     if client.kind == ClientKind::Public {
@@ -249,7 +284,18 @@ async fn client_credentials(
         .insert_grant(&sid, &info, now)
         .await
         .map_err(internal)?;
-    issue(server, &info, &sid, &scope, None, now).await
+    let issued = Issued {
+        kind: "token",
+        address,
+    };
+    issue(server, issued, &info, &sid, &scope, None, now).await
+}
+
+/// What the audit record of an issued token says beyond the grant.
+struct Issued<'a> {
+    /// `token` or `refresh`.
+    kind: &'static str,
+    address: &'a Option<String>,
 }
 
 /// How long a refresh token issued under `scope` lives, if one is issued at all.
@@ -268,6 +314,7 @@ fn refresh_life(server: &AuthServer, scope: &ScopeSet) -> Option<i64> {
 /// token living that many seconds for that scope.
 async fn issue(
     server: &AuthServer,
+    issued: Issued<'_>,
     grant: &GrantInfo,
     sid: &str,
     scope: &ScopeSet,
@@ -367,6 +414,18 @@ async fn issue(
             .map_err(internal)?;
         body.insert("refresh_token".into(), Value::String(token));
     }
+    server
+        .audit(AuthEvent {
+            kind: issued.kind,
+            success: true,
+            client_id: Some(grant.client_id.clone()),
+            username: grant.username.clone(),
+            fhir_user: grant.fhir_user.clone(),
+            patient: context.patient.clone(),
+            address: issued.address.clone(),
+            detail: None,
+        })
+        .await?;
     Ok(no_store(
         (StatusCode::OK, axum::Json(Value::Object(body))).into_response(),
     ))

@@ -1,0 +1,32 @@
+-- The audit trail: one row per AuditEvent, appended and never changed, each carrying the
+-- SHA-256 of the one before it (`prev_hash`) and its own (`hash`, over `prev_hash` and every
+-- column of the row), in `chain_pos` order. `telemed audit verify` recomputes the chain.
+-- Numbered 0010 so that search and storage migrations can take 0006–0009.
+CREATE TABLE audit_events (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    chain_pos  INTEGER NOT NULL UNIQUE,
+    recorded   INTEGER NOT NULL, -- microseconds since the Unix epoch, UTC
+    type_code  TEXT    NOT NULL, -- rest, or the DICOM code of an authentication event
+    subtype    TEXT    NOT NULL, -- read, search-type, create, …, login, token, revoke, …
+    action     TEXT    NOT NULL, -- C, R, U, D or E
+    outcome    TEXT    NOT NULL, -- 0 (success), 4, 8 or 12
+    patient    TEXT,             -- the Patient (id) the event concerns, if one
+    agent      TEXT,             -- who: a fhirUser reference, a username, or client/{id}
+    client_id  TEXT,
+    entity     TEXT,             -- the resource it was about (Type/id), if one
+    body       BLOB    NOT NULL, -- the AuditEvent as JSON, without id and meta
+    prev_hash  BLOB    NOT NULL,
+    hash       BLOB    NOT NULL
+);
+CREATE INDEX audit_events_recorded ON audit_events (recorded);
+CREATE INDEX audit_events_patient ON audit_events (patient, recorded);
+CREATE INDEX audit_events_agent ON audit_events (agent, recorded);
+CREATE INDEX audit_events_entity ON audit_events (entity, recorded);
+
+-- The end of the chain, locked by whoever appends.
+CREATE TABLE audit_chain (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    last_pos  INTEGER NOT NULL,
+    last_hash BLOB    NOT NULL
+);
+INSERT INTO audit_chain (id, last_pos, last_hash) VALUES (1, 0, zeroblob(32));

@@ -1,0 +1,240 @@
+//! Appending audit records durably, in groups: every record waiting when a group starts goes
+//! into one transaction that reads the end of the chain, chains and inserts the records, moves
+//! the end, and commits (one fsync); then each caller hears that its records are on disk.
+//!
+//! On SQLite a thread of its own owns a write connection (the resource writer's group commit
+//! is the model; SQLite's write lock orders the two, and any other process appending, such as
+//! `telemed import`). On PostgreSQL a task of its own does the same on a pooled connection,
+//! with the chain's end locked (`FOR UPDATE`) so that several servers append one chain.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rusqlite::{Connection, TransactionBehavior};
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{AuditRecord, chain_hash};
+
+/// Most records appended in one transaction.
+const MAX_GROUP_RECORDS: usize = 4096;
+
+struct Job {
+    records: Vec<AuditRecord>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Appends audit records; cheap to clone.
+#[derive(Clone)]
+pub struct Auditor {
+    queue: mpsc::Sender<Job>,
+}
+
+impl Auditor {
+    /// An auditor appending to the SQLite database at `path`.
+    pub fn sqlite(path: &Path) -> anyhow::Result<Self> {
+        let mut connection = Connection::open(path)?;
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        // A record acknowledged is on disk.
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        connection.busy_timeout(Duration::from_secs(10))?;
+        let (queue, mut jobs) = mpsc::channel::<Job>(1024);
+        std::thread::Builder::new()
+            .name("audit-writer".to_owned())
+            .spawn(move || {
+                let mut group = Vec::new();
+                while let Some(job) = jobs.blocking_recv() {
+                    group.push(job);
+                    gather(&mut group, &mut jobs);
+                    let result =
+                        append_sqlite(&mut connection, &group).map_err(|e| format!("{e:#}"));
+                    for job in group.drain(..) {
+                        let _ = job.done.send(result.clone());
+                    }
+                }
+            })?;
+        Ok(Self { queue })
+    }
+
+    /// An auditor appending to PostgreSQL through `pool`.
+    pub fn postgres(pool: PgPool) -> Self {
+        let (queue, mut jobs) = mpsc::channel::<Job>(1024);
+        tokio::spawn(async move {
+            let mut group = Vec::new();
+            while let Some(job) = jobs.recv().await {
+                group.push(job);
+                gather(&mut group, &mut jobs);
+                let result = append_postgres(&pool, &group)
+                    .await
+                    .map_err(|e| format!("{e:#}"));
+                for job in group.drain(..) {
+                    let _ = job.done.send(result.clone());
+                }
+            }
+        });
+        Self { queue }
+    }
+
+    /// Appends `records` and returns once they are durable.
+    pub async fn append(&self, records: Vec<AuditRecord>) -> anyhow::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let (done, durable) = oneshot::channel();
+        self.queue
+            .send(Job { records, done })
+            .await
+            .map_err(|_| anyhow::anyhow!("the audit writer has stopped"))?;
+        durable
+            .await
+            .map_err(|_| anyhow::anyhow!("the audit writer dropped a record"))?
+            .map_err(|e| anyhow::anyhow!("cannot append to the audit trail: {e}"))
+    }
+}
+
+/// Takes every job already waiting, up to a group's size.
+fn gather(group: &mut Vec<Job>, jobs: &mut mpsc::Receiver<Job>) {
+    let mut records: usize = group.iter().map(|job| job.records.len()).sum();
+    while records < MAX_GROUP_RECORDS {
+        match jobs.try_recv() {
+            Ok(job) => {
+                records += job.records.len();
+                group.push(job);
+            }
+            Err(_) => break,
+        }
+    }
+}
+
+const INSERT: &str = "INSERT INTO audit_events (chain_pos, recorded, type_code, subtype, action, \
+    outcome, patient, agent, client_id, entity, body, prev_hash, hash) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+
+fn append_sqlite(connection: &mut Connection, group: &[Job]) -> anyhow::Result<()> {
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let (mut pos, mut last): (i64, Vec<u8>) = tx.query_row(
+        "SELECT last_pos, last_hash FROM audit_chain WHERE id = 1",
+        [],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    {
+        let mut insert = tx.prepare_cached(INSERT)?;
+        for record in group.iter().flat_map(|job| &job.records) {
+            pos += 1;
+            let hash = chain_hash(&last, pos, record);
+            insert.execute(rusqlite::params![
+                pos,
+                record.recorded.0,
+                record.type_code,
+                record.subtype,
+                record.action,
+                record.outcome,
+                record.patient,
+                record.agent,
+                record.client_id,
+                record.entity,
+                record.body,
+                last,
+                hash.as_slice(),
+            ])?;
+            last = hash.to_vec();
+        }
+    }
+    tx.execute(
+        "UPDATE audit_chain SET last_pos = ?1, last_hash = ?2 WHERE id = 1",
+        rusqlite::params![pos, last],
+    )?;
+    tx.commit().context("cannot commit audit records")?;
+    Ok(())
+}
+
+async fn append_postgres(pool: &PgPool, group: &[Job]) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    let (mut pos, mut last): (i64, Vec<u8>) =
+        sqlx::query_as("SELECT last_pos, last_hash FROM audit_chain WHERE id = 1 FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
+    let records: Vec<&AuditRecord> = group.iter().flat_map(|job| &job.records).collect();
+    let mut columns = Columns::with_capacity(records.len());
+    for record in records {
+        pos += 1;
+        let hash = chain_hash(&last, pos, record);
+        columns.push(pos, record, &last, &hash);
+        last = hash.to_vec();
+    }
+    // One statement for the whole group.
+    sqlx::query(
+        "INSERT INTO audit_events (chain_pos, recorded, type_code, subtype, action, outcome, \
+         patient, agent, client_id, entity, body, prev_hash, hash) \
+         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[], \
+         $12::bytea[], $13::bytea[])",
+    )
+    .bind(&columns.pos)
+    .bind(&columns.recorded)
+    .bind(&columns.type_code)
+    .bind(&columns.subtype)
+    .bind(&columns.action)
+    .bind(&columns.outcome)
+    .bind(&columns.patient)
+    .bind(&columns.agent)
+    .bind(&columns.client_id)
+    .bind(&columns.entity)
+    .bind(&columns.body)
+    .bind(&columns.prev_hash)
+    .bind(&columns.hash)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE audit_chain SET last_pos = $1, last_hash = $2 WHERE id = 1")
+        .bind(pos)
+        .bind(&last)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await.context("cannot commit audit records")?;
+    Ok(())
+}
+
+/// A group of records as one array per column, for `UNNEST`.
+#[derive(Default)]
+struct Columns {
+    pos: Vec<i64>,
+    recorded: Vec<i64>,
+    type_code: Vec<String>,
+    subtype: Vec<String>,
+    action: Vec<String>,
+    outcome: Vec<String>,
+    patient: Vec<Option<String>>,
+    agent: Vec<Option<String>>,
+    client_id: Vec<Option<String>>,
+    entity: Vec<Option<String>>,
+    body: Vec<Vec<u8>>,
+    prev_hash: Vec<Vec<u8>>,
+    hash: Vec<Vec<u8>>,
+}
+
+impl Columns {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            pos: Vec::with_capacity(n),
+            recorded: Vec::with_capacity(n),
+            ..Self::default()
+        }
+    }
+
+    fn push(&mut self, pos: i64, record: &AuditRecord, prev: &[u8], hash: &[u8]) {
+        self.pos.push(pos);
+        self.recorded.push(record.recorded.0);
+        self.type_code.push(record.type_code.clone());
+        self.subtype.push(record.subtype.clone());
+        self.action.push(record.action.to_owned());
+        self.outcome.push(record.outcome.to_owned());
+        self.patient.push(record.patient.clone());
+        self.agent.push(record.agent.clone());
+        self.client_id.push(record.client_id.clone());
+        self.entity.push(record.entity.clone());
+        self.body.push(record.body.clone());
+        self.prev_hash.push(prev.to_vec());
+        self.hash.push(hash.to_vec());
+    }
+}

@@ -1,0 +1,236 @@
+//! The audit trail: every request for patient data and every authorization event leaves an
+//! AuditEvent that can be searched, cannot be written, and is hash-chained.
+
+use serde_json::{Value, json};
+use telemed_server::audit::{Verified, verify};
+use telemed_server::store::Store;
+use telemed_tests::{TestApp, id_of, search, spawn_app};
+
+/// The AuditEvents of `GET AuditEvent?{query}`.
+async fn audit_events(app: &TestApp, query: &str) -> Vec<Value> {
+    let bundle = search(app, &format!("AuditEvent?{query}")).await;
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|entry| entry["resource"].clone())
+        .collect()
+}
+
+/// A patient and an observation about them.
+async fn patient_with_observation(app: &TestApp) -> (String, String) {
+    let patient = app
+        .created(&json!({"resourceType": "Patient", "name": [{"family": "Audit"}]}))
+        .await;
+    let patient = id_of(&patient).to_owned();
+    let observation = app
+        .created(&json!({
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"text": "heart rate"},
+            "subject": {"reference": format!("Patient/{patient}")},
+        }))
+        .await;
+    (patient, id_of(&observation).to_owned())
+}
+
+#[tokio::test]
+async fn a_read_is_audited_with_who_what_and_which_patient() {
+    let app = spawn_app().await;
+    let (patient, observation) = patient_with_observation(&app).await;
+    assert_eq!(app.read("Observation", &observation).await.status(), 200);
+
+    let events = audit_events(&app, &format!("patient={patient}&subtype=read")).await;
+    let event = events
+        .iter()
+        .find(|e| {
+            e["entity"].as_array().into_iter().flatten().any(|entity| {
+                entity["what"]["reference"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with(&format!("Observation/{observation}/")))
+            })
+        })
+        .unwrap_or_else(|| panic!("no read of the observation in {events:?}"));
+    assert_eq!(event["action"], "R");
+    assert_eq!(event["outcome"], "0");
+    assert_eq!(
+        event["agent"][0]["who"]["identifier"]["value"],
+        telemed_tests::BACKEND_CLIENT
+    );
+    assert_eq!(event["agent"][0]["network"]["address"], "127.0.0.1");
+}
+
+#[tokio::test]
+async fn a_write_is_audited_with_the_patient_it_is_about() {
+    let app = spawn_app().await;
+    let (patient, observation) = patient_with_observation(&app).await;
+    let events = audit_events(&app, &format!("patient={patient}&subtype=create")).await;
+    assert!(
+        events.iter().any(|e| e["action"] == "C"
+            && e["entity"]
+                .to_string()
+                .contains(&format!("Observation/{observation}"))),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_without_a_token_is_audited_as_a_failure() {
+    let app = spawn_app().await;
+    let response = app
+        .anonymous()
+        .get(format!("{}/Patient/someone", app.base))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 401);
+    let events = audit_events(&app, "outcome=4&subtype=read").await;
+    let event = events
+        .iter()
+        .find(|e| e["entity"].to_string().contains("Patient/someone"))
+        .unwrap_or_else(|| panic!("the refused read is not audited: {events:?}"));
+    assert_eq!(event["agent"][0]["who"]["display"], "anonymous");
+}
+
+#[tokio::test]
+async fn a_token_issued_is_audited() {
+    let app = spawn_app().await;
+    let events = audit_events(&app, "type=110114&subtype=token").await;
+    assert!(
+        events.iter().any(|e| e["outcome"] == "0"
+            && e["agent"]
+                .to_string()
+                .contains(telemed_tests::BACKEND_CLIENT)),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_token_request_is_audited() {
+    let app = spawn_app().await;
+    let response = reqwest::Client::new()
+        .post(app.token_url())
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "system/*.rs"),
+            ("client_id", "nobody"),
+        ])
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 401);
+    let events = audit_events(&app, "type=110114&subtype=token&outcome=4").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["outcomeDesc"] == "invalid_client"
+                && e["agent"].to_string().contains("nobody")),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_audit_trail_cannot_be_written() {
+    let app = spawn_app().await;
+    let event = json!({
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110100"},
+        "recorded": "2024-05-01T10:00:00Z",
+        "agent": [{"requestor": true}],
+        "source": {"observer": {"display": "forger"}},
+    });
+    assert_eq!(app.create(&event).await.status(), 405);
+    let some = audit_events(&app, "_count=1").await;
+    let id = id_of(&some[0]).to_owned();
+    let mut changed = some[0].clone();
+    changed["outcome"] = json!("8");
+    assert_eq!(app.update(&changed).await.status(), 405);
+    assert_eq!(app.delete("AuditEvent", &id).await.status(), 405);
+    let patch = app
+        .patch(
+            "AuditEvent",
+            &id,
+            &json!([{"op": "replace", "path": "/outcome", "value": "8"}]),
+        )
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(patch.status(), 405);
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": event, "request": {"method": "POST", "url": "AuditEvent"}}],
+    });
+    let response = app
+        .client
+        .post(&app.base)
+        .header("content-type", "application/fhir+json")
+        .body(bundle.to_string())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 405);
+    assert_eq!(app.read_json("AuditEvent", &id).await, some[0]);
+}
+
+#[tokio::test]
+async fn an_audit_event_reads_as_it_searches() {
+    let app = spawn_app().await;
+    let found = audit_events(&app, "_count=1").await;
+    let id = id_of(&found[0]);
+    assert_eq!(app.read_json("AuditEvent", id).await, found[0]);
+    assert_eq!(app.vread("AuditEvent", id, "1").await.status(), 200);
+    assert_eq!(app.vread("AuditEvent", id, "2").await.status(), 404);
+}
+
+#[tokio::test]
+async fn audit_events_page_newest_first() {
+    let app = spawn_app().await;
+    for _ in 0..3 {
+        app.get("Patient?name=nobody").await;
+    }
+    let first = search(&app, "AuditEvent?subtype=search-type&_count=2").await;
+    let entries = first["entry"].as_array().expect("entries");
+    assert_eq!(entries.len(), 2);
+    let recorded = |e: &Value| e["resource"]["recorded"].as_str().unwrap_or("").to_owned();
+    assert!(recorded(&entries[0]) >= recorded(&entries[1]));
+    let next = telemed_tests::link(&first, "next").expect("a next page");
+    let (status, second) = telemed_tests::get_url(&app, next).await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = second["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["resource"]["id"].as_str())
+        .collect();
+    assert!(!ids.is_empty());
+    for entry in entries {
+        assert!(!ids.contains(&entry["resource"]["id"].as_str().unwrap_or("")));
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_audit_search_parameter_is_refused_not_ignored() {
+    let app = spawn_app().await;
+    let (status, _) = telemed_tests::search_error(&app, "AuditEvent?site=somewhere").await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn the_chain_of_a_busy_trail_verifies() {
+    let app = spawn_app().await;
+    let (_, observation) = patient_with_observation(&app).await;
+    for _ in 0..5 {
+        app.read("Observation", &observation).await;
+    }
+    let store = Store::open(&app.config.database_url, 2)
+        .await
+        .expect("the store");
+    let verdict = verify(&store).await.expect("verified");
+    store.close().await;
+    match verdict {
+        // Two creates, five reads and the token: eight at least.
+        Verified::Intact(count) => assert!(count >= 8, "only {count} records"),
+        Verified::Broken(broken) => panic!("the fresh trail is broken: {broken:?}"),
+    }
+}
