@@ -65,7 +65,11 @@ impl App {
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
-    let mut router = Router::new().nest("/fhir", crate::fhir::router(state.clone()));
+    let fhir = crate::fhir::router(state.clone()).layer(middleware::from_fn_with_state(
+        state.clone(),
+        crate::cors::cors,
+    ));
+    let mut router = Router::new().nest("/fhir", fhir);
     if let Some(auth) = &state.auth {
         router = router.nest("/auth", smart_auth::server::router(auth.clone()));
     }

@@ -13,6 +13,7 @@
 //! - [`error`]: [`error::FhirError`], the one error type of the API.
 //! - [`import`]: `telemed import`, Bundle files loaded as `POST /fhir` would load them.
 //! - [`access`]: who a request acts for (its SMART access token) and what it may reach.
+//! - [`cors`]: which browser origins may call the FHIR API.
 //! - [`directory`]: the FHIR data the authorization server's pickers and launches read.
 //! - [`audit`]: the hash-chained audit trail of every request for patient data and every
 //!   authorization event.
@@ -25,6 +26,7 @@ pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod config;
+pub mod cors;
 pub mod directory;
 pub mod error;
 pub mod fhir;

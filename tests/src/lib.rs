@@ -216,6 +216,58 @@ impl TestApp {
             .to_owned()
     }
 
+    /// Registers another backend service, `client_id`, with the test key, `scope` and browser
+    /// `origins`, and returns a token of it for `scope`.
+    pub async fn other_backend_token(
+        &self,
+        client_id: &str,
+        scope: &str,
+        origins: &[&str],
+    ) -> String {
+        let store = self.auth_store().await;
+        store
+            .insert_client(&AuthClient {
+                client_id: client_id.to_owned(),
+                name: client_id.to_owned(),
+                kind: ClientKind::ConfidentialAsymmetric,
+                secret_hash: None,
+                jwks: Some(BACKEND_KEY.jwks()),
+                jwks_url: None,
+                redirect_uris: Vec::new(),
+                scope: ScopeSet::parse(scope),
+                launch_url: None,
+                origins: origins.iter().map(|o| (*o).to_owned()).collect(),
+                created_at: 0,
+            })
+            .await
+            .expect("the client is registered");
+        store.close().await;
+        let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 60;
+        let jti = uuid::Uuid::new_v4().to_string();
+        let assertion =
+            sign_client_assertion(&BACKEND_KEY, client_id, &self.token_url(), &jti, exp)
+                .expect("an assertion");
+        let response = Client::new()
+            .post(self.token_url())
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", scope),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                ("client_assertion", &assertion),
+            ])
+            .send()
+            .await
+            .expect("token request sent");
+        let body: Value = response.json().await.expect("a JSON token response");
+        body["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no access_token: {body}"))
+            .to_owned()
+    }
+
     /// A client whose every request carries `token`.
     pub fn client_with_token(&self, token: &str) -> Client {
         let mut headers = HeaderMap::new();

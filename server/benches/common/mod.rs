@@ -12,6 +12,7 @@ use hdrhistogram::Histogram;
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::Connection as _;
+use telemed_server::config::AuthMode;
 use telemed_server::{Application, Config};
 
 /// The database a bench runs the server on.
@@ -157,9 +158,12 @@ impl Stopped {
 }
 
 /// The server's configuration for `database_url`: the server as an operator runs it, with the
-/// default pool unless `TELEMED_BENCH_DB_CONNECTIONS` says otherwise.
+/// default pool unless `TELEMED_BENCH_DB_CONNECTIONS` says otherwise, and without
+/// authorization (and so without audit): the http bench turns it on for the runs that measure
+/// its cost.
 pub fn server_config(database_url: &str) -> Config {
     let mut config = Config::for_tests(database_url);
+    config.auth = AuthMode::Disabled;
     if let Some(n) = std::env::var("TELEMED_BENCH_DB_CONNECTIONS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -301,7 +305,7 @@ pub type Generator = Arc<dyn Fn(&reqwest::Client, &mut Rng) -> Call + Send + Syn
 /// What one run measured. Only answers as expected count as requests and have their latency
 /// recorded.
 pub struct Report {
-    per_second: f64,
+    pub(crate) per_second: f64,
     p50_us: u64,
     p99_us: u64,
     errors: u64,

@@ -288,7 +288,20 @@ pub struct AuthServer {
     pub http: reqwest::Client,
     /// Where events are audited.
     pub audit: Arc<dyn AuditSink>,
+    /// The browser origins each client registered, as last read.
+    origins: RwLock<Origins>,
 }
+
+/// Every client's registered origins, with when they were read.
+#[derive(Default)]
+struct Origins {
+    read_at: Option<std::time::Instant>,
+    by_client: HashMap<String, Vec<String>>,
+}
+
+/// How long the registered origins are trusted before they are read again (clients are
+/// registered by `telemed client add`, possibly in another process).
+const ORIGINS_FRESH: Duration = Duration::from_secs(30);
 
 impl AuthServer {
     /// Opens the authorization tables on `database_url`, loads (or, on first start, makes) the
@@ -319,7 +332,42 @@ impl AuthServer {
             directory,
             http,
             audit,
+            origins: RwLock::new(Origins::default()),
         })
+    }
+
+    /// Whether a browser at `origin` may call this server: with a token of `client_id`, if
+    /// that client registered the origin; without one (a CORS preflight, the token endpoint),
+    /// if any client did.
+    pub async fn origin_allowed(&self, client_id: Option<&str>, origin: &str) -> bool {
+        let stale = self.origins.read().map_or(true, |o| {
+            o.read_at.is_none_or(|at| at.elapsed() > ORIGINS_FRESH)
+        });
+        if stale && let Ok(clients) = self.store.clients().await {
+            let by_client = clients
+                .into_iter()
+                .map(|client| (client.client_id, client.origins))
+                .collect();
+            if let Ok(mut origins) = self.origins.write() {
+                *origins = Origins {
+                    read_at: Some(std::time::Instant::now()),
+                    by_client,
+                };
+            }
+        }
+        let Ok(origins) = self.origins.read() else {
+            return false;
+        };
+        match client_id {
+            Some(client_id) => origins
+                .by_client
+                .get(client_id)
+                .is_some_and(|list| list.iter().any(|o| o == origin)),
+            None => origins
+                .by_client
+                .values()
+                .any(|list| list.iter().any(|o| o == origin)),
+        }
     }
 
     /// Records an authorization event; a response that depends on it fails if it cannot be

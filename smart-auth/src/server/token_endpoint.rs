@@ -458,10 +458,9 @@ async fn with_cors(server: &AuthServer, headers: &HeaderMap, mut response: Respo
 pub async fn allowed_origin(server: &AuthServer, headers: &HeaderMap) -> Option<HeaderValue> {
     let origin = headers.get(header::ORIGIN)?;
     let text = origin.to_str().ok()?;
-    let clients = server.store.clients().await.ok()?;
-    clients
-        .iter()
-        .any(|client| client.origins.iter().any(|o| o == text))
+    server
+        .origin_allowed(None, text)
+        .await
         .then(|| origin.clone())
 }
 

@@ -6,6 +6,7 @@ mod beyond_schema;
 mod capability;
 mod concurrency;
 mod conditional;
+mod cors;
 mod everything;
 mod examples;
 mod history;
