@@ -95,8 +95,13 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Errors produced outside our handlers (axum's 405 and 413, extractor rejections) come with a
-/// plain-text or empty body; FHIR clients expect an OperationOutcome, so give them one.
+/// plain-text or empty body; FHIR clients expect an OperationOutcome, so give them one. The
+/// authorization server under `/auth` is not FHIR: its errors are OAuth's JSON and its pages
+/// HTML, and stay so.
 async fn outcome_for_bare_errors(request: Request, next: Next) -> Response {
+    if request.uri().path().starts_with("/auth/") {
+        return next.run(request).await;
+    }
     let response = next.run(request).await;
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
