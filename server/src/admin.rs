@@ -121,6 +121,8 @@ pub struct NewUser {
     pub fhir_user: Option<String>,
     /// Whether to give the user a TOTP second factor.
     pub totp: bool,
+    /// Their subject (`sub`) at the upstream OpenID provider, when they sign in there.
+    pub upstream_sub: Option<String>,
 }
 
 /// What adding a user gives the operator, once.
@@ -175,7 +177,7 @@ pub async fn add_user(store: &AuthStore, new: NewUser, issuer: &str) -> anyhow::
             password_hash: hash_password(&password)?,
             fhir_user: new.fhir_user,
             totp_secret: totp.map(|secret| secret.to_base32()),
-            upstream_sub: None,
+            upstream_sub: new.upstream_sub,
             created_at: now(),
         })
         .await?;

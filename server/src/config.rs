@@ -36,6 +36,25 @@ pub struct Config {
     /// Whether practitioners must pass a TOTP second factor to sign in: a practitioner without
     /// one cannot, until an administrator sets one up (`telemed user add --totp`).
     pub practitioners_need_totp: bool,
+    /// A hospital's own OpenID Connect provider that users may sign in with (`[upstream_oidc]`).
+    pub upstream_oidc: Option<UpstreamOidc>,
+}
+
+/// An upstream OpenID Connect provider: login is delegated to it, and the `sub` of its
+/// id_tokens names a local user (`telemed user add … --upstream-sub …`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamOidc {
+    /// The provider's issuer URL.
+    pub issuer: String,
+    /// telemed's client_id at the provider.
+    pub client_id: String,
+    /// telemed's client secret at the provider (`TELEMED_UPSTREAM_CLIENT_SECRET` overrides it,
+    /// so that it need not sit in the file).
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// What the login page calls it: "Sign in with {name}".
+    pub name: String,
 }
 
 /// Whether the FHIR API needs a SMART access token.
@@ -63,6 +82,7 @@ impl Default for Config {
             default_page_size: 50,
             auth: AuthMode::Smart,
             practitioners_need_totp: false,
+            upstream_oidc: None,
         }
     }
 }
@@ -111,6 +131,12 @@ impl Config {
         }
         if let Some(url) = env("TELEMED_BASE_URL") {
             self.base_url = Some(url);
+        }
+        if let (Some(secret), Some(upstream)) = (
+            env("TELEMED_UPSTREAM_CLIENT_SECRET"),
+            self.upstream_oidc.as_mut(),
+        ) {
+            upstream.client_secret = Some(secret);
         }
         if let Some(mode) = env("TELEMED_AUTH") {
             self.auth = match mode.as_str() {

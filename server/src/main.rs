@@ -120,6 +120,9 @@ struct UserAddArgs {
     /// Give the user a TOTP second factor.
     #[arg(long)]
     totp: bool,
+    /// Their subject (`sub`) at the upstream OpenID provider, to sign in there.
+    #[arg(long, value_name = "SUB")]
+    upstream_sub: Option<String>,
     /// Read the password from the first line of standard input [default: generate one]
     #[arg(long)]
     password_stdin: bool,
@@ -352,6 +355,7 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
                     password,
                     fhir_user: args.fhir_user,
                     totp: args.totp,
+                    upstream_sub: args.upstream_sub,
                 },
                 &issuer,
             )

@@ -15,6 +15,7 @@ use crate::fhir::capability::capability_statement;
 use crate::search::execute::TypeSizes;
 use crate::store::{Micros, Store};
 use crate::validate::SchemaValidator;
+use smart_auth::server::upstream::UpstreamConfig;
 use smart_auth::server::{AuthConfig, AuthServer};
 
 /// The resource types of a video visit, whose validators are built at start rather than on the
@@ -121,6 +122,15 @@ async fn app_state(config: Config, fhir_base: String) -> anyhow::Result<AppState
             let base = fhir_base.strip_suffix("/fhir").unwrap_or(&fhir_base);
             let mut auth_config = AuthConfig::new(fhir_base.clone(), format!("{base}/auth"));
             auth_config.practitioners_need_totp = config.practitioners_need_totp;
+            auth_config.upstream = config
+                .upstream_oidc
+                .as_ref()
+                .map(|upstream| UpstreamConfig {
+                    issuer: upstream.issuer.clone(),
+                    client_id: upstream.client_id.clone(),
+                    client_secret: upstream.client_secret.clone(),
+                    name: upstream.name.clone(),
+                });
             let server = AuthServer::open(
                 auth_config,
                 &config.database_url,

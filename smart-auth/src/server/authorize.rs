@@ -38,7 +38,7 @@ const PICKER_SIZE: usize = 25;
 /// An authorization request between its steps: what the app asked for and what the user has
 /// decided so far.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Pending {
+pub(super) struct Pending {
     client_id: String,
     redirect_uri: String,
     state: String,
@@ -64,6 +64,9 @@ struct Pending {
     encounter: Option<String>,
     #[serde(default)]
     encounter_decided: bool,
+    /// A login at the upstream OpenID provider in progress.
+    #[serde(default)]
+    pub(super) upstream: Option<super::upstream::UpstreamLogin>,
 }
 
 impl Pending {
@@ -148,10 +151,20 @@ async fn begin(server: &AuthServer, params: Vec<(String, String)>) -> Response {
     let Some(state) = state else {
         return back("invalid_request", "state is required");
     };
+    // SMART requires `aud` of every request for FHIR access; a plain OpenID Connect sign-in
+    // (only identity scopes, as when telemed is another service's login) names no FHIR server.
+    let asked = ScopeSet::parse(get("scope").unwrap_or(""));
+    let wants_fhir = asked.resource_scopes().next().is_some()
+        || asked.contains(&Scope::Launch)
+        || asked.contains(&Scope::LaunchPatient)
+        || asked.contains(&Scope::LaunchEncounter);
     match get("aud") {
         Some(aud) if aud.trim_end_matches('/') == server.config.fhir_base => {}
         Some(_) => return back("invalid_request", "aud is not this server's FHIR base URL"),
-        None => return back("invalid_request", "aud (the FHIR base URL) is required"),
+        None if wants_fhir => {
+            return back("invalid_request", "aud (the FHIR base URL) is required");
+        }
+        None => {}
     }
     if get("code_challenge_method") != Some("S256") {
         return back(
@@ -165,7 +178,6 @@ async fn begin(server: &AuthServer, params: Vec<(String, String)>) -> Response {
             "code_challenge is missing or not a base64url SHA-256",
         );
     };
-    let asked = ScopeSet::parse(get("scope").unwrap_or(""));
     let scope = asked.within(&client.scope);
     if scope.resource_scopes().next().is_none() && !scope.contains(&Scope::OpenId) {
         return back(
@@ -202,16 +214,29 @@ async fn begin(server: &AuthServer, params: Vec<(String, String)>) -> Response {
         patient: None,
         encounter: None,
         encounter_decided: false,
+        upstream: None,
     };
     let id = random_token(24);
     if let Err(error) = save(server, &id, &pending).await {
         return internal_page(error);
     }
+    login_page(server, &client, &id, None)
+}
+
+/// The login form, with the upstream provider's button when one is configured.
+fn login_page(
+    server: &AuthServer,
+    client: &Client,
+    request: &str,
+    error: Option<&str>,
+) -> Response {
+    let upstream = server.config.upstream.as_ref().map(|u| u.name.as_str());
     pages::login(
         &server.config.display_name,
         &client.name,
-        &id,
-        None,
+        request,
+        upstream,
+        error,
         &client.origins,
     )
 }
@@ -245,7 +270,7 @@ fn redirect(uri: &str, params: &[(&str, &str)]) -> Response {
     }
 }
 
-fn internal_page(error: anyhow::Error) -> Response {
+pub(super) fn internal_page(error: anyhow::Error) -> Response {
     tracing::error!(error = %error, "authorization server failure");
     error_page(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -267,23 +292,32 @@ async fn save(server: &AuthServer, id: &str, pending: &Pending) -> anyhow::Resul
 }
 
 /// A step's form: the request it belongs to, and that request and its client, loaded.
-struct Step {
-    id: String,
-    pending: Pending,
-    client: Client,
+pub(super) struct Step {
+    pub(super) id: String,
+    pub(super) pending: Pending,
+    pub(super) client: Client,
     form: HashMap<String, String>,
+}
+
+fn expired() -> Response {
+    error_page(
+        StatusCode::BAD_REQUEST,
+        "This sign-in has expired or is unknown.",
+    )
 }
 
 async fn load(server: &AuthServer, body: &[u8]) -> Result<Step, Response> {
     let form = form_map(body)
         .map_err(|_| error_page(StatusCode::BAD_REQUEST, "The form is malformed."))?;
-    let expired = || {
-        error_page(
-            StatusCode::BAD_REQUEST,
-            "This sign-in has expired or is unknown.",
-        )
-    };
     let id = form.get("request").cloned().ok_or_else(expired)?;
+    let mut step = load_request(server, &id).await?;
+    step.form = form;
+    Ok(step)
+}
+
+/// The authorization request `id` and its client.
+pub(super) async fn load_request(server: &AuthServer, id: &str) -> Result<Step, Response> {
+    let id = id.to_owned();
     let value = server
         .store
         .request(&token_digest(&id), now())
@@ -301,8 +335,39 @@ async fn load(server: &AuthServer, body: &[u8]) -> Result<Step, Response> {
         id,
         pending,
         client,
-        form,
+        form: HashMap::new(),
     })
+}
+
+/// Saves the request and sends the browser to `url` (the upstream provider).
+pub(super) async fn redirect_to(server: &AuthServer, step: Step, url: &str) -> Response {
+    if let Err(error) = save(server, &step.id, &step.pending).await {
+        return internal_page(error);
+    }
+    match HeaderValue::from_str(url) {
+        Ok(location) => {
+            super::no_store((StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response())
+        }
+        Err(_) => internal_page(anyhow::anyhow!(
+            "the upstream authorization URL is not a header"
+        )),
+    }
+}
+
+/// Audits a failed login and shows the login form again with `message`.
+pub(super) async fn refuse_login(
+    server: &AuthServer,
+    step: Step,
+    event: AuthEvent,
+    message: &str,
+) -> Response {
+    if let Err(response) = audit_page(server, event).await {
+        return response;
+    }
+    if let Err(error) = save(server, &step.id, &step.pending).await {
+        return internal_page(error);
+    }
+    login_page(server, &step.client, &step.id, Some(message))
 }
 
 /// The user's record, unless they are gone; the pending request must have signed in.
@@ -335,7 +400,7 @@ pub async fn post_login(
     ClientAddress(address): ClientAddress,
     body: axum::body::Bytes,
 ) -> Response {
-    let mut step = match load(&server, &body).await {
+    let step = match load(&server, &body).await {
         Ok(step) => step,
         Err(response) => return response,
     };
@@ -362,22 +427,29 @@ pub async fn post_login(
             detail: Some("wrong username or password".to_owned()),
             ..AuthEvent::default()
         };
-        if let Err(response) = audit_page(&server, event).await {
-            return response;
-        }
-        return pages::login(
-            &server.config.display_name,
-            &step.client.name,
-            &step.id,
-            Some("The username or password is wrong."),
-            &step.client.origins,
-        );
+        return refuse_login(&server, step, event, "The username or password is wrong.").await;
     };
+    signed_in(&server, step, user, address, false).await
+}
+
+/// The user has proved who they are (by password, or at the upstream provider when
+/// `upstream`): audited, remembered with the request, and on to the next step.
+pub(super) async fn signed_in(
+    server: &AuthServer,
+    mut step: Step,
+    user: User,
+    address: Option<String>,
+    upstream: bool,
+) -> Response {
     let is_practitioner = user
         .fhir_user
         .as_deref()
         .is_some_and(|r| r.starts_with("Practitioner/"));
-    if is_practitioner && server.config.practitioners_need_totp && user.totp_secret.is_none() {
+    if !upstream
+        && is_practitioner
+        && server.config.practitioners_need_totp
+        && user.totp_secret.is_none()
+    {
         let event = AuthEvent {
             kind: "login",
             success: false,
@@ -388,17 +460,17 @@ pub async fn post_login(
             detail: Some("a practitioner without a second factor".to_owned()),
             ..AuthEvent::default()
         };
-        if let Err(response) = audit_page(&server, event).await {
-            return response;
-        }
-        return pages::login(
-            &server.config.display_name,
-            &step.client.name,
-            &step.id,
-            Some("Practitioners must have a second factor. Ask your administrator to set one up."),
-            &step.client.origins,
-        );
+        return refuse_login(
+            server,
+            step,
+            event,
+            "Practitioners must have a second factor. Ask your administrator to set one up.",
+        )
+        .await;
     }
+    // With a second factor to come, this is the password's part only; that is audited on
+    // its own.
+    let second_factor_done = upstream || user.totp_secret.is_none();
     let event = AuthEvent {
         kind: "login",
         success: true,
@@ -406,17 +478,17 @@ pub async fn post_login(
         username: Some(user.username.clone()),
         fhir_user: user.fhir_user.clone(),
         address,
-        // The second factor, when the user has one, is audited on its own.
-        detail: user.totp_secret.is_some().then(|| "password".to_owned()),
+        detail: Some(if upstream { "upstream" } else { "password" }.to_owned())
+            .filter(|_| upstream || !second_factor_done),
         ..AuthEvent::default()
     };
-    if let Err(response) = audit_page(&server, event).await {
+    if let Err(response) = audit_page(server, event).await {
         return response;
     }
     step.pending.username = Some(user.username.clone());
     step.pending.fhir_user = user.fhir_user.clone();
     step.pending.auth_time = Some(now());
-    step.pending.second_factor_done = user.totp_secret.is_none();
+    step.pending.second_factor_done = second_factor_done;
     if let Some(patient) = user
         .fhir_user
         .as_deref()
@@ -425,7 +497,7 @@ pub async fn post_login(
         // A patient acts for themselves: their own record is the patient in context.
         step.pending.patient = Some(patient.to_owned());
     }
-    advance(&server, step).await
+    advance(server, step).await
 }
 
 /// An Argon2id hash of a random password, made once, checked against when the username is

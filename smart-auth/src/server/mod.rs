@@ -8,6 +8,7 @@
 //! | `POST /auth/token` (authorization_code, refresh_token, client_credentials) | [`token_endpoint`] |
 //! | `POST /auth/introspect`, `POST /auth/revoke` | [`introspect`] |
 //! | `POST /auth/launch` (an EHR mints a launch context) | [`launch`] |
+//! | `GET /auth/upstream/start`, `GET /auth/upstream/callback` (login at a hospital's OpenID provider) | [`upstream`] |
 //!
 //! [`AuthServer::authenticate`] turns an `Authorization: Bearer` header into a [`Principal`]:
 //! a verified, unrevoked access token for this FHIR base and its parsed scopes. What the
@@ -22,6 +23,7 @@ pub mod introspect;
 pub mod launch;
 pub mod pages;
 pub mod token_endpoint;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -68,6 +70,8 @@ pub struct AuthConfig {
     pub practitioners_need_totp: bool,
     /// The name shown on the login and consent pages.
     pub display_name: String,
+    /// A hospital's own OpenID Connect provider that users may sign in with.
+    pub upstream: Option<upstream::UpstreamConfig>,
 }
 
 impl AuthConfig {
@@ -82,6 +86,7 @@ impl AuthConfig {
             online_refresh_seconds: 12 * 3600,
             practitioners_need_totp: false,
             display_name: "telemed".to_owned(),
+            upstream: None,
         }
     }
 
@@ -290,6 +295,8 @@ pub struct AuthServer {
     pub audit: Arc<dyn AuditSink>,
     /// The browser origins each client registered, as last read.
     origins: RwLock<Origins>,
+    /// The upstream OpenID provider's metadata, once discovered.
+    upstream: upstream::Upstream,
 }
 
 /// Every client's registered origins, with when they were read.
@@ -333,6 +340,7 @@ impl AuthServer {
             http,
             audit,
             origins: RwLock::new(Origins::default()),
+            upstream: upstream::Upstream::default(),
         })
     }
 
@@ -563,5 +571,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(server: Arc<AuthServer>) -> Rout
         .route("/introspect", post(introspect::post_introspect))
         .route("/revoke", post(introspect::post_revoke))
         .route("/launch", post(launch::post_launch))
+        .route("/upstream/start", get(upstream::get_start))
+        .route("/upstream/callback", get(upstream::get_callback))
         .with_state(server)
 }

@@ -104,17 +104,30 @@ fn error_line(error: Option<&str>) -> String {
     })
 }
 
-/// The login form.
+/// The login form, and a link to sign in at the `upstream` provider if there is one.
 pub fn login(
     server_name: &str,
     app: &str,
     request: &str,
+    upstream: Option<&str>,
     error: Option<&str>,
     frame: &[String],
 ) -> Response {
+    let upstream = upstream.map_or(String::new(), |name| {
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("request", request)
+            .finish();
+        format!(
+            "<p><a href=\"upstream/start?{}\">Sign in with {}</a></p><p class=\"note\">or \
+             with a {} password:</p>",
+            escape(&query),
+            escape(name),
+            escape(server_name)
+        )
+    });
     let body = format!(
         "<h1>Sign in to {server}</h1><p>{app} asks to use your {server} account.</p>{error}\
-         <form method=\"post\" action=\"login\">{request}\
+         {upstream}<form method=\"post\" action=\"login\">{request}\
          <label>Username <input type=\"text\" name=\"username\" autocomplete=\"username\" \
          required autofocus></label>\
          <label>Password <input type=\"password\" name=\"password\" \
