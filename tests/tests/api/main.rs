@@ -13,4 +13,5 @@ mod interactions;
 mod lifecycle;
 mod representation;
 mod search;
+mod smart_discovery;
 mod transaction;
