@@ -20,7 +20,6 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::pages::{self, error_page};
-use super::token_endpoint::form_map;
 use super::{AuthServer, Choice, now};
 use crate::pkce::is_valid_challenge;
 use crate::scope::{Context, Scope, ScopeSet};
@@ -275,8 +274,8 @@ struct Step {
 }
 
 async fn load(server: &AuthServer, body: &[u8]) -> Result<Step, Response> {
-    let form = form_map(body)
-        .map_err(|_| error_page(StatusCode::BAD_REQUEST, "The form is malformed."))?;
+    let form = page_form(body)
+        .ok_or_else(|| error_page(StatusCode::BAD_REQUEST, "The form is malformed."))?;
     let expired = || {
         error_page(
             StatusCode::BAD_REQUEST,
@@ -303,6 +302,21 @@ async fn load(server: &AuthServer, body: &[u8]) -> Result<Step, Response> {
         client,
         form,
     })
+}
+
+/// The fields of a page's form, each at most once, but the consent page's `scope` checkboxes:
+/// those repeat, one per scope kept, and [`post_consent`] reads them from the body itself.
+fn page_form(body: &[u8]) -> Option<HashMap<String, String>> {
+    let mut form = HashMap::new();
+    for (name, value) in form_urlencoded::parse(body) {
+        if name == "scope" {
+            continue;
+        }
+        if form.insert(name.into_owned(), value.into_owned()).is_some() {
+            return None;
+        }
+    }
+    Some(form)
 }
 
 /// The user's record, unless they are gone; the pending request must have signed in.
@@ -545,8 +559,7 @@ pub async fn post_consent(
             state,
         );
     }
-    // Checkboxes arrive as repeated `scope` fields, which the step's form keeps once: read
-    // them from the body again.
+    // Checkboxes arrive as repeated `scope` fields, which the step's form leaves out.
     let ticked: ScopeSet = form_urlencoded::parse(&body)
         .filter(|(name, _)| name == "scope")
         .map(|(_, value)| Scope::parse(&value))

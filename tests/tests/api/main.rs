@@ -14,4 +14,5 @@ mod lifecycle;
 mod representation;
 mod search;
 mod smart_discovery;
+mod smart_launch;
 mod transaction;
