@@ -123,6 +123,22 @@ async fn a_practitioner_cannot_choose_a_patient_outside_their_care() {
 }
 
 #[tokio::test]
+async fn a_standalone_launch_asks_for_an_encounter_of_the_patient() {
+    let app = spawn_app().await;
+    let clinic = clinic(&app).await;
+    let mut launch = AppLaunch::new(
+        &app,
+        "app",
+        "dr",
+        "launch/patient launch/encounter patient/*.rs",
+    );
+    launch.patient = Some(clinic.alice.clone());
+    launch.encounter = Some(clinic.encounter.clone());
+    let tokens = launch.run(&app).await;
+    assert_eq!(tokens.body["encounter"], clinic.encounter.as_str());
+}
+
+#[tokio::test]
 async fn an_ehr_launch_carries_its_patient_encounter_and_fhir_context() {
     let app = spawn_app().await;
     let clinic = clinic(&app).await;
