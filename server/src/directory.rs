@@ -39,8 +39,12 @@ impl FhirDirectory {
     }
 }
 
-/// The patients a user may choose in a picker: a practitioner's patients; nobody else's.
+/// The patients a user may choose in a picker: a practitioner's patients, a patient
+/// themselves; nobody else's.
 async fn choosable(state: &AppState, user: Option<&str>) -> Result<Vec<String>, FhirError> {
+    if let Some(patient) = user.and_then(|u| u.strip_prefix("Patient/")) {
+        return Ok(vec![patient.to_owned()]);
+    }
     match user.and_then(|u| u.strip_prefix("Practitioner/")) {
         Some(practitioner) => {
             let mut ids: Vec<String> = care_of(state, practitioner)

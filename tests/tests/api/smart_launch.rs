@@ -139,6 +139,21 @@ async fn a_standalone_launch_asks_for_an_encounter_of_the_patient() {
 }
 
 #[tokio::test]
+async fn a_patient_user_is_offered_their_own_encounters() {
+    let app = spawn_app().await;
+    let clinic = clinic(&app).await;
+    let mut launch = AppLaunch::new(
+        &app,
+        "app",
+        "alice",
+        "launch/patient launch/encounter patient/*.rs",
+    );
+    launch.encounter = Some(clinic.encounter.clone());
+    let tokens = launch.run(&app).await;
+    assert_eq!(tokens.body["encounter"], clinic.encounter.as_str());
+}
+
+#[tokio::test]
 async fn an_ehr_launch_carries_its_patient_encounter_and_fhir_context() {
     let app = spawn_app().await;
     let clinic = clinic(&app).await;
