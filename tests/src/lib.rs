@@ -568,8 +568,8 @@ impl TokenResponse {
     }
 
     /// The OAuth `error` code of a refusal.
-    pub fn error(&self) -> &str {
-        self.body["error"].as_str().unwrap_or("")
+    pub fn error(&self) -> String {
+        oauth_error(&self.body)
     }
 }
 
@@ -810,6 +810,23 @@ impl AppLaunch {
         assert_eq!(response.status, 200, "token response: {}", response.body);
         response
     }
+}
+
+/// The `error` of an OAuth error response (RFC 6749 §5.2).
+///
+/// Until the server's fallback that turns bare error responses into OperationOutcomes leaves
+/// `/auth` alone, an OAuth error arrives wrapped in one, its JSON as the issue's
+/// `diagnostics`; this reads it there too, so that the refusals are tested meanwhile.
+/// `smart_tokens::oauth_errors_are_json` checks the format itself.
+pub fn oauth_error(body: &Value) -> String {
+    if let Some(error) = body["error"].as_str() {
+        return error.to_owned();
+    }
+    body["issue"][0]["diagnostics"]
+        .as_str()
+        .and_then(|text| serde_json::from_str::<Value>(text).ok())
+        .and_then(|inner| inner["error"].as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// A browser that does not follow redirects, so that each `Location` can be read.

@@ -15,4 +15,6 @@ mod representation;
 mod search;
 mod smart_discovery;
 mod smart_launch;
+mod smart_refusals;
+mod smart_tokens;
 mod transaction;
