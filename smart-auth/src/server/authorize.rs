@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::pages::{self, error_page};
-use super::{AuthServer, Choice, now};
+use super::{AuthServer, now};
 use crate::pkce::is_valid_challenge;
 use crate::scope::{Context, Scope, ScopeSet};
 use crate::secret::{hash_password, random_token, token_digest, verify_password};
@@ -671,10 +671,21 @@ async fn advance(server: &AuthServer, step: Step) -> Response {
     }
     let patient = match current_patient(pending) {
         Some(id) => match server.directory.patient(user, &id).await {
-            Ok(choice) => choice.or(Some(Choice {
-                id,
-                label: "(the patient of this launch)".to_owned(),
-            })),
+            Ok(Some(choice)) => Some(choice),
+            // An EHR launch names a patient whom the user who signed in here may not choose
+            // (another patient; a practitioner outside their care): whoever minted the launch,
+            // it gives this user no token for that record.
+            Ok(None) => {
+                if let Err(error) = server.store.delete_request(&token_digest(&step.id)).await {
+                    return internal_page(error);
+                }
+                return redirect_error(
+                    &pending.redirect_uri,
+                    "access_denied",
+                    "the user who signed in may not open the record of the launch's patient",
+                    Some(&pending.state),
+                );
+            }
             Err(error) => return internal_page(error),
         },
         None => None,

@@ -332,3 +332,33 @@ async fn the_login_form_asks_again_after_a_wrong_password() {
     assert_eq!(status, 200);
     assert!(html.contains("username or password is wrong"), "{html}");
 }
+
+#[tokio::test]
+async fn a_patient_user_cannot_take_an_ehr_launch_for_another_patient() {
+    let app = spawn_app().await;
+    let clinic = clinic(&app).await;
+    let value = app.ehr_launch(&json!({"patient": clinic.bob})).await;
+    let mut launch = AppLaunch::new(&app, "app", "alice", "launch patient/*.rs");
+    launch.launch = Some(value);
+    let params = launch.authorize(&app).await.redirect();
+    assert_eq!(
+        params.get("error").map(String::as_str),
+        Some("access_denied")
+    );
+    assert!(!params.contains_key("code"));
+}
+
+#[tokio::test]
+async fn a_practitioner_cannot_take_an_ehr_launch_for_a_patient_outside_their_care() {
+    let app = spawn_app().await;
+    let clinic = clinic(&app).await;
+    let value = app.ehr_launch(&json!({"patient": clinic.bob})).await;
+    let mut launch = AppLaunch::new(&app, "app", "dr", "launch patient/*.rs");
+    launch.launch = Some(value);
+    let params = launch.authorize(&app).await.redirect();
+    assert_eq!(
+        params.get("error").map(String::as_str),
+        Some("access_denied")
+    );
+    assert!(!params.contains_key("code"));
+}
