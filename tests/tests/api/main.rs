@@ -13,6 +13,7 @@ mod interactions;
 mod lifecycle;
 mod representation;
 mod search;
+mod smart_backend;
 mod smart_discovery;
 mod smart_launch;
 mod smart_refusals;
