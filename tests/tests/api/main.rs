@@ -17,5 +17,6 @@ mod smart_backend;
 mod smart_discovery;
 mod smart_launch;
 mod smart_refusals;
+mod smart_resource;
 mod smart_tokens;
 mod transaction;
