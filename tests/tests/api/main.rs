@@ -1,5 +1,6 @@
 //! End-to-end tests of the FHIR REST API: the real server on a random port, a real HTTP client.
 
+mod access;
 mod bad_input;
 mod beyond_schema;
 mod capability;
