@@ -362,3 +362,35 @@ async fn a_practitioner_cannot_take_an_ehr_launch_for_a_patient_outside_their_ca
     );
     assert!(!params.contains_key("code"));
 }
+
+#[tokio::test]
+async fn a_token_cannot_mint_a_launch_for_a_patient_it_does_not_reach() {
+    let app = spawn_app().await;
+    let clinic = clinic(&app).await;
+    let token = AppLaunch::new(&app, "app", "alice", "launch/patient patient/*.rs")
+        .run(&app)
+        .await
+        .access_token();
+    let launch = |patient: &str| {
+        app.client_with_token(&token)
+            .post(format!("{}/launch", app.auth))
+            .json(&json!({"patient": patient}))
+            .send()
+    };
+    assert_eq!(launch(&clinic.alice).await.expect("sent").status(), 201);
+    assert_eq!(launch(&clinic.bob).await.expect("sent").status(), 403);
+}
+
+#[tokio::test]
+async fn a_launch_needs_a_token() {
+    let app = spawn_app().await;
+    let clinic = clinic(&app).await;
+    let response = app
+        .anonymous()
+        .post(format!("{}/launch", app.auth))
+        .json(&json!({"patient": clinic.alice}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 401);
+}

@@ -291,3 +291,91 @@ async fn a_second_factor_code_is_used_once() {
     let (_, html) = launch.authorize(&app).await.page();
     assert!(html.contains("used already"), "{html}");
 }
+
+#[tokio::test]
+async fn an_expired_code_is_refused() {
+    let app = spawn_app().await;
+    setup(&app).await;
+    let launch = launch(&app);
+    let store = app.auth_store().await;
+    let info = smart_auth::store::CodeInfo {
+        redirect_uri: launch.redirect_uri.clone(),
+        code_challenge: launch.pkce.challenge.clone(),
+        grant: smart_auth::store::GrantInfo {
+            client_id: "app".to_owned(),
+            username: Some("alice".to_owned()),
+            fhir_user: None,
+            scope: "patient/*.rs".to_owned(),
+            context: LaunchContext::default(),
+            nonce: None,
+            auth_time: None,
+        },
+    };
+    store
+        .insert_code(&token_digest("stale-code"), "app", &info, now() - 1)
+        .await
+        .expect("a code");
+    store.close().await;
+    let response = launch.exchange(&app, "stale-code").await;
+    assert_eq!(response.status, 400);
+    assert_eq!(response.error(), "invalid_grant");
+}
+
+#[tokio::test]
+async fn a_confidential_client_must_authenticate_to_redeem_its_code() {
+    let app = spawn_app().await;
+    setup(&app).await;
+    app.register_client(smart_auth::store::Client {
+        client_id: "sym".to_owned(),
+        name: "Symmetric".to_owned(),
+        kind: smart_auth::store::ClientKind::ConfidentialSymmetric,
+        secret_hash: Some(smart_auth::secret::hash_password("s3cret").expect("a hash")),
+        jwks: None,
+        jwks_url: None,
+        redirect_uris: vec![telemed_tests::APP_REDIRECT.to_owned()],
+        scope: smart_auth::scope::ScopeSet::parse(APP_SCOPES),
+        launch_url: None,
+        origins: Vec::new(),
+        created_at: 0,
+    })
+    .await;
+    let launch = AppLaunch::new(&app, "sym", "alice", "launch/patient patient/*.rs");
+    let code = launch.code(&app).await;
+    let response = launch.exchange(&app, &code).await;
+    assert_eq!(response.status, 401);
+    assert_eq!(response.error(), "invalid_client");
+}
+
+#[tokio::test]
+async fn a_confidential_client_redeems_its_code_with_its_secret() {
+    let app = spawn_app().await;
+    setup(&app).await;
+    app.register_client(smart_auth::store::Client {
+        client_id: "sym".to_owned(),
+        name: "Symmetric".to_owned(),
+        kind: smart_auth::store::ClientKind::ConfidentialSymmetric,
+        secret_hash: Some(smart_auth::secret::hash_password("s3cret").expect("a hash")),
+        jwks: None,
+        jwks_url: None,
+        redirect_uris: vec![telemed_tests::APP_REDIRECT.to_owned()],
+        scope: smart_auth::scope::ScopeSet::parse(APP_SCOPES),
+        launch_url: None,
+        origins: Vec::new(),
+        created_at: 0,
+    })
+    .await;
+    let launch = AppLaunch::new(&app, "sym", "alice", "launch/patient patient/*.rs");
+    let code = launch.code(&app).await;
+    let response = telemed_tests::token_request(
+        &app,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", &launch.redirect_uri),
+            ("code_verifier", &launch.pkce.verifier),
+        ],
+        Some(("sym", "s3cret")),
+    )
+    .await;
+    assert_eq!(response.status, 200, "{}", response.body);
+}

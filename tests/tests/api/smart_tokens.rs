@@ -299,6 +299,81 @@ async fn another_clients_token_is_not_revoked() {
 }
 
 #[tokio::test]
+async fn another_clients_refresh_token_is_refused_and_not_spent() {
+    let app = spawn_app().await;
+    let setup = setup(&app).await;
+    app.register_public_app("other-app", APP_SCOPES).await;
+    let refresh_token = tokens(&app, &setup, SCOPE).await.refresh_token();
+    let stolen = token_request(
+        &app,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh_token),
+            ("client_id", "other-app"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(stolen.status, 400);
+    assert_eq!(stolen.error(), "invalid_grant");
+    assert_eq!(refresh(&app, &refresh_token, None).await.status, 200);
+}
+
+/// A public app allowed to call the token endpoint from `https://app.example`.
+async fn register_browser_app(app: &TestApp) {
+    app.register_client(smart_auth::store::Client {
+        client_id: "browser-app".to_owned(),
+        name: "Browser app".to_owned(),
+        kind: smart_auth::store::ClientKind::Public,
+        secret_hash: None,
+        jwks: None,
+        jwks_url: None,
+        redirect_uris: vec![telemed_tests::APP_REDIRECT.to_owned()],
+        scope: smart_auth::scope::ScopeSet::parse(APP_SCOPES),
+        launch_url: None,
+        origins: vec!["https://app.example".to_owned()],
+        created_at: 0,
+    })
+    .await;
+}
+
+async fn preflight(app: &TestApp, origin: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .request(reqwest::Method::OPTIONS, app.token_url())
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .expect("sent")
+}
+
+#[tokio::test]
+async fn the_token_endpoint_allows_a_registered_origin() {
+    let app = spawn_app().await;
+    register_browser_app(&app).await;
+    let response = preflight(&app, "https://app.example").await;
+    assert!(response.status().is_success(), "{}", response.status());
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+}
+
+#[tokio::test]
+async fn the_token_endpoint_refuses_an_unregistered_origin() {
+    let app = spawn_app().await;
+    register_browser_app(&app).await;
+    let response = preflight(&app, "https://evil.example").await;
+    assert!(!response.status().is_success());
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
+
+#[tokio::test]
 #[ignore = "the server's fallback for bare errors (server/src/app.rs, outcome_for_bare_errors) \
             turns every /auth error into an OperationOutcome; it must leave /auth alone"]
 async fn oauth_errors_are_json() {
