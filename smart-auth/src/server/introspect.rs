@@ -115,6 +115,12 @@ async fn active_refresh_token(
     if let Some(patient) = &grant.info.context.patient {
         body["patient"] = json!(patient);
     }
+    if let Some(encounter) = &grant.info.context.encounter {
+        body["encounter"] = json!(encounter);
+    }
+    if let Some(fhir_user) = &grant.info.fhir_user {
+        body["fhirUser"] = json!(format!("{}/{fhir_user}", server.config.fhir_base));
+    }
     Ok(Some(body))
 }
 

@@ -319,6 +319,19 @@ async fn another_clients_refresh_token_is_refused_and_not_spent() {
     assert_eq!(refresh(&app, &refresh_token, None).await.status, 200);
 }
 
+#[tokio::test]
+async fn introspection_of_a_refresh_token_names_the_user() {
+    let app = spawn_app().await;
+    let setup = setup(&app).await;
+    let tokens = tokens(&app, &setup, &format!("openid fhirUser {SCOPE}")).await;
+    let answer = introspect(&app, &tokens.refresh_token()).await;
+    assert_eq!(answer["sub"], "dr", "{answer}");
+    assert_eq!(
+        answer["fhirUser"],
+        format!("{}/Practitioner/{}", app.base, setup.practitioner)
+    );
+}
+
 /// A public app allowed to call the token endpoint from `https://app.example`.
 async fn register_browser_app(app: &TestApp) {
     app.register_client(smart_auth::store::Client {
