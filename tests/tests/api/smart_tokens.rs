@@ -386,6 +386,37 @@ async fn the_token_endpoint_refuses_an_unregistered_origin() {
     );
 }
 
+/// A second node of `app`'s server on the same database, under the same public URL (so the
+/// same issuer and audience): the address of its FHIR base.
+async fn second_node(app: &TestApp) -> String {
+    let mut config = app.config.clone();
+    config.base_url = Some(app.auth.trim_end_matches("/auth").to_owned());
+    let node = telemed_server::Application::build(config)
+        .await
+        .expect("the second node starts");
+    let base = format!("http://127.0.0.1:{}/fhir", node.port());
+    tokio::spawn(node.run_until_stopped());
+    base
+}
+
+#[tokio::test]
+#[ignore = "revocations live in each node's memory: a token revoked through one node works on \
+            the others until it expires (see the report of the smart-tests branch)"]
+async fn a_revocation_through_one_node_holds_on_another() {
+    let app = spawn_app().await;
+    let setup = setup(&app).await;
+    let token = tokens(&app, &setup, SCOPE).await.access_token();
+    let other = second_node(&app).await;
+    let search = || {
+        app.client_with_token(&token)
+            .get(format!("{other}/Observation"))
+            .send()
+    };
+    assert_eq!(search().await.expect("sent").status(), 200);
+    revoke(&app, &token).await;
+    assert_eq!(search().await.expect("sent").status(), 401);
+}
+
 #[tokio::test]
 #[ignore = "the server's fallback for bare errors (server/src/app.rs, outcome_for_bare_errors) \
             turns every /auth error into an OperationOutcome; it must leave /auth alone"]
