@@ -32,6 +32,7 @@ async fn introspect(
 ) -> Result<Response, OAuthError> {
     check_form(headers)?;
     let form = form_map(body)?;
+    server.sync_revocations().await;
     match bearer_token(headers) {
         Some(token) => {
             server.principal(token).map_err(|e| {

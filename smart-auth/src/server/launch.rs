@@ -53,6 +53,7 @@ async fn launch(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, OAuthError> {
+    server.sync_revocations().await;
     let principal = server.authenticate(headers).map_err(|e| {
         OAuthError::new(StatusCode::UNAUTHORIZED, "invalid_token", e.to_string())
             .with_challenge(e.challenge())
