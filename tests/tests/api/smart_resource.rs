@@ -301,3 +301,47 @@ async fn a_v2_query_filter_is_not_widened_by_the_search() {
     .expect("JSON");
     assert!(matches(&bundle).is_empty(), "{bundle}");
 }
+
+#[tokio::test]
+async fn includes_of_a_type_outside_the_scopes_are_left_out() {
+    let app = spawn_app().await;
+    let record = record(&app).await;
+    let token = token(&app, "patient/Observation.rs").await;
+    let bundle: Value = get(&app, &token, "Observation?_include=Observation:subject")
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(matches(&bundle).len(), 2, "{bundle}");
+    assert!(
+        telemed_tests::included(&bundle).is_empty(),
+        "Patient/{} came as an include: {bundle}",
+        record.patient
+    );
+}
+
+#[tokio::test]
+async fn a_v2_query_filter_limits_writes_too() {
+    let app = spawn_app().await;
+    let record = record(&app).await;
+    let scope = format!("patient/Observation.c?category={CATEGORY}|vital-signs");
+    let token = token(&app, &scope).await;
+    let create = |category: &str| {
+        app.client_with_token(&token)
+            .post(format!("{}/Observation", app.base))
+            .header("content-type", "application/fhir+json")
+            .body(
+                json!({"resourceType": "Observation", "status": "final",
+                    "category": [{"coding": [{"system": CATEGORY, "code": category}]}],
+                    "code": {"text": category},
+                    "subject": {"reference": format!("Patient/{}", record.patient)}})
+                .to_string(),
+            )
+            .send()
+    };
+    assert_eq!(create("vital-signs").await.expect("sent").status(), 201);
+    assert_eq!(
+        create("laboratory").await.expect("sent").status(),
+        StatusCode::FORBIDDEN
+    );
+}
