@@ -1,11 +1,12 @@
-//! SMART discovery (SMART App Launch 2.2 conformance.html): the smart-configuration document
-//! and the CapabilityStatement's security extension.
+//! SMART discovery (SMART App Launch 2.2 conformance.html): the smart-configuration document,
+//! the CapabilityStatement's security extension, and the OpenID Connect metadata and JWK Set
+//! that verify an id_token.
 
 use std::collections::BTreeSet;
 
 use reqwest::header::{ACCESS_CONTROL_ALLOW_ORIGIN, CONTENT_TYPE};
 use serde_json::Value;
-use telemed_tests::{TestApp, spawn_app};
+use telemed_tests::{AppLaunch, TestApp, spawn_app};
 
 /// The capabilities issue 5 asks the server to declare.
 const CAPABILITIES: [&str; 19] = [
@@ -177,4 +178,56 @@ async fn capability_statement_carries_the_smart_security_extension() {
     assert_eq!(uri("token"), config["token_endpoint"]);
     assert_eq!(uri("introspect"), config["introspection_endpoint"]);
     assert_eq!(uri("revoke"), config["revocation_endpoint"]);
+}
+
+#[tokio::test]
+async fn openid_configuration_leads_to_keys_that_verify_an_id_token() {
+    let app = spawn_app().await;
+    let patient = app
+        .created(&serde_json::json!({"resourceType": "Patient", "name": [{"family": "Pat"}]}))
+        .await;
+    let patient_id = telemed_tests::id_of(&patient);
+    app.register_public_app("oidc-app", "openid fhirUser patient/*.rs launch/patient")
+        .await;
+    app.register_user("pat", Some(&format!("Patient/{patient_id}")), None)
+        .await;
+    let tokens = AppLaunch::new(&app, "oidc-app", "pat", "openid fhirUser patient/*.rs")
+        .run(&app)
+        .await;
+    let id_token = tokens.body["id_token"].as_str().expect("an id_token");
+
+    // Discovery from the id_token's own issuer, as an OpenID Connect client does it.
+    let issuer = telemed_tests::jwt_claims(id_token)["iss"]
+        .as_str()
+        .expect("iss")
+        .to_owned();
+    let metadata: Value = app
+        .anonymous()
+        .get(format!("{issuer}/.well-known/openid-configuration"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(metadata["issuer"], issuer.as_str());
+    let jwks: jsonwebtoken::jwk::JwkSet = app
+        .anonymous()
+        .get(metadata["jwks_uri"].as_str().expect("jwks_uri"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("a JWK Set");
+    let header = jsonwebtoken::decode_header(id_token).expect("a JWS header");
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::RS256);
+    let jwk = jwks
+        .find(header.kid.as_deref().expect("a kid"))
+        .expect("the JWK Set has the id_token's key");
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_audience(&["oidc-app"]);
+    validation.set_issuer(&[issuer.as_str()]);
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).expect("an RSA key");
+    jsonwebtoken::decode::<Value>(id_token, &key, &validation).expect("the id_token verifies");
 }
