@@ -441,25 +441,29 @@ pub async fn authenticate(
     if request.extensions().get::<Access>().is_none() {
         let access = match &state.auth {
             None => Access::Open,
-            Some(auth) => match auth.authenticate(request.headers()) {
-                Ok(principal) => {
-                    let reason = request
-                        .headers()
-                        .get(BREAK_GLASS)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::trim)
-                        .filter(|v| !v.is_empty())
-                        .map(str::to_owned);
-                    Access::Token(Arc::new(TokenAccess::new(principal, reason)))
-                }
-                Err(why) => {
-                    return FhirError::Unauthorized {
-                        message: why.to_string(),
-                        challenge: why.challenge(),
+            Some(auth) => {
+                // A token revoked through another node of the same database counts here too.
+                auth.sync_revocations().await;
+                match auth.authenticate(request.headers()) {
+                    Ok(principal) => {
+                        let reason = request
+                            .headers()
+                            .get(BREAK_GLASS)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::trim)
+                            .filter(|v| !v.is_empty())
+                            .map(str::to_owned);
+                        Access::Token(Arc::new(TokenAccess::new(principal, reason)))
                     }
-                    .into_response();
+                    Err(why) => {
+                        return FhirError::Unauthorized {
+                            message: why.to_string(),
+                            challenge: why.challenge(),
+                        }
+                        .into_response();
+                    }
                 }
-            },
+            }
         };
         if let Some(slot) = request.extensions().get::<crate::audit::AccessSlot>()
             && let Ok(mut slot) = slot.0.lock()

@@ -39,8 +39,12 @@ impl FhirDirectory {
     }
 }
 
-/// The patients a user may choose in a picker: a practitioner's patients; nobody else's.
+/// The patients a user may choose in a picker: a practitioner's patients, a patient
+/// themselves; nobody else's.
 async fn choosable(state: &AppState, user: Option<&str>) -> Result<Vec<String>, FhirError> {
+    if let Some(patient) = user.and_then(|u| u.strip_prefix("Patient/")) {
+        return Ok(vec![patient.to_owned()]);
+    }
     match user.and_then(|u| u.strip_prefix("Practitioner/")) {
         Some(practitioner) => {
             let mut ids: Vec<String> = care_of(state, practitioner)
@@ -94,16 +98,18 @@ fn encounter_label(body: &Value) -> String {
     format!("{start} — {kind} ({status})")
 }
 
-/// A page of a search of `rt` by `pairs`, narrowed to `narrow`, as picker choices.
+/// A page of a search of `rt` by `pairs`, narrowed to `narrow` if given, as picker choices.
 async fn choices(
     state: &AppState,
     rt: ResourceType,
     pairs: &[(String, String)],
-    narrow: Vec<Vec<Filter>>,
+    narrow: Option<Vec<Vec<Filter>>>,
     label: fn(&Value) -> String,
 ) -> Result<Vec<Choice>, FhirError> {
     let mut query = state.parse_search(vec![rt], pairs, false)?;
-    query.narrow(narrow);
+    if let Some(narrow) = narrow {
+        query.narrow(narrow);
+    }
     query.total = Total::None;
     let page = execute::page(&state.store, &state.type_sizes, &query).await?;
     Ok(page
@@ -134,9 +140,15 @@ impl Directory for FhirDirectory {
                 pairs.push(("name".to_owned(), text.trim().to_owned()));
             }
             let narrow = vec![vec![Filter::Id(ids)]];
-            choices(&state, ResourceType::Patient, &pairs, narrow, patient_label)
-                .await
-                .map_err(anyhow_of)
+            choices(
+                &state,
+                ResourceType::Patient,
+                &pairs,
+                Some(narrow),
+                patient_label,
+            )
+            .await
+            .map_err(anyhow_of)
         })
     }
 
@@ -152,9 +164,15 @@ impl Directory for FhirDirectory {
                 return Ok(None);
             }
             let narrow = vec![vec![Filter::Id(vec![id.to_owned()])]];
-            let found = choices(&state, ResourceType::Patient, &[], narrow, patient_label)
-                .await
-                .map_err(anyhow_of)?;
+            let found = choices(
+                &state,
+                ResourceType::Patient,
+                &[],
+                Some(narrow),
+                patient_label,
+            )
+            .await
+            .map_err(anyhow_of)?;
             Ok(found.into_iter().next())
         })
     }
@@ -177,11 +195,13 @@ impl Directory for FhirDirectory {
                 ("_sort".to_owned(), "-date".to_owned()),
                 ("_count".to_owned(), count.to_string()),
             ];
+            // The patient was checked above; their encounters need no narrowing (and an empty
+            // narrowing would match nothing).
             choices(
                 &state,
                 ResourceType::Encounter,
                 &pairs,
-                Vec::new(),
+                None,
                 encounter_label,
             )
             .await

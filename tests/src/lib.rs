@@ -10,9 +10,10 @@
 //! serve every test of a run (RSA key generation takes seconds in a debug build); each test's
 //! database gets them before its server starts.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION};
 use reqwest::{Client, Method, RequestBuilder, Response};
 use serde_json::Value;
 use smart_auth::assertion::{ClientAlgorithm, ClientKey, sign_client_assertion};
@@ -506,5 +507,533 @@ pub fn assert_operation_outcome(outcome: &Value) {
             "issue without severity: {issue}"
         );
         assert!(issue["code"].is_string(), "issue without code: {issue}");
+    }
+}
+
+// SMART App Launch as a browser drives it: apps and users registered in the authorization
+// tables, the authorize request, the login, second-factor, picker and consent forms, the
+// redirect back to the app and the token request.
+
+/// The redirect URI of every app the tests register. Nothing listens there: the browser stops
+/// at the redirect and reads the code from its `Location`.
+pub const APP_REDIRECT: &str = "https://app.example/callback";
+
+/// The password of every user the tests register.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A PKCE pair (RFC 7636): a random verifier and its `S256` challenge.
+#[derive(Debug, Clone)]
+pub struct Pkce {
+    /// The `code_verifier` the token request sends.
+    pub verifier: String,
+    /// The `code_challenge` the authorization request sends.
+    pub challenge: String,
+}
+
+impl Pkce {
+    /// A new random pair.
+    pub fn new() -> Self {
+        let verifier = smart_auth::secret::random_token(32);
+        let challenge = s256(&verifier);
+        Self {
+            verifier,
+            challenge,
+        }
+    }
+}
+
+impl Default for Pkce {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// base64url(SHA-256(`text`)) without padding: the `S256` challenge of a verifier.
+pub fn s256(text: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// Where the browser ended up after an authorization request.
+#[derive(Debug)]
+pub enum Landing {
+    /// Redirected back to the app: the parameters of the redirect (`code` and `state`, or
+    /// `error`, `error_description` and `state`).
+    App(HashMap<String, String>),
+    /// Stopped on a page: an error page, or a form the flow was not told how to answer (a
+    /// patient picker without [`AppLaunch::patient`], a second-factor form without a code, a
+    /// login form shown again because the password was wrong).
+    Page {
+        /// The HTTP status of the page.
+        status: u16,
+        /// The page.
+        html: String,
+    },
+}
+
+impl Landing {
+    /// The redirect's parameters; panics on a page.
+    pub fn redirect(self) -> HashMap<String, String> {
+        match self {
+            Self::App(params) => params,
+            Self::Page { status, html } => panic!("stopped on a page ({status}): {html}"),
+        }
+    }
+
+    /// The page's status and HTML; panics on a redirect.
+    pub fn page(self) -> (u16, String) {
+        match self {
+            Self::Page { status, html } => (status, html),
+            Self::App(params) => panic!("redirected back to the app: {params:?}"),
+        }
+    }
+}
+
+/// A token endpoint's answer.
+#[derive(Debug)]
+pub struct TokenResponse {
+    /// The HTTP status.
+    pub status: u16,
+    /// The response headers.
+    pub headers: HeaderMap,
+    /// The JSON body.
+    pub body: Value,
+}
+
+impl TokenResponse {
+    /// The `access_token`; panics unless the response was a success.
+    pub fn access_token(&self) -> String {
+        assert_eq!(self.status, 200, "token response: {}", self.body);
+        self.body["access_token"]
+            .as_str()
+            .expect("an access_token")
+            .to_owned()
+    }
+
+    /// The `refresh_token`; panics if there is none.
+    pub fn refresh_token(&self) -> String {
+        self.body["refresh_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no refresh_token: {}", self.body))
+            .to_owned()
+    }
+
+    /// The OAuth `error` code of a refusal.
+    pub fn error(&self) -> String {
+        oauth_error(&self.body)
+    }
+}
+
+/// One run of the authorization code flow by an app and a user, as a browser drives it: every
+/// field has a working default (see [`AppLaunch::new`]); a test changes what it is about.
+#[derive(Debug, Clone)]
+pub struct AppLaunch {
+    /// The app's `client_id`.
+    pub client_id: String,
+    /// The `redirect_uri` sent (and repeated at the token endpoint).
+    pub redirect_uri: String,
+    /// The scopes asked for.
+    pub scope: String,
+    /// The `state`.
+    pub state: String,
+    /// The `aud`.
+    pub aud: String,
+    /// The `launch` of an EHR launch.
+    pub launch: Option<String>,
+    /// The OpenID Connect `nonce`.
+    pub nonce: Option<String>,
+    /// The PKCE pair; its challenge is sent unless [`Self::params`] is told otherwise.
+    pub pkce: Pkce,
+    /// Authorization parameters to replace (`Some`) or leave out (`None`), applied last.
+    pub overrides: Vec<(String, Option<String>)>,
+    /// `POST /authorize` (a form) rather than `GET`.
+    pub post: bool,
+    /// Who signs in.
+    pub username: String,
+    /// Their password.
+    pub password: String,
+    /// The code typed on the second-factor form, if it comes.
+    pub totp_code: Option<String>,
+    /// The patient chosen on the picker, if it comes.
+    pub patient: Option<String>,
+    /// The encounter chosen on the encounter picker, if it comes (`""` for none).
+    pub encounter: Option<String>,
+    /// The scopes left ticked on the consent page; all of those shown when `None`.
+    pub keep: Option<Vec<String>>,
+    /// Press "Deny" on the consent page.
+    pub deny: bool,
+}
+
+impl AppLaunch {
+    /// `username` (whose password is [`PASSWORD`]) authorizes app `client_id` for `scope`:
+    /// a `GET` authorization request to this server's FHIR base with a fresh PKCE S256 pair,
+    /// redirecting to [`APP_REDIRECT`], every scope kept on the consent page.
+    pub fn new(app: &TestApp, client_id: &str, username: &str, scope: &str) -> Self {
+        Self {
+            client_id: client_id.to_owned(),
+            redirect_uri: APP_REDIRECT.to_owned(),
+            scope: scope.to_owned(),
+            state: smart_auth::secret::random_token(12),
+            aud: app.base.clone(),
+            launch: None,
+            nonce: None,
+            pkce: Pkce::new(),
+            overrides: Vec::new(),
+            post: false,
+            username: username.to_owned(),
+            password: PASSWORD.to_owned(),
+            totp_code: None,
+            patient: None,
+            encounter: None,
+            keep: None,
+            deny: false,
+        }
+    }
+
+    /// Replaces the authorization parameter `name` with `value`.
+    pub fn with_param(mut self, name: &str, value: &str) -> Self {
+        self.overrides
+            .push((name.to_owned(), Some(value.to_owned())));
+        self
+    }
+
+    /// Leaves the authorization parameter `name` out.
+    pub fn without_param(mut self, name: &str) -> Self {
+        self.overrides.push((name.to_owned(), None));
+        self
+    }
+
+    /// The parameters of the authorization request.
+    pub fn params(&self) -> Vec<(String, String)> {
+        let mut params: Vec<(String, String)> = [
+            ("response_type", "code"),
+            ("client_id", &self.client_id),
+            ("redirect_uri", &self.redirect_uri),
+            ("scope", &self.scope),
+            ("state", &self.state),
+            ("aud", &self.aud),
+            ("code_challenge", &self.pkce.challenge),
+            ("code_challenge_method", "S256"),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
+        for (name, value) in [("launch", &self.launch), ("nonce", &self.nonce)] {
+            if let Some(value) = value {
+                params.push((name.to_owned(), value.clone()));
+            }
+        }
+        for (name, value) in &self.overrides {
+            params.retain(|(n, _)| n != name);
+            if let Some(value) = value {
+                params.push((name.clone(), value.clone()));
+            }
+        }
+        params
+    }
+
+    /// Sends the authorization request and answers each page as told, up to the redirect back
+    /// to the app or the first page it cannot answer.
+    pub async fn authorize(&self, app: &TestApp) -> Landing {
+        let browser = browser();
+        let url = format!("{}/authorize", app.auth);
+        let request = if self.post {
+            browser.post(&url).form(&self.params())
+        } else {
+            browser.get(&url).query(&self.params())
+        };
+        let mut response = request.send().await.expect("authorize sent");
+        let mut answered = Vec::new();
+        loop {
+            let status = response.status().as_u16();
+            if status == 303 || status == 302 {
+                let location = response
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .expect("a redirect has a Location")
+                    .to_owned();
+                return Landing::App(self.redirect_params(&location));
+            }
+            let html = response.text().await.expect("a page");
+            let form = form_action(&html);
+            let fields = match form.as_deref() {
+                Some(step) if status == 200 && !answered.contains(&step.to_owned()) => {
+                    self.answer(step, &html)
+                }
+                _ => None,
+            };
+            let (Some(step), Some(fields)) = (form, fields) else {
+                return Landing::Page { status, html };
+            };
+            response = browser
+                .post(format!("{}/{step}", app.auth))
+                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(encode_form(&fields))
+                .send()
+                .await
+                .expect("form posted");
+            answered.push(step);
+        }
+    }
+
+    /// The fields this flow posts on the page whose form goes to `step`, or `None` if it has
+    /// no answer.
+    fn answer(&self, step: &str, html: &str) -> Option<Vec<(String, String)>> {
+        let request = ("request".to_owned(), hidden_request(html)?);
+        let field = |name: &str, value: &str| (name.to_owned(), value.to_owned());
+        Some(match step {
+            "login" => vec![
+                request,
+                field("username", &self.username),
+                field("password", &self.password),
+            ],
+            "second-factor" => vec![request, field("code", self.totp_code.as_deref()?)],
+            "patient" => vec![
+                request,
+                field("action", "choose"),
+                field("patient", self.patient.as_deref()?),
+            ],
+            "encounter" => vec![
+                request,
+                field("encounter", self.encounter.as_deref().unwrap_or("")),
+            ],
+            "consent" => {
+                let mut fields = vec![
+                    request,
+                    field("decision", if self.deny { "deny" } else { "allow" }),
+                ];
+                let kept = match &self.keep {
+                    Some(kept) => kept.clone(),
+                    None => consent_scopes(html),
+                };
+                fields.extend(kept.iter().map(|scope| field("scope", scope)));
+                fields
+            }
+            _ => return None,
+        })
+    }
+
+    /// The query of a redirect to this app's redirect URI; panics if it goes elsewhere.
+    fn redirect_params(&self, location: &str) -> HashMap<String, String> {
+        let query = location
+            .strip_prefix(&self.redirect_uri)
+            .and_then(|rest| rest.strip_prefix('?'))
+            .unwrap_or_else(|| panic!("a redirect away from the app: {location}"));
+        form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect()
+    }
+
+    /// Authorizes and returns the code; panics unless the app got one with its `state`.
+    pub async fn code(&self, app: &TestApp) -> String {
+        let params = self.authorize(app).await.redirect();
+        assert_eq!(params.get("state"), Some(&self.state), "state: {params:?}");
+        params
+            .get("code")
+            .unwrap_or_else(|| panic!("no code: {params:?}"))
+            .clone()
+    }
+
+    /// Exchanges `code` at the token endpoint with this flow's redirect URI and verifier.
+    pub async fn exchange(&self, app: &TestApp, code: &str) -> TokenResponse {
+        self.exchange_with(app, code, &self.pkce.verifier).await
+    }
+
+    /// Exchanges `code` with the given `code_verifier` (left out when empty).
+    pub async fn exchange_with(&self, app: &TestApp, code: &str, verifier: &str) -> TokenResponse {
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", &self.redirect_uri),
+            ("client_id", &self.client_id),
+        ];
+        if !verifier.is_empty() {
+            form.push(("code_verifier", verifier));
+        }
+        token_request(app, &form, None).await
+    }
+
+    /// The whole flow: authorize, then exchange the code; panics unless tokens come back.
+    pub async fn run(&self, app: &TestApp) -> TokenResponse {
+        let code = self.code(app).await;
+        let response = self.exchange(app, &code).await;
+        assert_eq!(response.status, 200, "token response: {}", response.body);
+        response
+    }
+}
+
+/// The `error` of an OAuth error response (RFC 6749 §5.2); `smart_tokens::oauth_errors_are_json`
+/// checks the format itself.
+pub fn oauth_error(body: &Value) -> String {
+    body["error"].as_str().unwrap_or_default().to_owned()
+}
+
+/// A browser that does not follow redirects, so that each `Location` can be read.
+pub fn browser() -> Client {
+    Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("a client")
+}
+
+/// `POST {auth}/token` with `form`, and HTTP Basic credentials `(id, secret)` if given.
+pub async fn token_request(
+    app: &TestApp,
+    form: &[(&str, &str)],
+    basic: Option<(&str, &str)>,
+) -> TokenResponse {
+    let mut request = Client::new().post(app.token_url()).form(form);
+    if let Some((id, secret)) = basic {
+        request = request.basic_auth(id, Some(secret));
+    }
+    let response = request.send().await.expect("token request sent");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.json().await.expect("a JSON token response");
+    TokenResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// `application/x-www-form-urlencoded` of `fields`, repeated names kept.
+fn encode_form(fields: &[(String, String)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish()
+}
+
+/// Where the page's last form posts (`login`, `second-factor`, `patient`, `encounter`,
+/// `consent`), if it has one.
+pub fn form_action(html: &str) -> Option<String> {
+    let start = html.rfind("<form method=\"post\" action=\"")? + 28;
+    let end = start + html[start..].find('"')?;
+    Some(html[start..end].to_owned())
+}
+
+/// The hidden `request` field of a page's form.
+pub fn hidden_request(html: &str) -> Option<String> {
+    attribute_values(html, "name=\"request\" value=\"")
+        .into_iter()
+        .next()
+}
+
+/// The values of the consent page's scope checkboxes, as shown (all ticked).
+pub fn consent_scopes(html: &str) -> Vec<String> {
+    attribute_values(html, "name=\"scope\" value=\"")
+}
+
+/// The values of the picker's radio buttons (`patient` or `encounter`), in page order.
+pub fn picker_choices(html: &str, name: &str) -> Vec<String> {
+    attribute_values(html, &format!("name=\"{name}\" value=\""))
+        .into_iter()
+        .filter(|value| !value.is_empty())
+        .collect()
+}
+
+/// Every attribute value that follows `prefix` in `html`, unescaped.
+fn attribute_values(html: &str, prefix: &str) -> Vec<String> {
+    html.match_indices(prefix)
+        .filter_map(|(at, _)| {
+            let rest = &html[at + prefix.len()..];
+            rest.find('"').map(|end| unescape(&rest[..end]))
+        })
+        .collect()
+}
+
+/// Undoes the HTML escaping of the authorization server's pages.
+fn unescape(text: &str) -> String {
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&#x27;", "'")
+        .replace("&amp;", "&")
+}
+
+/// The claims of a JWT, read without checking its signature.
+pub fn jwt_claims(token: &str) -> Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).expect("a JWT has a payload");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+/// The run's signing key: for tests that forge a token the server would sign itself.
+pub fn signing_key() -> SigningKey {
+    SIGNING_KEY.clone()
+}
+
+impl TestApp {
+    /// Registers a public app (PKCE only) that may have `scope`, redirecting to
+    /// [`APP_REDIRECT`].
+    pub async fn register_public_app(&self, client_id: &str, scope: &str) {
+        self.register_client(AuthClient {
+            client_id: client_id.to_owned(),
+            name: format!("App {client_id}"),
+            kind: ClientKind::Public,
+            secret_hash: None,
+            jwks: None,
+            jwks_url: None,
+            redirect_uris: vec![APP_REDIRECT.to_owned()],
+            scope: ScopeSet::parse(scope),
+            launch_url: None,
+            origins: Vec::new(),
+            created_at: 0,
+        })
+        .await;
+    }
+
+    /// Registers a client.
+    pub async fn register_client(&self, client: AuthClient) {
+        let store = self.auth_store().await;
+        store
+            .insert_client(&client)
+            .await
+            .expect("the client is registered");
+        store.close().await;
+    }
+
+    /// Registers a user whose password is [`PASSWORD`], who is `fhir_user` (e.g.
+    /// `Practitioner/1`), with a TOTP second factor if given.
+    pub async fn register_user(
+        &self,
+        username: &str,
+        fhir_user: Option<&str>,
+        totp: Option<&smart_auth::totp::TotpSecret>,
+    ) {
+        let store = self.auth_store().await;
+        store
+            .insert_user(&smart_auth::store::User {
+                username: username.to_owned(),
+                password_hash: smart_auth::secret::hash_password(PASSWORD).expect("a hash"),
+                fhir_user: fhir_user.map(str::to_owned),
+                totp_secret: totp.map(smart_auth::totp::TotpSecret::to_base32),
+                upstream_sub: None,
+                created_at: 0,
+            })
+            .await
+            .expect("the user is registered");
+        store.close().await;
+    }
+
+    /// Mints an EHR launch (`POST {auth}/launch`) with the backend token; the `launch` value.
+    pub async fn ehr_launch(&self, context: &Value) -> String {
+        let response = self
+            .client
+            .post(format!("{}/launch", self.auth))
+            .json(context)
+            .send()
+            .await
+            .expect("launch sent");
+        let status = response.status();
+        let body: Value = response.json().await.expect("a JSON body");
+        assert_eq!(status, 201, "launch: {body}");
+        body["launch"].as_str().expect("a launch").to_owned()
     }
 }

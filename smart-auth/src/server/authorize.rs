@@ -20,8 +20,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::pages::{self, error_page};
-use super::token_endpoint::form_map;
-use super::{AuthEvent, AuthServer, Choice, ClientAddress, now};
+use super::{AuthEvent, AuthServer, ClientAddress, now};
 use crate::pkce::is_valid_challenge;
 use crate::scope::{Context, Scope, ScopeSet};
 use crate::secret::{hash_password, random_token, token_digest, verify_password};
@@ -307,8 +306,8 @@ fn expired() -> Response {
 }
 
 async fn load(server: &AuthServer, body: &[u8]) -> Result<Step, Response> {
-    let form = form_map(body)
-        .map_err(|_| error_page(StatusCode::BAD_REQUEST, "The form is malformed."))?;
+    let form = page_form(body)
+        .ok_or_else(|| error_page(StatusCode::BAD_REQUEST, "The form is malformed."))?;
     let id = form.get("request").cloned().ok_or_else(expired)?;
     let mut step = load_request(server, &id).await?;
     step.form = form;
@@ -368,6 +367,21 @@ pub(super) async fn refuse_login(
         return internal_page(error);
     }
     login_page(server, &step.client, &step.id, Some(message))
+}
+
+/// The fields of a page's form, each at most once, but the consent page's `scope` checkboxes:
+/// those repeat, one per scope kept, and [`post_consent`] reads them from the body itself.
+fn page_form(body: &[u8]) -> Option<HashMap<String, String>> {
+    let mut form = HashMap::new();
+    for (name, value) in form_urlencoded::parse(body) {
+        if name == "scope" {
+            continue;
+        }
+        if form.insert(name.into_owned(), value.into_owned()).is_some() {
+            return None;
+        }
+    }
+    Some(form)
 }
 
 /// The user's record, unless they are gone; the pending request must have signed in.
@@ -695,8 +709,7 @@ pub async fn post_consent(
             state,
         );
     }
-    // Checkboxes arrive as repeated `scope` fields, which the step's form keeps once: read
-    // them from the body again.
+    // Checkboxes arrive as repeated `scope` fields, which the step's form leaves out.
     let ticked: ScopeSet = form_urlencoded::parse(&body)
         .filter(|(name, _)| name == "scope")
         .map(|(_, value)| Scope::parse(&value))
@@ -808,10 +821,21 @@ async fn advance(server: &AuthServer, step: Step) -> Response {
     }
     let patient = match current_patient(pending) {
         Some(id) => match server.directory.patient(user, &id).await {
-            Ok(choice) => choice.or(Some(Choice {
-                id,
-                label: "(the patient of this launch)".to_owned(),
-            })),
+            Ok(Some(choice)) => Some(choice),
+            // An EHR launch names a patient whom the user who signed in here may not choose
+            // (another patient; a practitioner outside their care): whoever minted the launch,
+            // it gives this user no token for that record.
+            Ok(None) => {
+                if let Err(error) = server.store.delete_request(&token_digest(&step.id)).await {
+                    return internal_page(error);
+                }
+                return redirect_error(
+                    &pending.redirect_uri,
+                    "access_denied",
+                    "the user who signed in may not open the record of the launch's patient",
+                    Some(&pending.state),
+                );
+            }
             Err(error) => return internal_page(error),
         },
         None => None,

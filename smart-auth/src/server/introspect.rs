@@ -34,6 +34,7 @@ async fn introspect(
 ) -> Result<Response, OAuthError> {
     check_form(headers)?;
     let form = form_map(body)?;
+    server.sync_revocations().await;
     match bearer_token(headers) {
         Some(token) => {
             server.principal(token).map_err(|e| {
@@ -116,6 +117,12 @@ async fn active_refresh_token(
     }
     if let Some(patient) = &grant.info.context.patient {
         body["patient"] = json!(patient);
+    }
+    if let Some(encounter) = &grant.info.context.encounter {
+        body["encounter"] = json!(encounter);
+    }
+    if let Some(fhir_user) = &grant.info.fhir_user {
+        body["fhirUser"] = json!(format!("{}/{fhir_user}", server.config.fhir_base));
     }
     Ok(Some(body))
 }

@@ -55,6 +55,7 @@ async fn launch(
     body: &[u8],
     address: Option<String>,
 ) -> Result<Response, OAuthError> {
+    server.sync_revocations().await;
     let principal = server.authenticate(headers).map_err(|e| {
         OAuthError::new(StatusCode::UNAUTHORIZED, "invalid_token", e.to_string())
             .with_challenge(e.challenge())

@@ -26,6 +26,7 @@ pub mod token_endpoint;
 pub mod upstream;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -47,6 +48,17 @@ pub fn now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
+
+/// Milliseconds since the Unix epoch.
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// How often, at most, a node reads the revocations that other nodes of the same database
+/// recorded.
+const REVOCATION_SYNC_MILLIS: i64 = 1000;
 
 /// How the authorization server is set up.
 #[derive(Debug, Clone)]
@@ -287,6 +299,8 @@ pub struct AuthServer {
     pub verifier: TokenVerifier,
     /// What has been revoked.
     pub revocations: Revocations,
+    /// When [`Self::sync_revocations`] last read the stored revocations (Unix milliseconds).
+    revocations_synced: AtomicI64,
     /// The FHIR data behind the pickers and the launch check.
     pub directory: Arc<dyn Directory>,
     /// Fetches clients' JWK Sets registered by URL.
@@ -336,6 +350,7 @@ impl AuthServer {
             keys,
             verifier,
             revocations,
+            revocations_synced: AtomicI64::new(now_millis()),
             directory,
             http,
             audit,
@@ -407,6 +422,32 @@ impl AuthServer {
         }
         let scopes = Arc::new(ScopeSet::parse(&claims.scope));
         Ok(Principal { claims, scopes })
+    }
+
+    /// Adds the revocations that other nodes of the same database recorded to this node's,
+    /// at most once a second: a token revoked through any node is refused by every node
+    /// within about a second (by the node that revoked it, at once). Called before each
+    /// authentication; a failure to read keeps the revocations known so far.
+    pub async fn sync_revocations(&self) {
+        let now_ms = now_millis();
+        let last = self.revocations_synced.load(Ordering::Relaxed);
+        // One request of the many arriving at once does the reading.
+        if now_ms - last < REVOCATION_SYNC_MILLIS
+            || self
+                .revocations_synced
+                .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        match self.store.revocations(now()).await {
+            Ok(rows) => {
+                for (token_id, until) in rows {
+                    self.revocations.insert(&token_id, until);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot read the stored revocations"),
+        }
     }
 
     /// Revokes an access token (by jti) until it would have expired.

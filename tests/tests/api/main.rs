@@ -1,5 +1,6 @@
 //! End-to-end tests of the FHIR REST API: the real server on a random port, a real HTTP client.
 
+mod access;
 mod audit;
 mod bad_input;
 mod beyond_schema;
@@ -15,4 +16,10 @@ mod interactions;
 mod lifecycle;
 mod representation;
 mod search;
+mod smart_backend;
+mod smart_discovery;
+mod smart_launch;
+mod smart_refusals;
+mod smart_resource;
+mod smart_tokens;
 mod transaction;
