@@ -22,4 +22,5 @@ mod smart_launch;
 mod smart_refusals;
 mod smart_resource;
 mod smart_tokens;
+mod smart_upstream;
 mod transaction;
