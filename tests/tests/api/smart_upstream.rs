@@ -180,7 +180,7 @@ async fn a_user_signs_in_at_the_upstream_provider_and_the_app_gets_its_token() {
     let token = launch.exchange(&telemed, &code).await;
     assert_eq!(token.status, 200, "{:?}", token.body);
     assert_eq!(token.body["patient"], patient.as_str());
-    let claims = telemed_tests::jwt_claims(&token.body["id_token"].as_str().expect("id_token"));
+    let claims = telemed_tests::jwt_claims(token.body["id_token"].as_str().expect("id_token"));
     assert_eq!(claims["sub"], "alice.local");
 }
 
