@@ -412,11 +412,8 @@ async fn verify_audit(args: ServeArgs) -> anyhow::Result<()> {
             Ok(())
         }
         telemed_server::audit::Verified::Broken(broken) => {
-            let row = broken.seq.map_or(String::new(), |seq| {
-                format!(" (audit_events row seq {seq})")
-            });
             println!(
-                "the audit trail is broken at record {}{row}: {}",
+                "the audit trail is broken at record {0} (AuditEvent/{0}): {1}",
                 broken.chain_pos, broken.why
             );
             anyhow::bail!("the audit trail is broken")

@@ -1,10 +1,10 @@
 -- The audit trail: one row per AuditEvent, appended and never changed, each carrying the
 -- SHA-256 of the one before it (`prev_hash`) and its own (`hash`, over `prev_hash` and every
--- column of the row), in `chain_pos` order. `telemed audit verify` recomputes the chain.
+-- column of the row), in `chain_pos` order. Indexed for searches by date, patient and agent
+-- only: every index is paid for by every request. `telemed audit verify` recomputes the chain.
 -- Numbered 0010 so that search and storage migrations can take 0006–0009.
 CREATE TABLE audit_events (
-    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
-    chain_pos  INTEGER NOT NULL UNIQUE,
+    chain_pos  INTEGER PRIMARY KEY, -- its place in the chain, from 1; the AuditEvent's id
     recorded   INTEGER NOT NULL, -- microseconds since the Unix epoch, UTC
     type_code  TEXT    NOT NULL, -- rest, or the DICOM code of an authentication event
     subtype    TEXT    NOT NULL, -- read, search-type, create, …, login, token, revoke, …
@@ -21,7 +21,6 @@ CREATE TABLE audit_events (
 CREATE INDEX audit_events_recorded ON audit_events (recorded);
 CREATE INDEX audit_events_patient ON audit_events (patient, recorded);
 CREATE INDEX audit_events_agent ON audit_events (agent, recorded);
-CREATE INDEX audit_events_entity ON audit_events (entity, recorded);
 
 -- The end of the chain, locked by whoever appends.
 CREATE TABLE audit_chain (

@@ -488,10 +488,9 @@ fn instance_of(path: &str) -> Option<String> {
 /// The first link of the chain that does not hold, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broken {
-    /// The position in the chain of the first record that does not fit.
+    /// The position in the chain (`chain_pos`, the AuditEvent's id) of the first record that
+    /// does not fit.
     pub chain_pos: i64,
-    /// Its row (`seq`), to find it in the database.
-    pub seq: Option<i64>,
     pub why: String,
 }
 
@@ -505,11 +504,10 @@ pub enum Verified {
 
 /// Walks the whole chain, recomputing each hash.
 pub async fn verify(store: &Store) -> anyhow::Result<Verified> {
-    const PAGE: &str = "SELECT seq, chain_pos, recorded, type_code, subtype, action, outcome, \
+    const PAGE: &str = "SELECT chain_pos, recorded, type_code, subtype, action, outcome, \
         patient, agent, client_id, entity, body, prev_hash, hash FROM audit_events \
         WHERE chain_pos > $1 ORDER BY chain_pos LIMIT 2000";
-    const KINDS: [Kind; 14] = [
-        Kind::Int,
+    const KINDS: [Kind; 13] = [
         Kind::Int,
         Kind::Int,
         Kind::Text,
@@ -540,19 +538,15 @@ pub async fn verify(store: &Store) -> anyhow::Result<Verified> {
             let int = |c: Cell| if let Cell::Int(n) = c { n } else { i64::MIN };
             let text = |c: Cell| if let Cell::Text(t) = c { Some(t) } else { None };
             let blob = |c: Cell| if let Cell::Blob(b) = c { b } else { Vec::new() };
-            let seq = int(next());
             let pos = int(next());
             let broken = |why: &str| Broken {
                 chain_pos: expected,
-                seq: Some(seq),
                 why: why.to_owned(),
             };
             if pos != expected {
-                return Ok(Verified::Broken(Broken {
-                    chain_pos: expected,
-                    seq: None,
-                    why: format!("record {expected} is missing (the next one is {pos})"),
-                }));
+                return Ok(Verified::Broken(broken(&format!(
+                    "it is missing (the next record is {pos})"
+                ))));
             }
             let record = AuditRecord {
                 recorded: Micros(int(next())),
@@ -596,7 +590,6 @@ pub async fn verify(store: &Store) -> anyhow::Result<Verified> {
     {
         return Ok(Verified::Broken(Broken {
             chain_pos: expected,
-            seq: None,
             why: format!(
                 "the chain ends at record {} but its head names record {last_pos}: records \
                  were removed from the end, or the head was changed",

@@ -1,5 +1,5 @@
 //! AuditEvent through the FHIR API: read and search the audit trail ([`crate::audit`]), never
-//! write it. An AuditEvent's id is its row in the trail (`seq`); it has one version.
+//! write it. An AuditEvent's id is its place in the chain (`chain_pos`); it has one version.
 //!
 //! Search takes `_id`, `date` (with prefixes), `patient`, `agent`, `entity`, `type`,
 //! `subtype`, `action` and `outcome` (each comma-separated for OR, repeated for AND),
@@ -42,7 +42,7 @@ pub fn refuse_write(rt: ResourceType) -> FhirResult<()> {
 }
 
 /// The columns of an AuditEvent row as read here.
-const COLUMNS: &str = "seq, recorded, patient, body";
+const COLUMNS: &str = "chain_pos, recorded, patient, body";
 const KINDS: [Kind; 4] = [Kind::Int, Kind::Int, Kind::Text, Kind::Blob];
 
 /// SQL text with its binds, `$n` numbered in order.
@@ -67,7 +67,7 @@ impl Sql {
 
 /// One row of the trail.
 struct Row {
-    seq: i64,
+    pos: i64,
     recorded: i64,
     patient: Option<String>,
     body: Vec<u8>,
@@ -78,12 +78,12 @@ fn rows(cells: Vec<Vec<Cell>>) -> Vec<Row> {
         .into_iter()
         .filter_map(|row| match <[Cell; 4]>::try_from(row).ok()? {
             [
-                Cell::Int(seq),
+                Cell::Int(pos),
                 Cell::Int(recorded),
                 patient,
                 Cell::Blob(body),
             ] => Some(Row {
-                seq,
+                pos,
                 recorded,
                 patient: match patient {
                     Cell::Text(p) => Some(p),
@@ -101,7 +101,7 @@ fn resource(row: &Row) -> FhirResult<Value> {
     let mut value: Value =
         serde_json::from_slice(&row.body).map_err(|e| FhirError::Internal(e.into()))?;
     if let Some(object) = value.as_object_mut() {
-        object.shift_insert(1, "id".to_owned(), Value::String(row.seq.to_string()));
+        object.shift_insert(1, "id".to_owned(), Value::String(row.pos.to_string()));
         object.shift_insert(
             2,
             "meta".to_owned(),
@@ -153,7 +153,7 @@ pub async fn read(
     shape: &Shape,
 ) -> FhirResult<Response> {
     let not_found = || FhirError::NotFound("AuditEvent has no resource with that id".to_owned());
-    let seq: i64 = id.parse().map_err(|_| not_found())?;
+    let pos: i64 = id.parse().map_err(|_| not_found())?;
     if version.is_some_and(|v| v != "1") {
         return Err(FhirError::NotFound(format!(
             "AuditEvent/{id} has one version, 1"
@@ -163,8 +163,10 @@ pub async fn read(
         .reach(state, ResourceType::AuditEvent, Permission::Read)
         .await?;
     let mut sql = Sql::default();
-    sql.push(&format!("SELECT {COLUMNS} FROM audit_events WHERE seq = "))
-        .bind(Cell::Int(seq));
+    sql.push(&format!(
+        "SELECT {COLUMNS} FROM audit_events WHERE chain_pos = "
+    ))
+    .bind(Cell::Int(pos));
     let found = rows(state.store.query(&sql.text, &sql.binds, &KINDS).await?);
     let row = found.first().ok_or_else(not_found)?;
     let visible = match &reach {
@@ -209,7 +211,7 @@ fn bad(name: &str, problem: &str) -> FhirError {
 fn condition(sql: &mut Sql, filter: &Filter) -> FhirResult<()> {
     match filter {
         Filter::Id(ids) => {
-            sql.push(" AND seq IN (");
+            sql.push(" AND chain_pos IN (");
             for (i, id) in ids.iter().enumerate() {
                 if i > 0 {
                     sql.push(", ");
@@ -337,20 +339,20 @@ pub async fn search(
     for filter in &query.filters {
         condition(&mut sql, filter)?;
     }
-    // seq follows recorded closely enough for paging; the cursor is a seq.
+    // The chain follows `recorded` closely enough for paging; the cursor is a chain position.
     if let Some(cursor) = query.cursor {
         let after = cursor.rid;
         sql.push(if ascending != cursor.backwards {
-            " AND seq > "
+            " AND chain_pos > "
         } else {
-            " AND seq < "
+            " AND chain_pos < "
         })
         .bind(Cell::Int(after));
     }
     sql.push(if ascending {
-        " ORDER BY seq"
+        " ORDER BY chain_pos"
     } else {
-        " ORDER BY seq DESC"
+        " ORDER BY chain_pos DESC"
     });
     sql.push(" LIMIT ")
         .bind(Cell::Int(i64::from(query.count) + 1));
@@ -381,7 +383,7 @@ pub async fn search(
     if more && let Some(last) = found.last() {
         links.push(BundleLink {
             relation: "next",
-            url: link(Some(format!("n{}", last.seq))),
+            url: link(Some(format!("n{}", last.pos))),
         });
     }
     let entries = found
@@ -391,7 +393,7 @@ pub async fn search(
             shape.subset(&mut value);
             let text = value.to_string();
             Ok(serde_json::json!({
-                "fullUrl": format!("{}/AuditEvent/{}", state.fhir_base, row.seq),
+                "fullUrl": format!("{}/AuditEvent/{}", state.fhir_base, row.pos),
                 "resource": RawValue::from_string(text).map_err(|e| FhirError::Internal(e.into()))?,
                 "search": { "mode": "match" },
             }))
