@@ -361,6 +361,10 @@ pub fn compartments_of_body(
     if params.is_empty() {
         return HashSet::new();
     }
+    // A body that names no Patient anywhere references none: no need to parse it.
+    if !body.windows(8).any(|w| w == b"Patient/") {
+        return compartments_of(rt, id, &[]);
+    }
     let references = match serde_json::from_slice::<Value>(body) {
         Ok(value) => crate::search::index::references_through(rt, &value, &state.fhir_base, params),
         Err(_) => Vec::new(),

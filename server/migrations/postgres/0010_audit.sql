@@ -1,7 +1,8 @@
 -- The audit trail: one row per AuditEvent, appended and never changed, each carrying the
 -- SHA-256 of the one before it (`prev_hash`) and its own (`hash`, over `prev_hash` and every
--- column of the row), in `chain_pos` order. Indexed for searches by date, patient and agent
--- only: every index is paid for by every request. `telemed audit verify` recomputes the chain.
+-- column of the row), in `chain_pos` order. The AuditEvent resource is made from the columns
+-- when it is read. Indexed for searches by date, patient and agent only: every index is paid
+-- for by every request. `telemed audit verify` recomputes the chain.
 -- Numbered 0010 so that search and storage migrations can take 0006–0009.
 CREATE TABLE audit_events (
     chain_pos  BIGINT   PRIMARY KEY, -- its place in the chain, from 1; the AuditEvent's id
@@ -12,9 +13,14 @@ CREATE TABLE audit_events (
     outcome    TEXT     COLLATE "C" NOT NULL,
     patient    TEXT     COLLATE "C",
     agent      TEXT     COLLATE "C",
+    user_name  TEXT,
     client_id  TEXT     COLLATE "C",
+    address    TEXT,
     entity     TEXT     COLLATE "C",
-    body       BYTEA    NOT NULL,
+    entities   TEXT,
+    query      TEXT,
+    purpose    TEXT,
+    detail     TEXT,
     prev_hash  BYTEA    NOT NULL,
     hash       BYTEA    NOT NULL
 );

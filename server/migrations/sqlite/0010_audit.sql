@@ -1,7 +1,8 @@
 -- The audit trail: one row per AuditEvent, appended and never changed, each carrying the
 -- SHA-256 of the one before it (`prev_hash`) and its own (`hash`, over `prev_hash` and every
--- column of the row), in `chain_pos` order. Indexed for searches by date, patient and agent
--- only: every index is paid for by every request. `telemed audit verify` recomputes the chain.
+-- column of the row), in `chain_pos` order. The AuditEvent resource is made from the columns
+-- when it is read. Indexed for searches by date, patient and agent only: every index is paid
+-- for by every request. `telemed audit verify` recomputes the chain.
 -- Numbered 0010 so that search and storage migrations can take 0006–0009.
 CREATE TABLE audit_events (
     chain_pos  INTEGER PRIMARY KEY, -- its place in the chain, from 1; the AuditEvent's id
@@ -12,9 +13,14 @@ CREATE TABLE audit_events (
     outcome    TEXT    NOT NULL, -- 0 (success), 4, 8 or 12
     patient    TEXT,             -- the Patient (id) the event concerns, if one
     agent      TEXT,             -- who: a fhirUser reference, a username, or client/{id}
+    user_name  TEXT,             -- the username, for an authentication event
     client_id  TEXT,
-    entity     TEXT,             -- the resource it was about (Type/id), if one
-    body       BLOB    NOT NULL, -- the AuditEvent as JSON, without id and meta
+    address    TEXT,             -- where the request came from
+    entity     TEXT,             -- the resource the request named (Type/id), if one
+    entities   TEXT,             -- the versions it read or wrote, space-separated
+    query      TEXT,             -- a search's query string
+    purpose    TEXT,             -- the reason given to break the glass
+    detail     TEXT,             -- why an authentication event failed
     prev_hash  BLOB    NOT NULL,
     hash       BLOB    NOT NULL
 );

@@ -19,6 +19,7 @@
 //! When authorization is disabled (a trusted network, test data) nobody is identified and
 //! nothing is audited.
 
+mod render;
 mod writer;
 
 use std::net::SocketAddr;
@@ -28,8 +29,6 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
-use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
 use crate::access::Access;
@@ -39,16 +38,18 @@ use crate::store::{Cell, Change, Kind, Micros, Store, Version};
 use fhir_models::ResourceType;
 use std::collections::HashSet;
 
+pub use render::render;
 pub use writer::Auditor;
 
-/// One row of the audit trail, before it is chained.
+/// One row of the audit trail, before it is chained: the columns the AuditEvent resource is
+/// made from when it is read ([`render`]), so that recording costs no JSON.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditRecord {
     pub recorded: Micros,
-    /// `rest`, or the DICOM code of an authentication event (`110114`).
+    /// `rest`, or the DICOM code of an authentication event ([`AUTHENTICATION`]).
     pub type_code: String,
-    /// The interaction (`read`, `search-type`, `create`, …) or auth event (`login`, `token`,
-    /// `refresh`, `revoke`, …).
+    /// The interaction (`read`, `search-type`, `create`, …) or authentication event (`login`,
+    /// `token`, `refresh`, `revoke`, …).
     pub subtype: String,
     /// `C`, `R`, `U`, `D` or `E`.
     pub action: &'static str,
@@ -58,11 +59,46 @@ pub struct AuditRecord {
     pub patient: Option<String>,
     /// Who: a fhirUser reference, a username, or `client/{id}` for a backend service.
     pub agent: Option<String>,
+    /// The username, for an authentication event.
+    pub user_name: Option<String>,
     pub client_id: Option<String>,
-    /// The resource it was about (`Type/id`).
+    /// The address the request came from.
+    pub address: Option<String>,
+    /// The resource the request named (`Type/id`).
     pub entity: Option<String>,
-    /// The AuditEvent resource, without `id` and `meta`.
-    pub body: Vec<u8>,
+    /// The versions it read or wrote (`Type/id/_history/n`), space-separated.
+    pub entities: Option<String>,
+    /// A search's query string.
+    pub query: Option<String>,
+    /// The reason given to break the glass.
+    pub purpose: Option<String>,
+    /// Why an authentication event failed.
+    pub detail: Option<String>,
+}
+
+/// The type code of authentication events (DICOM 110114, User Authentication).
+pub const AUTHENTICATION: &str = "110114";
+
+impl AuditRecord {
+    /// The text columns, in the order the chain hashes them.
+    pub(crate) fn texts(&self) -> [Option<&str>; 14] {
+        [
+            Some(self.type_code.as_str()),
+            Some(self.subtype.as_str()),
+            Some(self.action),
+            Some(self.outcome),
+            self.patient.as_deref(),
+            self.agent.as_deref(),
+            self.user_name.as_deref(),
+            self.client_id.as_deref(),
+            self.address.as_deref(),
+            self.entity.as_deref(),
+            self.entities.as_deref(),
+            self.query.as_deref(),
+            self.purpose.as_deref(),
+            self.detail.as_deref(),
+        ]
+    }
 }
 
 /// A record's place in the chain: its hash covers the hash before it, its position and every
@@ -72,17 +108,7 @@ pub fn chain_hash(prev: &[u8], pos: i64, record: &AuditRecord) -> [u8; 32] {
     hash.update(prev);
     hash.update(pos.to_be_bytes());
     hash.update(record.recorded.0.to_be_bytes());
-    let fields = [
-        Some(record.type_code.as_str()),
-        Some(record.subtype.as_str()),
-        Some(record.action),
-        Some(record.outcome),
-        record.patient.as_deref(),
-        record.agent.as_deref(),
-        record.client_id.as_deref(),
-        record.entity.as_deref(),
-    ];
-    for field in fields {
+    for field in record.texts() {
         match field {
             None => hash.update([0]),
             Some(text) => {
@@ -92,9 +118,46 @@ pub fn chain_hash(prev: &[u8], pos: i64, record: &AuditRecord) -> [u8; 32] {
             }
         }
     }
-    hash.update((record.body.len() as u64).to_be_bytes());
-    hash.update(&record.body);
     hash.finalize().into()
+}
+
+/// The columns a record is read back from, its position first.
+pub(crate) const RECORD_COLUMNS: &str = "chain_pos, recorded, type_code, subtype, action, \
+    outcome, patient, agent, user_name, client_id, address, entity, entities, query, purpose, \
+    detail";
+
+/// The kinds of [`RECORD_COLUMNS`].
+pub(crate) fn record_kinds() -> Vec<Kind> {
+    let mut kinds = vec![Kind::Int; 2];
+    kinds.extend([Kind::Text; 14]);
+    kinds
+}
+
+/// A record and its position, read from the cells of [`RECORD_COLUMNS`] (the iterator then
+/// holds whatever columns followed).
+pub(crate) fn read_record(cells: &mut impl Iterator<Item = Cell>) -> (i64, AuditRecord) {
+    let mut next = || cells.next().unwrap_or(Cell::Null);
+    let int = |c: Cell| if let Cell::Int(n) = c { n } else { i64::MIN };
+    let text = |c: Cell| if let Cell::Text(t) = c { Some(t) } else { None };
+    let pos = int(next());
+    let record = AuditRecord {
+        recorded: Micros(int(next())),
+        type_code: text(next()).unwrap_or_default(),
+        subtype: text(next()).unwrap_or_default(),
+        action: known_code(text(next())),
+        outcome: known_code(text(next())),
+        patient: text(next()),
+        agent: text(next()),
+        user_name: text(next()),
+        client_id: text(next()),
+        address: text(next()),
+        entity: text(next()),
+        entities: text(next()),
+        query: text(next()),
+        purpose: text(next()),
+        detail: text(next()),
+    };
+    (pos, record)
 }
 
 /// What a request did, as its handler tells it: filled in while the request runs, read by
@@ -258,111 +321,6 @@ impl Who {
     }
 }
 
-/// The AuditEvent resource of a REST interaction (IHE BALP style).
-#[expect(clippy::too_many_arguments, reason = "the parts of one AuditEvent")]
-fn rest_event(
-    recorded: Micros,
-    subtype: &str,
-    action: &str,
-    outcome: &str,
-    who: &Who,
-    patient: Option<&str>,
-    entities: &[String],
-    query: Option<&str>,
-) -> Value {
-    let mut agents = Vec::new();
-    if let Some(agent) = &who.agent {
-        let who_value = if agent.starts_with("client/") {
-            json!({ "identifier": { "system": "urn:telemed:client", "value": who.client_id } })
-        } else {
-            json!({ "reference": agent })
-        };
-        let mut human = json!({
-            "type": { "coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                "code": "IRCP", "display": "information recipient",
-            }]},
-            "who": who_value,
-            "requestor": true,
-        });
-        if let Some(address) = &who.address {
-            human["network"] = json!({ "address": address, "type": "2" });
-        }
-        agents.push(human);
-        if !agent.starts_with("client/")
-            && let Some(client) = &who.client_id
-        {
-            agents.push(json!({
-                "type": { "coding": [{
-                    "system": "http://dicom.nema.org/resources/ontology/DCM",
-                    "code": "110150", "display": "Application",
-                }]},
-                "who": { "identifier": { "system": "urn:telemed:client", "value": client } },
-                "requestor": false,
-            }));
-        }
-    } else {
-        let mut anonymous = json!({ "who": { "display": "anonymous" }, "requestor": true });
-        if let Some(address) = &who.address {
-            anonymous["network"] = json!({ "address": address, "type": "2" });
-        }
-        agents.push(anonymous);
-    }
-    let mut entity = Vec::new();
-    if let Some(patient) = patient {
-        entity.push(json!({
-            "what": { "reference": format!("Patient/{patient}") },
-            "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1" },
-            "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1" },
-        }));
-    }
-    for what in entities {
-        entity.push(json!({
-            "what": { "reference": what },
-            "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2" },
-        }));
-    }
-    if let Some(query) = query.filter(|q| !q.is_empty()) {
-        entity.push(json!({
-            "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2" },
-            "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24" },
-            "query": base64::engine::general_purpose::STANDARD.encode(query),
-        }));
-    }
-    let mut event = json!({
-        "resourceType": "AuditEvent",
-        "type": {
-            "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
-            "code": "rest", "display": "RESTful Operation",
-        },
-        "subtype": [{ "system": "http://hl7.org/fhir/restful-interaction", "code": subtype }],
-        "action": action,
-        "recorded": recorded.to_instant(),
-        "outcome": outcome,
-        "agent": agents,
-        "source": {
-            "observer": { "display": "telemed" },
-            "type": [{
-                "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                "code": "4", "display": "Application Server",
-            }],
-        },
-    });
-    if let Some(reason) = &who.break_glass {
-        event["purposeOfEvent"] = json!([{
-            "coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
-                "code": "BTG", "display": "break the glass",
-            }],
-            "text": reason,
-        }]);
-    }
-    if !entity.is_empty() {
-        event["entity"] = Value::Array(entity);
-    }
-    event
-}
-
 /// The middleware that audits every FHIR request it wraps (outside the authentication, so
 /// that a request refused for want of a token is audited too).
 pub async fn record_requests(
@@ -417,44 +375,32 @@ pub async fn record_requests(
     {
         patients.push(patient.clone());
     }
-    let mut entities = note.entities;
-    if entities.is_empty()
-        && let Some(entity) = &entity
-    {
-        entities.push(entity.clone());
-    }
+    let entities = note.entities;
     let is_search = subtype.starts_with("search") || subtype.starts_with("history");
+    let entities = (!entities.is_empty()).then(|| entities.join(" "));
+    let query = query.filter(|_| is_search);
+    let record = |patient: Option<String>| AuditRecord {
+        recorded,
+        type_code: "rest".to_owned(),
+        subtype: subtype.to_owned(),
+        action,
+        outcome,
+        patient,
+        agent: who.agent.clone(),
+        user_name: None,
+        client_id: who.client_id.clone(),
+        address: who.address.clone(),
+        entity: entity.clone(),
+        entities: entities.clone(),
+        query: query.clone(),
+        purpose: who.break_glass.clone(),
+        detail: None,
+    };
     let records: Vec<AuditRecord> = if patients.is_empty() {
-        vec![None]
+        vec![record(None)]
     } else {
-        patients.iter().map(Some).collect()
-    }
-    .into_iter()
-    .map(|patient| {
-        let body = rest_event(
-            recorded,
-            subtype,
-            action,
-            outcome,
-            &who,
-            patient.map(String::as_str),
-            &entities,
-            if is_search { query.as_deref() } else { None },
-        );
-        AuditRecord {
-            recorded,
-            type_code: "rest".to_owned(),
-            subtype: subtype.to_owned(),
-            action,
-            outcome,
-            patient: patient.cloned(),
-            agent: who.agent.clone(),
-            client_id: who.client_id.clone(),
-            entity: entity.clone(),
-            body: serde_json::to_vec(&body).unwrap_or_default(),
-        }
-    })
-    .collect();
+        patients.into_iter().map(|p| record(Some(p))).collect()
+    };
     match auditor.append(records).await {
         Ok(()) => response,
         // The response must not leave without its record: the request fails instead.
@@ -504,29 +450,17 @@ pub enum Verified {
 
 /// Walks the whole chain, recomputing each hash.
 pub async fn verify(store: &Store) -> anyhow::Result<Verified> {
-    const PAGE: &str = "SELECT chain_pos, recorded, type_code, subtype, action, outcome, \
-        patient, agent, client_id, entity, body, prev_hash, hash FROM audit_events \
-        WHERE chain_pos > $1 ORDER BY chain_pos LIMIT 2000";
-    const KINDS: [Kind; 13] = [
-        Kind::Int,
-        Kind::Int,
-        Kind::Text,
-        Kind::Text,
-        Kind::Text,
-        Kind::Text,
-        Kind::Text,
-        Kind::Text,
-        Kind::Text,
-        Kind::Text,
-        Kind::Blob,
-        Kind::Blob,
-        Kind::Blob,
-    ];
+    let page = format!(
+        "SELECT {RECORD_COLUMNS}, prev_hash, hash FROM audit_events WHERE chain_pos > $1 \
+         ORDER BY chain_pos LIMIT 2000"
+    );
+    let mut kinds = record_kinds();
+    kinds.extend([Kind::Blob; 2]);
     let mut running = vec![0u8; 32];
     let mut expected = 1i64;
     loop {
         let rows = store
-            .query(PAGE, &[Cell::Int(expected - 1)], &KINDS)
+            .query(&page, &[Cell::Int(expected - 1)], &kinds)
             .await
             .map_err(|e| anyhow::anyhow!("cannot read the audit trail: {e}"))?;
         if rows.is_empty() {
@@ -534,11 +468,14 @@ pub async fn verify(store: &Store) -> anyhow::Result<Verified> {
         }
         for row in rows {
             let mut cells = row.into_iter();
-            let mut next = || cells.next().unwrap_or(Cell::Null);
-            let int = |c: Cell| if let Cell::Int(n) = c { n } else { i64::MIN };
-            let text = |c: Cell| if let Cell::Text(t) = c { Some(t) } else { None };
-            let blob = |c: Cell| if let Cell::Blob(b) = c { b } else { Vec::new() };
-            let pos = int(next());
+            let (pos, record) = read_record(&mut cells);
+            let blob = |c: Option<Cell>| {
+                if let Some(Cell::Blob(b)) = c {
+                    b
+                } else {
+                    Vec::new()
+                }
+            };
             let broken = |why: &str| Broken {
                 chain_pos: expected,
                 why: why.to_owned(),
@@ -548,20 +485,8 @@ pub async fn verify(store: &Store) -> anyhow::Result<Verified> {
                     "it is missing (the next record is {pos})"
                 ))));
             }
-            let record = AuditRecord {
-                recorded: Micros(int(next())),
-                type_code: text(next()).unwrap_or_default(),
-                subtype: text(next()).unwrap_or_default(),
-                action: leak_code(text(next())),
-                outcome: leak_code(text(next())),
-                patient: text(next()),
-                agent: text(next()),
-                client_id: text(next()),
-                entity: text(next()),
-                body: blob(next()),
-            };
-            let prev = blob(next());
-            let hash = blob(next());
+            let prev = blob(cells.next());
+            let hash = blob(cells.next());
             if prev != running {
                 return Ok(Verified::Broken(broken(
                     "its prev_hash is not the hash of the record before it",
@@ -602,7 +527,7 @@ pub async fn verify(store: &Store) -> anyhow::Result<Verified> {
 
 /// The action and outcome codes are a closed set; any other stored value cannot match a hash
 /// made from a record, so it becomes a marker that fails the check.
-fn leak_code(code: Option<String>) -> &'static str {
+pub(crate) fn known_code(code: Option<String>) -> &'static str {
     const CODES: [&str; 9] = ["C", "R", "U", "D", "E", "0", "4", "8", "12"];
     code.and_then(|c| CODES.iter().find(|k| **k == c).copied())
         .unwrap_or("?")
@@ -622,95 +547,26 @@ impl smart_auth::server::AuditSink for AuthTrail {
 
 /// The audit record of an authorization event (DICOM 110114, User Authentication).
 fn auth_record(event: &smart_auth::server::AuthEvent) -> AuditRecord {
-    let recorded = Micros::now();
-    let outcome = if event.success { "0" } else { "4" };
     let agent = event
         .fhir_user
         .clone()
         .or_else(|| event.username.clone())
         .or_else(|| event.client_id.as_ref().map(|c| format!("client/{c}")));
-    let mut agents = Vec::new();
-    if let Some(username) = &event.username {
-        let mut user = json!({
-            "who": match &event.fhir_user {
-                Some(reference) => json!({ "reference": reference, "display": username }),
-                None => json!({ "display": username }),
-            },
-            "altId": username,
-            "requestor": true,
-        });
-        if let Some(address) = &event.address {
-            user["network"] = json!({ "address": address, "type": "2" });
-        }
-        agents.push(user);
-    }
-    if let Some(client) = &event.client_id {
-        let mut app = json!({
-            "type": { "coding": [{
-                "system": "http://dicom.nema.org/resources/ontology/DCM",
-                "code": "110150", "display": "Application",
-            }]},
-            "who": { "identifier": { "system": "urn:telemed:client", "value": client } },
-            "requestor": event.username.is_none(),
-        });
-        if event.username.is_none()
-            && let Some(address) = &event.address
-        {
-            app["network"] = json!({ "address": address, "type": "2" });
-        }
-        agents.push(app);
-    }
-    if agents.is_empty() {
-        let mut anonymous = json!({ "who": { "display": "anonymous" }, "requestor": true });
-        if let Some(address) = &event.address {
-            anonymous["network"] = json!({ "address": address, "type": "2" });
-        }
-        agents.push(anonymous);
-    }
-    let subtype = if event.kind == "login" {
-        json!({ "system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110122", "display": "Login" })
-    } else {
-        json!({ "system": "urn:telemed:auth-event", "code": event.kind })
-    };
-    let mut body = json!({
-        "resourceType": "AuditEvent",
-        "type": {
-            "system": "http://dicom.nema.org/resources/ontology/DCM",
-            "code": "110114", "display": "User Authentication",
-        },
-        "subtype": [subtype],
-        "action": "E",
-        "recorded": recorded.to_instant(),
-        "outcome": outcome,
-        "agent": agents,
-        "source": {
-            "observer": { "display": "telemed authorization server" },
-            "type": [{
-                "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                "code": "4", "display": "Application Server",
-            }],
-        },
-    });
-    if let Some(detail) = &event.detail {
-        body["outcomeDesc"] = json!(detail);
-    }
-    if let Some(patient) = &event.patient {
-        body["entity"] = json!([{
-            "what": { "reference": format!("Patient/{patient}") },
-            "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1" },
-            "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1" },
-        }]);
-    }
     AuditRecord {
-        recorded,
-        type_code: "110114".to_owned(),
+        recorded: Micros::now(),
+        type_code: AUTHENTICATION.to_owned(),
         subtype: event.kind.to_owned(),
         action: "E",
-        outcome,
+        outcome: if event.success { "0" } else { "4" },
         patient: event.patient.clone(),
         agent,
+        user_name: event.username.clone(),
         client_id: event.client_id.clone(),
+        address: event.address.clone(),
         entity: None,
-        body: serde_json::to_vec(&body).unwrap_or_default(),
+        entities: None,
+        query: None,
+        purpose: None,
+        detail: event.detail.clone(),
     }
 }

@@ -108,8 +108,9 @@ fn gather(group: &mut Vec<Job>, jobs: &mut mpsc::Receiver<Job>) {
 }
 
 const INSERT: &str = "INSERT INTO audit_events (chain_pos, recorded, type_code, subtype, action, \
-    outcome, patient, agent, client_id, entity, body, prev_hash, hash) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+    outcome, patient, agent, user_name, client_id, address, entity, entities, query, purpose, \
+    detail, prev_hash, hash) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
 
 fn append_sqlite(connection: &mut Connection, group: &[Job]) -> anyhow::Result<()> {
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -123,21 +124,17 @@ fn append_sqlite(connection: &mut Connection, group: &[Job]) -> anyhow::Result<(
         for record in group.iter().flat_map(|job| &job.records) {
             pos += 1;
             let hash = chain_hash(&last, pos, record);
-            insert.execute(rusqlite::params![
-                pos,
-                record.recorded.0,
-                record.type_code,
-                record.subtype,
-                record.action,
-                record.outcome,
-                record.patient,
-                record.agent,
-                record.client_id,
-                record.entity,
-                record.body,
-                last,
-                hash.as_slice(),
-            ])?;
+            let mut params: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(18);
+            params.push(&pos);
+            params.push(&record.recorded.0);
+            let texts = record.texts();
+            for text in &texts {
+                params.push(text);
+            }
+            params.push(&last);
+            let hash_bytes = hash.as_slice();
+            params.push(&hash_bytes);
+            insert.execute(params.as_slice())?;
             last = hash.to_vec();
         }
     }
@@ -163,29 +160,25 @@ async fn append_postgres(pool: &PgPool, group: &[Job]) -> anyhow::Result<()> {
         columns.push(pos, record, &last, &hash);
         last = hash.to_vec();
     }
-    // One statement for the whole group.
-    sqlx::query(
+    // One statement for the whole group: a column of values per parameter.
+    let mut query = sqlx::query(
         "INSERT INTO audit_events (chain_pos, recorded, type_code, subtype, action, outcome, \
-         patient, agent, client_id, entity, body, prev_hash, hash) \
+         patient, agent, user_name, client_id, address, entity, entities, query, purpose, \
+         detail, prev_hash, hash) \
          SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
-         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[], \
-         $12::bytea[], $13::bytea[])",
+         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
+         $13::text[], $14::text[], $15::text[], $16::text[], $17::bytea[], $18::bytea[])",
     )
     .bind(&columns.pos)
-    .bind(&columns.recorded)
-    .bind(&columns.type_code)
-    .bind(&columns.subtype)
-    .bind(&columns.action)
-    .bind(&columns.outcome)
-    .bind(&columns.patient)
-    .bind(&columns.agent)
-    .bind(&columns.client_id)
-    .bind(&columns.entity)
-    .bind(&columns.body)
-    .bind(&columns.prev_hash)
-    .bind(&columns.hash)
-    .execute(&mut *tx)
-    .await?;
+    .bind(&columns.recorded);
+    for texts in &columns.texts {
+        query = query.bind(texts);
+    }
+    query
+        .bind(&columns.prev_hash)
+        .bind(&columns.hash)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("UPDATE audit_chain SET last_pos = $1, last_hash = $2 WHERE id = 1")
         .bind(pos)
         .bind(&last)
@@ -200,15 +193,8 @@ async fn append_postgres(pool: &PgPool, group: &[Job]) -> anyhow::Result<()> {
 struct Columns {
     pos: Vec<i64>,
     recorded: Vec<i64>,
-    type_code: Vec<String>,
-    subtype: Vec<String>,
-    action: Vec<String>,
-    outcome: Vec<String>,
-    patient: Vec<Option<String>>,
-    agent: Vec<Option<String>>,
-    client_id: Vec<Option<String>>,
-    entity: Vec<Option<String>>,
-    body: Vec<Vec<u8>>,
+    /// The text columns, in [`AuditRecord::texts`] order.
+    texts: [Vec<Option<String>>; 14],
     prev_hash: Vec<Vec<u8>>,
     hash: Vec<Vec<u8>>,
 }
@@ -225,15 +211,9 @@ impl Columns {
     fn push(&mut self, pos: i64, record: &AuditRecord, prev: &[u8], hash: &[u8]) {
         self.pos.push(pos);
         self.recorded.push(record.recorded.0);
-        self.type_code.push(record.type_code.clone());
-        self.subtype.push(record.subtype.clone());
-        self.action.push(record.action.to_owned());
-        self.outcome.push(record.outcome.to_owned());
-        self.patient.push(record.patient.clone());
-        self.agent.push(record.agent.clone());
-        self.client_id.push(record.client_id.clone());
-        self.entity.push(record.entity.clone());
-        self.body.push(record.body.clone());
+        for (column, text) in self.texts.iter_mut().zip(record.texts()) {
+            column.push(text.map(str::to_owned));
+        }
         self.prev_hash.push(prev.to_vec());
         self.hash.push(hash.to_vec());
     }

@@ -19,9 +19,10 @@ use super::bundle::{Bundle, BundleLink};
 use super::format::{FHIR_JSON, Shape};
 use crate::access::{Access, Patients, Reach};
 use crate::app::AppState;
+use crate::audit::{self, AuditRecord};
 use crate::error::{FhirError, FhirResult, Issue};
 use crate::search::query::{Filter, Prefix, SearchValue};
-use crate::store::{Cell, Kind};
+use crate::store::Cell;
 
 /// The error of any write to the trail.
 pub fn append_only() -> FhirError {
@@ -40,10 +41,6 @@ pub fn refuse_write(rt: ResourceType) -> FhirResult<()> {
         Ok(())
     }
 }
-
-/// The columns of an AuditEvent row as read here.
-const COLUMNS: &str = "chain_pos, recorded, patient, body";
-const KINDS: [Kind; 4] = [Kind::Int, Kind::Int, Kind::Text, Kind::Blob];
 
 /// SQL text with its binds, `$n` numbered in order.
 #[derive(Default)]
@@ -65,53 +62,16 @@ impl Sql {
     }
 }
 
-/// One row of the trail.
-struct Row {
-    pos: i64,
-    recorded: i64,
-    patient: Option<String>,
-    body: Vec<u8>,
-}
-
-fn rows(cells: Vec<Vec<Cell>>) -> Vec<Row> {
-    cells
+/// The records of the trail a query of `RECORD_COLUMNS` found, with their positions.
+async fn records(state: &AppState, sql: &Sql) -> FhirResult<Vec<(i64, AuditRecord)>> {
+    let rows = state
+        .store
+        .query(&sql.text, &sql.binds, &audit::record_kinds())
+        .await?;
+    Ok(rows
         .into_iter()
-        .filter_map(|row| match <[Cell; 4]>::try_from(row).ok()? {
-            [
-                Cell::Int(pos),
-                Cell::Int(recorded),
-                patient,
-                Cell::Blob(body),
-            ] => Some(Row {
-                pos,
-                recorded,
-                patient: match patient {
-                    Cell::Text(p) => Some(p),
-                    _ => None,
-                },
-                body,
-            }),
-            _ => None,
-        })
-        .collect()
-}
-
-/// The AuditEvent of a row: its body with its id, meta and (for the version) 1.
-fn resource(row: &Row) -> FhirResult<Value> {
-    let mut value: Value =
-        serde_json::from_slice(&row.body).map_err(|e| FhirError::Internal(e.into()))?;
-    if let Some(object) = value.as_object_mut() {
-        object.shift_insert(1, "id".to_owned(), Value::String(row.pos.to_string()));
-        object.shift_insert(
-            2,
-            "meta".to_owned(),
-            serde_json::json!({
-                "versionId": "1",
-                "lastUpdated": crate::store::Micros(row.recorded).to_instant(),
-            }),
-        );
-    }
-    Ok(value)
+        .map(|row| audit::read_record(&mut row.into_iter()))
+        .collect())
 }
 
 /// The condition that keeps a search of the trail within a token's reach, or an error when a
@@ -164,11 +124,12 @@ pub async fn read(
         .await?;
     let mut sql = Sql::default();
     sql.push(&format!(
-        "SELECT {COLUMNS} FROM audit_events WHERE chain_pos = "
+        "SELECT {} FROM audit_events WHERE chain_pos = ",
+        audit::RECORD_COLUMNS
     ))
     .bind(Cell::Int(pos));
-    let found = rows(state.store.query(&sql.text, &sql.binds, &KINDS).await?);
-    let row = found.first().ok_or_else(not_found)?;
+    let found = records(state, &sql).await?;
+    let (_, row) = found.first().ok_or_else(not_found)?;
     let visible = match &reach {
         Reach::All => true,
         Reach::Some(terms) => terms.iter().any(|term| {
@@ -184,7 +145,7 @@ pub async fn read(
     if !visible {
         return Err(not_found());
     }
-    let mut value = resource(row)?;
+    let mut value = audit::render(pos, row);
     shape.subset(&mut value);
     Ok((
         StatusCode::OK,
@@ -334,7 +295,10 @@ pub async fn search(
         _ => return Err(bad("_sort", "the audit trail sorts by date only")),
     };
     let mut sql = Sql::default();
-    sql.push(&format!("SELECT {COLUMNS} FROM audit_events WHERE 1 = 1"));
+    sql.push(&format!(
+        "SELECT {} FROM audit_events WHERE 1 = 1",
+        audit::RECORD_COLUMNS
+    ));
     reach_condition(state, access, &mut sql).await?;
     for filter in &query.filters {
         condition(&mut sql, filter)?;
@@ -356,7 +320,7 @@ pub async fn search(
     });
     sql.push(" LIMIT ")
         .bind(Cell::Int(i64::from(query.count) + 1));
-    let mut found = rows(state.store.query(&sql.text, &sql.binds, &KINDS).await?);
+    let mut found = records(state, &sql).await?;
     let more = found.len() > query.count as usize;
     found.truncate(query.count as usize);
 
@@ -380,20 +344,20 @@ pub async fn search(
         relation: "self",
         url: link(query.cursor.map(|c| c.encode())),
     }];
-    if more && let Some(last) = found.last() {
+    if more && let Some((last, _)) = found.last() {
         links.push(BundleLink {
             relation: "next",
-            url: link(Some(format!("n{}", last.pos))),
+            url: link(Some(format!("n{last}"))),
         });
     }
     let entries = found
         .iter()
-        .map(|row| {
-            let mut value = resource(row)?;
+        .map(|(pos, row)| {
+            let mut value = audit::render(*pos, row);
             shape.subset(&mut value);
             let text = value.to_string();
             Ok(serde_json::json!({
-                "fullUrl": format!("{}/AuditEvent/{}", state.fhir_base, row.pos),
+                "fullUrl": format!("{}/AuditEvent/{pos}", state.fhir_base),
                 "resource": RawValue::from_string(text).map_err(|e| FhirError::Internal(e.into()))?,
                 "search": { "mode": "match" },
             }))
