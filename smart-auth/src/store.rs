@@ -5,7 +5,8 @@
 //! Secrets are never stored as such: passwords and client secrets as Argon2id hashes, codes,
 //! refresh tokens, request ids and launch ids as SHA-256 digests ([`crate::secret`]), so a copy
 //! of the database hands nobody a usable credential. The schema is in `migrations/`; its
-//! versions start at 1001 so that they share `_sqlx_migrations` with the FHIR server's.
+//! versions start at 1001 so that they share `_sqlx_migrations` with the FHIR server's, and
+//! its SQL is the same for both backends.
 //!
 //! Each statement is written once with `$n` placeholders, numbered in order of appearance, which
 //! both backends accept; [`with_pool!`] runs it on the concrete pool.
@@ -175,6 +176,21 @@ pub struct Grant {
     pub revoked_at: Option<i64>,
 }
 
+/// What redeeming an authorization code found.
+#[derive(Debug, Clone)]
+pub enum Redemption {
+    /// Good, and now spent: what it stands for.
+    Fresh(Box<CodeInfo>),
+    /// Redeemed before: whoever presents it again replays it, so the grant it became is to be
+    /// revoked.
+    Reused {
+        /// The grant the first redemption made.
+        sid: String,
+    },
+    /// Unknown, expired, or another client's.
+    Invalid,
+}
+
 /// What redeeming a refresh token found.
 #[derive(Debug, Clone)]
 pub enum Refresh {
@@ -219,31 +235,6 @@ macro_rules! with_pool {
 const INSERT_REVOCATION: &str = "INSERT INTO auth_revocations (token_id, expires_at) \
     VALUES ($1, $2) ON CONFLICT (token_id) DO UPDATE SET expires_at = EXCLUDED.expires_at";
 
-/// Revokes, inside transaction `$tx`, every live grant whose `$column` is `$value`, as
-/// removing a client or user does: their refresh tokens stop working; their access tokens, at
-/// most an hour old, are refused by sid until then. (A macro rather than a function generic
-/// over the database: sqlx's generic executor bounds do not let the future be `Send`.)
-macro_rules! revoke_grants_where {
-    ($tx:expr, $column:literal, $value:expr, $now:expr) => {{
-        let sids: Vec<(String,)> = sqlx::query_as(concat!(
-            "UPDATE auth_grants SET revoked_at = $1 WHERE ",
-            $column,
-            " = $2 AND revoked_at IS NULL RETURNING sid"
-        ))
-        .bind($now)
-        .bind($value)
-        .fetch_all(&mut *$tx)
-        .await?;
-        for (sid,) in sids {
-            sqlx::query(INSERT_REVOCATION)
-                .bind(sid)
-                .bind($now + crate::MAX_ACCESS_TOKEN_SECONDS)
-                .execute(&mut *$tx)
-                .await?;
-        }
-    }};
-}
-
 fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
 }
@@ -259,7 +250,7 @@ impl AuthStore {
                 .connect_with(options)
                 .await
                 .context("cannot connect to PostgreSQL")?;
-            migrator(sqlx::migrate!("migrations/postgres"))
+            migrator(sqlx::migrate!())
                 .run(&pool)
                 .await
                 .context("cannot migrate the authorization tables")?;
@@ -283,7 +274,7 @@ impl AuthStore {
                 .connect_with(options)
                 .await
                 .context("cannot open the SQLite database")?;
-            migrator(sqlx::migrate!("migrations/sqlite"))
+            migrator(sqlx::migrate!())
                 .run(&pool)
                 .await
                 .context("cannot migrate the authorization tables")?;
@@ -443,11 +434,41 @@ impl AuthStore {
 
     /// Removes a client and revokes every grant it holds. Returns whether it existed.
     pub async fn delete_client(&self, client_id: &str, now: i64) -> anyhow::Result<bool> {
+        self.delete_with_grants("auth_clients", "client_id", client_id, now)
+            .await
+    }
+
+    /// Deletes the row of `table` whose `column` (a client_id or a username, the column of the
+    /// same name in `auth_grants`) is `value`, and revokes the grants of that client or user.
+    async fn delete_with_grants(
+        &self,
+        table: &'static str,
+        column: &'static str,
+        value: &str,
+        now: i64,
+    ) -> anyhow::Result<bool> {
+        let revoke = format!(
+            "UPDATE auth_grants SET revoked_at = $1 WHERE {column} = $2 AND revoked_at IS NULL \
+             RETURNING sid"
+        );
+        let delete = format!("DELETE FROM {table} WHERE {column} = $1");
         let deleted = with_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
-            revoke_grants_where!(tx, "client_id", client_id, now);
-            let deleted = sqlx::query("DELETE FROM auth_clients WHERE client_id = $1")
-                .bind(client_id)
+            // The grants' access tokens, at most an hour old, are refused by sid until then.
+            let sids: Vec<(String,)> = sqlx::query_as(&revoke)
+                .bind(now)
+                .bind(value)
+                .fetch_all(&mut *tx)
+                .await?;
+            for (sid,) in sids {
+                sqlx::query(INSERT_REVOCATION)
+                    .bind(sid)
+                    .bind(now + crate::MAX_ACCESS_TOKEN_SECONDS)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let deleted = sqlx::query(&delete)
+                .bind(value)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -524,18 +545,8 @@ impl AuthStore {
 
     /// Removes a user and revokes every grant they made. Returns whether they existed.
     pub async fn delete_user(&self, username: &str, now: i64) -> anyhow::Result<bool> {
-        let deleted = with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
-            revoke_grants_where!(tx, "username", username, now);
-            let deleted = sqlx::query("DELETE FROM auth_users WHERE username = $1")
-                .bind(username)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            tx.commit().await?;
-            deleted
-        });
-        Ok(deleted == 1)
+        self.delete_with_grants("auth_users", "username", username, now)
+            .await
     }
 
     /// Records that `username` used the TOTP code of time step `step`, if no later or equal step
@@ -637,28 +648,47 @@ impl AuthStore {
         Ok(())
     }
 
-    /// Redeems a code: removes it and returns what it stands for, if it was issued to
-    /// `client_id` and has not expired. A code is good once, however many requests race for it.
-    pub async fn take_code(
+    /// Redeems a code, to become grant `sid`: what it stands for, if it was issued to
+    /// `client_id`, has not expired and was not redeemed before. A code is spent by its first
+    /// presentation, however many requests race for it; a later one learns which grant the
+    /// first made, to revoke it.
+    pub async fn redeem_code(
         &self,
         digest: &str,
         client_id: &str,
+        sid: &str,
         now: i64,
-    ) -> anyhow::Result<Option<CodeInfo>> {
+    ) -> anyhow::Result<Redemption> {
         let row: Option<(String, String, i64)> = with_pool!(self, |pool| {
             sqlx::query_as(
-                "DELETE FROM auth_codes WHERE digest = $1 \
+                "UPDATE auth_codes SET used_at = $1, sid = $2 \
+                 WHERE digest = $3 AND used_at IS NULL \
                  RETURNING client_id, grant_json, expires_at",
+            )
+            .bind(now)
+            .bind(sid)
+            .bind(digest)
+            .fetch_optional(pool)
+            .await?
+        });
+        if let Some((owner, text, expires_at)) = row {
+            return Ok(if owner == client_id && expires_at > now {
+                Redemption::Fresh(Box::new(serde_json::from_str(&text)?))
+            } else {
+                Redemption::Invalid
+            });
+        }
+        let used: Option<Option<String>> = with_pool!(self, |pool| {
+            sqlx::query_scalar(
+                "SELECT sid FROM auth_codes WHERE digest = $1 AND used_at IS NOT NULL",
             )
             .bind(digest)
             .fetch_optional(pool)
             .await?
         });
-        Ok(match row {
-            Some((owner, text, expires_at)) if owner == client_id && expires_at > now => {
-                Some(serde_json::from_str(&text)?)
-            }
-            _ => None,
+        Ok(match used {
+            Some(Some(sid)) => Redemption::Reused { sid },
+            _ => Redemption::Invalid,
         })
     }
 

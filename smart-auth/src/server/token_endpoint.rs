@@ -15,7 +15,7 @@ use super::{AuthEvent, AuthServer, ClientAddress, OAuthError, no_store, now, res
 use crate::pkce::verify_s256;
 use crate::scope::{Context, Scope, ScopeSet};
 use crate::secret::{random_token, token_digest};
-use crate::store::{ClientKind, GrantInfo, LaunchContext, Refresh};
+use crate::store::{ClientKind, GrantInfo, LaunchContext, Redemption, Refresh};
 use crate::token::{AccessClaims, IdClaims, sign_access_token, sign_id_token};
 
 /// The form of a token request, each parameter at most once (RFC 6749 §3.2).
@@ -132,12 +132,27 @@ async fn authorization_code(
     let redirect_uri = required(form, "redirect_uri")?;
     let verifier = form.get("code_verifier").map(String::as_str).unwrap_or("");
     let now = now();
-    let info = server
+    let sid = random_token(16);
+    let info = match server
         .store
-        .take_code(&token_digest(code), &client.client_id, now)
+        .redeem_code(&token_digest(code), &client.client_id, &sid, now)
         .await
         .map_err(internal)?
-        .ok_or_else(|| invalid_grant("the code is unknown, used, expired or not this client's"))?;
+    {
+        Redemption::Fresh(info) => *info,
+        Redemption::Reused { sid } => {
+            // RFC 6749 §4.1.2: a code seen twice revokes what its first use gave.
+            server.revoke_grant(&sid).await.map_err(internal)?;
+            return Err(invalid_grant(
+                "the code was used before; the tokens it gave are revoked",
+            ));
+        }
+        Redemption::Invalid => {
+            return Err(invalid_grant(
+                "the code is unknown, expired or not this client's",
+            ));
+        }
+    };
     if info.redirect_uri != redirect_uri {
         return Err(invalid_grant(
             "redirect_uri differs from the authorization request's",
@@ -148,7 +163,6 @@ async fn authorization_code(
             "code_verifier is missing or does not match the code_challenge",
         ));
     }
-    let sid = random_token(16);
     server
         .store
         .insert_grant(&sid, &info.grant, now)

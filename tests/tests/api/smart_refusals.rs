@@ -210,6 +210,28 @@ async fn a_code_is_good_once() {
 }
 
 #[tokio::test]
+async fn a_code_presented_again_revokes_the_tokens_it_gave() {
+    let app = spawn_app().await;
+    setup(&app).await;
+    let launch = launch(&app);
+    let code = launch.code(&app).await;
+    let first = launch.exchange(&app, &code).await;
+    assert_eq!(first.status, 200);
+    let client = app.client_with_token(&first.access_token());
+    let search = format!("{}/Patient?_count=1", app.base);
+    assert_eq!(
+        client.get(&search).send().await.expect("sent").status(),
+        200
+    );
+    assert_eq!(launch.exchange(&app, &code).await.status, 400);
+    // Whoever presented it again may have stolen it: what it gave stops working.
+    assert_eq!(
+        client.get(&search).send().await.expect("sent").status(),
+        401
+    );
+}
+
+#[tokio::test]
 async fn a_code_redeemed_with_another_redirect_uri_is_refused() {
     let app = spawn_app().await;
     setup(&app).await;

@@ -47,12 +47,15 @@ CREATE TABLE auth_requests (
     expires_at BIGINT  NOT NULL
 );
 
--- Authorization codes: used once, within a minute.
+-- Authorization codes: used once, within a minute; kept until they expire, so that a code
+-- presented again revokes the grant it became (RFC 6749 §4.1.2).
 CREATE TABLE auth_codes (
     digest     TEXT    PRIMARY KEY,
     client_id  TEXT    NOT NULL,
     grant_json TEXT    NOT NULL, -- JSON: redirect_uri, code_challenge and the grant to make
-    expires_at BIGINT  NOT NULL
+    expires_at BIGINT  NOT NULL,
+    used_at    BIGINT,           -- when it was redeemed: a second try revokes what it became
+    sid        TEXT              -- the grant it became
 );
 
 -- A grant: what one authorization (or one client_credentials request) allowed. Access tokens
