@@ -136,11 +136,16 @@ impl Plan {
             let cap = cap(&query.filters[i], page, size);
             // Counting past the rarest so far would only show this one is not rarer.
             let limit = rarest.map_or(cap, |(_, n, _)| cap.min(n));
-            let sql = sql::estimate(query, i, limit);
-            let rows = store.query(&sql.text, &sql.binds, &[Kind::Int]).await?;
-            let n = match rows.first().and_then(|row| row.first()) {
-                Some(Cell::Int(n)) => *n,
-                _ => limit,
+            let n = match chain_estimate(store, query, i, limit).await? {
+                Some(n) => n,
+                None => {
+                    let sql = sql::estimate(query, i, limit);
+                    let rows = store.query(&sql.text, &sql.binds, &[Kind::Int]).await?;
+                    match rows.first().and_then(|row| row.first()) {
+                        Some(Cell::Int(n)) => *n,
+                        _ => limit,
+                    }
+                }
             };
             if rarest.is_none_or(|(_, least, _)| n < least) {
                 rarest = Some((i, n, cap));
@@ -168,6 +173,69 @@ impl Plan {
             .filter(|&(_, n, cap)| n < cap)
             .map(|(i, _, _)| i)
     }
+}
+
+/// The estimate of the chain filter `i` from [`sql::chain_estimate`]: the resources its link
+/// matches, times how many resources refer to each of a sample of them. `None` when `i` is not
+/// a chain, when counting its matches is as cheap, or when the sample cannot tell — many linked
+/// resources, each referred to less than once — and only counting the matches can.
+///
+/// Zero only when exact, so that a search found empty is empty: an extrapolated zero is one.
+async fn chain_estimate(
+    store: &Store,
+    query: &SearchQuery,
+    i: usize,
+    limit: i64,
+) -> Result<Option<i64>, FhirError> {
+    // Below this the exact count follows as few matches as the sample would.
+    if limit <= 2 * sql::CHAIN_SAMPLE {
+        return Ok(None);
+    }
+    let Some((sql, targets)) = sql::chain_estimate(query, i, limit) else {
+        return Ok(None);
+    };
+    let kinds = vec![Kind::Int; 3 * targets];
+    let rows = store.query(&sql.text, &sql.binds, &kinds).await?;
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    let counts: Vec<i64> = row
+        .iter()
+        .map(|cell| match cell {
+            Cell::Int(n) => *n,
+            _ => 0,
+        })
+        .collect();
+    Ok(chain_size(&counts, limit))
+}
+
+/// A chain's estimate from the counts of [`sql::chain_estimate`] (three a target type), at
+/// most `limit`, as [`chain_estimate`] describes it.
+fn chain_size(counts: &[i64], limit: i64) -> Option<i64> {
+    let mut total = 0i64;
+    let mut exact = true;
+    for target in counts.chunks(3) {
+        let &[linked, sampled, referring] = target else {
+            return None;
+        };
+        let n = if referring >= limit || sampled < sql::CHAIN_SAMPLE {
+            // The sample alone reaches the limit, or it was every linked resource: exact.
+            referring
+        } else {
+            exact = false;
+            // A float is exact enough for an estimate.
+            let n = (linked as f64 * referring as f64 / sampled as f64).ceil() as i64;
+            if linked >= limit && n < limit {
+                // The linked resources were counted only up to the limit, so `n` may be
+                // short of the truth by any amount.
+                return None;
+            }
+            n
+        };
+        total = total.saturating_add(n);
+    }
+    let n = total.min(limit);
+    Some(if exact { n } else { n.max(1) })
 }
 
 /// Where the estimate of `filter` stops counting, for a page of `page` among `size` resources.
@@ -438,4 +506,41 @@ async fn reverse(
         out.extend(fetch(store, sql).await?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain_size;
+    use crate::search::sql::CHAIN_SAMPLE;
+
+    #[test]
+    fn a_chain_whose_links_were_all_sampled_is_counted_exactly() {
+        assert_eq!(chain_size(&[3, 3, 7], 1000), Some(7));
+        assert_eq!(chain_size(&[0, 0, 0], 1000), Some(0));
+    }
+
+    #[test]
+    fn a_chain_is_its_links_times_the_sampled_references_to_each() {
+        assert_eq!(chain_size(&[500, CHAIN_SAMPLE, 64], 1241), Some(1000));
+        // Many links, each referred to twice: past the limit.
+        assert_eq!(chain_size(&[1241, CHAIN_SAMPLE, 64], 1241), Some(1241));
+    }
+
+    #[test]
+    fn an_extrapolated_chain_is_never_empty() {
+        assert_eq!(chain_size(&[500, CHAIN_SAMPLE, 0], 1241), Some(1));
+    }
+
+    #[test]
+    fn the_sample_cannot_tell_about_many_links_rarely_referred_to() {
+        assert_eq!(chain_size(&[1241, CHAIN_SAMPLE, 8], 1241), None);
+    }
+
+    #[test]
+    fn the_targets_of_a_chain_add_up() {
+        assert_eq!(
+            chain_size(&[2, 2, 5, 100, CHAIN_SAMPLE, 32], 1000),
+            Some(105)
+        );
+    }
 }
