@@ -114,6 +114,9 @@ async fn count_type(store: &Store, rt: ResourceType) -> Result<i64, FhirError> {
 struct Plan {
     /// The rarest filter: `(filter index, matches, its cap)`; the count is exact below the cap.
     rarest: Option<(usize, i64, i64)>,
+    /// The chain filters whose linked resources were all counted, below their limit: few
+    /// enough to be found once by a search that tests each resource it walks.
+    linked: Vec<usize>,
 }
 
 impl Plan {
@@ -132,14 +135,49 @@ impl Plan {
         let size = sizes.of(store, &query.types).await?;
         let page = i64::from(query.count) + 1;
         let mut rarest: Option<(usize, i64, i64)> = None;
-        for i in candidates {
+        let mut linked = Vec::new();
+        // Every filter but the chains is counted by one statement, in order, each no further
+        // than the least count before it (see [`sql::estimates`]): one round trip, and one
+        // plan, however many filters.
+        let (chains, plain): (Vec<usize>, Vec<usize>) = candidates
+            .into_iter()
+            .partition(|&i| matches!(query.filters[i], Filter::Chain { .. }));
+        if !plain.is_empty() {
+            let caps: Vec<(usize, i64)> = plain
+                .iter()
+                .map(|&i| (i, cap(&query.filters[i], page, size)))
+                .collect();
+            let sql = sql::estimates(query, &caps);
+            let rows = store
+                .query(&sql.text, &sql.binds, &vec![Kind::Int; caps.len()])
+                .await?;
+            let counts = rows.into_iter().next().unwrap_or_default();
+            for (j, &(i, cap)) in caps.iter().enumerate() {
+                let n = match counts.get(j) {
+                    Some(Cell::Int(n)) => *n,
+                    _ => cap,
+                };
+                if rarest.is_none_or(|(_, least, _)| n < least) {
+                    rarest = Some((i, n, cap));
+                }
+            }
+        }
+        for i in chains {
+            if rarest.is_some_and(|(_, n, _)| n == 0) {
+                break;
+            }
             let cap = cap(&query.filters[i], page, size);
             // Counting past the rarest so far would only show this one is not rarer.
             let limit = rarest.map_or(cap, |(_, n, _)| cap.min(n));
-            let n = match chain_estimate(store, query, i, limit).await? {
-                Some(n) => n,
+            let n = match chain_estimate(store, query, i, limit, LINKS_PER_CAP * cap).await? {
+                Some(ChainSize { matches, few_links }) => {
+                    if few_links {
+                        linked.push(i);
+                    }
+                    matches
+                }
                 None => {
-                    let sql = sql::estimate(query, i, limit);
+                    let sql = sql::estimates(query, &[(i, limit)]);
                     let rows = store.query(&sql.text, &sql.binds, &[Kind::Int]).await?;
                     match rows.first().and_then(|row| row.first()) {
                         Some(Cell::Int(n)) => *n,
@@ -150,11 +188,8 @@ impl Plan {
             if rarest.is_none_or(|(_, least, _)| n < least) {
                 rarest = Some((i, n, cap));
             }
-            if n == 0 {
-                break;
-            }
         }
-        Ok(Plan { rarest })
+        Ok(Plan { rarest, linked })
     }
 
     /// Whether a filter matches nothing, and so the search does.
@@ -186,12 +221,14 @@ async fn chain_estimate(
     query: &SearchQuery,
     i: usize,
     limit: i64,
-) -> Result<Option<i64>, FhirError> {
+    links: i64,
+) -> Result<Option<ChainSize>, FhirError> {
     // Below this the exact count follows as few matches as the sample would.
     if limit <= 2 * sql::CHAIN_SAMPLE {
         return Ok(None);
     }
-    let Some((sql, targets)) = sql::chain_estimate(query, i, limit) else {
+    let links = links.max(limit);
+    let Some((sql, targets)) = sql::chain_estimate(query, i, limit, links) else {
         return Ok(None);
     };
     let kinds = vec![Kind::Int; 3 * targets];
@@ -206,18 +243,29 @@ async fn chain_estimate(
             _ => 0,
         })
         .collect();
-    Ok(chain_size(&counts, limit))
+    Ok(chain_size(&counts, limit, links))
 }
 
-/// A chain's estimate from the counts of [`sql::chain_estimate`] (three a target type), at
-/// most `limit`, as [`chain_estimate`] describes it.
-fn chain_size(counts: &[i64], limit: i64) -> Option<i64> {
+/// A chain's estimate.
+#[derive(Debug, PartialEq, Eq)]
+struct ChainSize {
+    /// How many resources it matches, at most the limit of its estimate.
+    matches: i64,
+    /// Whether its linked resources were counted in full, below the count's limit.
+    few_links: bool,
+}
+
+/// A chain's estimate from the counts of [`sql::chain_estimate`] (three a target type, the
+/// linked resources counted up to `links`), at most `limit`, as [`chain_estimate`] describes it.
+fn chain_size(counts: &[i64], limit: i64, links: i64) -> Option<ChainSize> {
     let mut total = 0i64;
     let mut exact = true;
+    let mut few_links = true;
     for target in counts.chunks(3) {
         let &[linked, sampled, referring] = target else {
             return None;
         };
+        few_links &= linked < links;
         let n = if referring >= limit || sampled < sql::CHAIN_SAMPLE {
             // The sample alone reaches the limit, or it was every linked resource: exact.
             referring
@@ -225,9 +273,9 @@ fn chain_size(counts: &[i64], limit: i64) -> Option<i64> {
             exact = false;
             // A float is exact enough for an estimate.
             let n = (linked as f64 * referring as f64 / sampled as f64).ceil() as i64;
-            if linked >= limit && n < limit {
-                // The linked resources were counted only up to the limit, so `n` may be
-                // short of the truth by any amount.
+            if linked >= links && n < limit {
+                // The linked resources were counted only so far, so `n` may be short of the
+                // truth by any amount.
                 return None;
             }
             n
@@ -235,8 +283,15 @@ fn chain_size(counts: &[i64], limit: i64) -> Option<i64> {
         total = total.saturating_add(n);
     }
     let n = total.min(limit);
-    Some(if exact { n } else { n.max(1) })
+    Some(ChainSize {
+        matches: if exact { n } else { n.max(1) },
+        few_links,
+    })
 }
+
+/// How many linked resources a chain's estimate counts, per unit of its cap: as many as a walk
+/// can look up once found, for less than it saves by not following each one link by link.
+const LINKS_PER_CAP: i64 = 4;
 
 /// Where the estimate of `filter` stops counting, for a page of `page` among `size` resources.
 ///
@@ -323,7 +378,12 @@ pub async fn page(
     } else {
         plan.all_matches()
     };
-    let (sql, key_kinds) = sql::page(query, driver, &cursor_keys);
+    let linked = if driver.is_none() {
+        plan.linked.as_slice()
+    } else {
+        &[]
+    };
+    let (sql, key_kinds) = sql::page(query, driver, linked, &cursor_keys);
     let mut columns = ROW_COLUMNS.to_vec();
     columns.extend(&key_kinds);
     let rows = store.query(&sql.text, &sql.binds, &columns).await?;
@@ -510,37 +570,54 @@ async fn reverse(
 
 #[cfg(test)]
 mod tests {
-    use super::chain_size;
+    use super::{ChainSize, chain_size};
     use crate::search::sql::CHAIN_SAMPLE;
+
+    fn size(matches: i64, few_links: bool) -> Option<ChainSize> {
+        Some(ChainSize { matches, few_links })
+    }
 
     #[test]
     fn a_chain_whose_links_were_all_sampled_is_counted_exactly() {
-        assert_eq!(chain_size(&[3, 3, 7], 1000), Some(7));
-        assert_eq!(chain_size(&[0, 0, 0], 1000), Some(0));
+        assert_eq!(chain_size(&[3, 3, 7], 1000, 4000), size(7, true));
+        assert_eq!(chain_size(&[0, 0, 0], 1000, 4000), size(0, true));
     }
 
     #[test]
     fn a_chain_is_its_links_times_the_sampled_references_to_each() {
-        assert_eq!(chain_size(&[500, CHAIN_SAMPLE, 64], 1241), Some(1000));
+        assert_eq!(
+            chain_size(&[500, CHAIN_SAMPLE, 64], 1241, 4964),
+            size(1000, true)
+        );
         // Many links, each referred to twice: past the limit.
-        assert_eq!(chain_size(&[1241, CHAIN_SAMPLE, 64], 1241), Some(1241));
+        assert_eq!(
+            chain_size(&[1241, CHAIN_SAMPLE, 64], 1241, 4964),
+            size(1241, true)
+        );
+        assert_eq!(
+            chain_size(&[4964, CHAIN_SAMPLE, 64], 1241, 4964),
+            size(1241, false)
+        );
     }
 
     #[test]
     fn an_extrapolated_chain_is_never_empty() {
-        assert_eq!(chain_size(&[500, CHAIN_SAMPLE, 0], 1241), Some(1));
+        assert_eq!(
+            chain_size(&[500, CHAIN_SAMPLE, 0], 1241, 4964),
+            size(1, true)
+        );
     }
 
     #[test]
     fn the_sample_cannot_tell_about_many_links_rarely_referred_to() {
-        assert_eq!(chain_size(&[1241, CHAIN_SAMPLE, 8], 1241), None);
+        assert_eq!(chain_size(&[4964, CHAIN_SAMPLE, 4], 1241, 4964), None);
     }
 
     #[test]
     fn the_targets_of_a_chain_add_up() {
         assert_eq!(
-            chain_size(&[2, 2, 5, 100, CHAIN_SAMPLE, 32], 1000),
-            Some(105)
+            chain_size(&[2, 2, 5, 100, CHAIN_SAMPLE, 32], 1000, 4000),
+            size(105, true)
         );
     }
 }
