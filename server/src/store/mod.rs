@@ -245,6 +245,8 @@ enum Backend {
         /// The database file, for the per-thread readers of [`sqlite::read`].
         path: Arc<Path>,
         read: SqlitePool,
+        /// The threads that run searches (see [`sqlite::Readers`]).
+        readers: sqlite::Readers,
         /// The queue of the group-commit writer (see [`sqlite::spawn_writer`]).
         writer: mpsc::Sender<sqlite::WriteJob>,
     },
@@ -332,15 +334,24 @@ impl Store {
                 .context("cannot open the SQLite database for reading")?;
             let writer = sqlite::spawn_writer(options.get_filename())
                 .context("cannot open the SQLite database for writing")?;
+            let readers = sqlite::Readers::spawn(usize::try_from(readers).unwrap_or(1).max(1))
+                .context("cannot start the SQLite readers")?;
             Backend::Sqlite {
                 path: Arc::from(options.get_filename()),
                 read,
+                readers,
                 writer,
             }
         } else {
             anyhow::bail!("DATABASE_URL must start with sqlite:// or postgres://");
         };
         Ok(Self { backend })
+    }
+
+    /// Whether the database is PostgreSQL, whose plans weigh work differently from SQLite's: a
+    /// query there costs a round trip and a plan, and each row it visits more than SQLite's.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
     }
 
     /// Closes every connection, waiting for the ones in use.
@@ -453,17 +464,16 @@ impl Store {
         columns: &[Kind],
     ) -> Result<Vec<Vec<Cell>>, FhirError> {
         match &self.backend {
-            Backend::Sqlite { path, .. } => {
+            Backend::Sqlite { path, readers, .. } => {
                 let (path, sql, binds, columns) = (
                     path.clone(),
                     sql.to_owned(),
                     binds.to_vec(),
                     columns.to_vec(),
                 );
-                // A search may scan: run it where blocking is allowed.
-                tokio::task::spawn_blocking(move || sqlite::query(&path, &sql, &binds, &columns))
-                    .await
-                    .map_err(|e| FhirError::Internal(e.into()))?
+                readers
+                    .run(move || sqlite::query(&path, &sql, &binds, &columns))
+                    .await?
                     .map_err(FhirError::Internal)
             }
             Backend::Postgres(pool) => {

@@ -342,6 +342,63 @@ fn conflict_on_constraint(error: rusqlite::Error, rt: ResourceType, id: &str) ->
     }
 }
 
+/// A query for the reader threads.
+type ReadJob = Box<dyn FnOnce() + Send>;
+
+/// The threads that run searches, a fixed few, each on its read-only connection (see
+/// [`with_reader`]). A search may scan, so it cannot run on the async runtime's threads; on
+/// tokio's blocking pool, under load, each of dozens of threads opened a connection and mapped
+/// the database anew, and threads came and went, each time faulting the map in again: a fifth
+/// of a busy server's time went to page faults and context switches. With 2 cores, a few
+/// threads do as much work as dozens. They stop when the store is dropped.
+pub(super) struct Readers {
+    jobs: std::sync::mpsc::Sender<ReadJob>,
+}
+
+impl Readers {
+    pub(super) fn spawn(threads: usize) -> anyhow::Result<Self> {
+        let (jobs, queue) = std::sync::mpsc::channel::<ReadJob>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for i in 0..threads {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("sqlite-reader-{i}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while waiting: the job runs without it.
+                        let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        match job {
+                            // A job that panics drops its reply, which its caller reports; the
+                            // thread carries on.
+                            Ok(job) => {
+                                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                })?;
+        }
+        Ok(Self { jobs })
+    }
+
+    /// Runs `f` on a reader thread.
+    pub(super) async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, FhirError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                // The caller may have gone away.
+                let _ = reply.send(f());
+            }))
+            .map_err(|_| FhirError::Internal(anyhow::anyhow!("the SQLite readers have stopped")))?;
+        answer
+            .await
+            .map_err(|_| FhirError::Internal(anyhow::anyhow!("a SQLite reader dropped a query")))
+    }
+}
+
 thread_local! {
     /// This thread's read-only connections, one per database file it has read.
     static READERS: RefCell<HashMap<Arc<Path>, Connection>> = RefCell::new(HashMap::new());
