@@ -3,11 +3,13 @@
 //!
 //! Runs on SQLite by default, on PostgreSQL when `TELEMED_TEST_DATABASE_URL` is set.
 
+mod binary;
 mod common;
 
 use std::process::Command;
 
-use common::{database_url, drop_database, register_backend, start};
+use binary::{register_backend, start};
+use common::{database_url, drop_database};
 use sqlx::Connection as _;
 
 /// Runs `telemed audit verify` on the database; its exit status and what it printed.

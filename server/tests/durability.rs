@@ -3,12 +3,14 @@
 //!
 //! Runs on SQLite by default, on PostgreSQL when `TELEMED_TEST_DATABASE_URL` is set.
 
+mod binary;
 mod common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{database_url, drop_database, register_backend, start};
+use binary::{register_backend, start};
+use common::{database_url, drop_database};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,91 +4,16 @@
 //!
 //! Runs on SQLite by default, on PostgreSQL when `TELEMED_TEST_DATABASE_URL` is set.
 
+mod common;
+mod stores;
+
 use fhir_models::ResourceType;
 use serde_json::{Value, json};
-use sqlx::Connection as _;
+use stores::TestStore;
 use telemed_server::search::execute::{self, Page, TypeSizes};
-use telemed_server::search::index;
 use telemed_server::search::query::{self, Filter, Limits, SearchQuery};
-use telemed_server::store::{Change, Precondition, Store, WriteMethod};
 
-const BASE: &str = "http://localhost/fhir";
-
-/// A store on a database of its own, removed when dropped.
-struct TestStore {
-    store: Store,
-    url: String,
-}
-
-impl TestStore {
-    async fn new() -> Self {
-        let url = match std::env::var("TELEMED_TEST_DATABASE_URL") {
-            Ok(admin) => {
-                let name = format!("telemed_test_{}", uuid::Uuid::new_v4().simple());
-                let mut connection = sqlx::PgConnection::connect(&admin)
-                    .await
-                    .expect("PostgreSQL reachable");
-                sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-                    .execute(&mut connection)
-                    .await
-                    .expect("CREATE DATABASE");
-                let (prefix, _) = admin.rsplit_once('/').expect("URL ends with /database");
-                format!("{prefix}/{name}")
-            }
-            Err(_) => format!(
-                "sqlite://{}/telemed-narrowing-{}.db",
-                std::env::temp_dir().display(),
-                uuid::Uuid::new_v4().simple()
-            ),
-        };
-        let store = Store::open(&url, 4).await.expect("the store opens");
-        Self { store, url }
-    }
-
-    async fn put(&self, resource: Value) {
-        let rt: ResourceType = resource["resourceType"]
-            .as_str()
-            .and_then(|t| t.parse().ok())
-            .expect("a resource type");
-        let id = resource["id"].as_str().expect("an id").to_owned();
-        let rows = index::extract(rt, &resource, BASE);
-        self.store
-            .write(
-                rt,
-                &id,
-                Precondition::Absent,
-                Change::Put {
-                    body: resource,
-                    method: WriteMethod::Post,
-                    index: Box::new(rows),
-                },
-            )
-            .await
-            .expect("the write");
-    }
-
-    async fn drop_database(self) {
-        self.store.close().await;
-        match std::env::var("TELEMED_TEST_DATABASE_URL") {
-            Ok(admin) => {
-                let (_, name) = self.url.rsplit_once('/').expect("a database name");
-                let mut connection = sqlx::PgConnection::connect(&admin)
-                    .await
-                    .expect("PostgreSQL reachable");
-                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .execute(&mut connection)
-                    .await
-                    .expect("DROP DATABASE");
-            }
-            Err(_) => {
-                let path = self.url.trim_start_matches("sqlite://");
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{path}{suffix}"));
-                }
-            }
-        }
-    }
-}
+const BASE: &str = stores::BASE;
 
 fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
     list.iter()

@@ -606,7 +606,7 @@ impl Claims {
 async fn transaction(
     state: &AppState,
     access: &Access,
-    entries: Vec<Entry>,
+    mut entries: Vec<Entry>,
     headers: &HeaderMap,
     prefer: Return,
 ) -> FhirResult<Vec<ResponseEntry>> {
@@ -615,7 +615,7 @@ async fn transaction(
     let mut links = Links::default();
     let mut actions: Vec<Option<Action>> = entries.iter().map(|_| None).collect();
     for &i in &order {
-        let entry = &entries[i];
+        let entry = &mut entries[i];
         let action = resolve(state, access, entry, &mut claims, &mut links)
             .await
             .map_err(|e| at_entry(entry, e))?;
@@ -763,13 +763,20 @@ async fn check_write(
 async fn resolve(
     state: &AppState,
     access: &Access,
-    entry: &Entry,
+    entry: &mut Entry,
     claims: &mut Claims,
     links: &mut Links,
 ) -> FhirResult<Action> {
     if matches!(entry.method, Method::GET | Method::HEAD) {
         return Ok(Action::Read);
     }
+    // A POST or PUT writes the entry's resource: taken, not copied.
+    let resource = if matches!(entry.method, Method::POST | Method::PUT) {
+        entry.resource.take()
+    } else {
+        None
+    };
+    let entry = &*entry;
     let (path, query) = entry.target(state);
     let mut segments = path.split('/');
     let type_name = segments.next().unwrap_or_default();
@@ -844,7 +851,7 @@ async fn resolve(
             if id.is_some() || query.is_some() {
                 return Err(bad_url(entry, "a POST (create) names only the type"));
             }
-            let resource = checked_resource(state, entry, rt)?;
+            let resource = checked_resource(state, resource, rt)?;
             let mut matched = None;
             if let Some(condition) = &entry.if_none_exist {
                 let pairs = condition_pairs(condition).ok_or_else(|| {
@@ -891,7 +898,7 @@ async fn resolve(
             }
         }
         "PUT" => {
-            let mut resource = checked_resource(state, entry, rt)?;
+            let mut resource = checked_resource(state, resource, rt)?;
             let id = match (id, query) {
                 (Some(id), _) => {
                     check_id(id)?;
@@ -992,9 +999,13 @@ fn bad_url(entry: &Entry, problem: &str) -> FhirError {
     ])
 }
 
-/// The entry's resource, checked to be a valid resource of the type its URL names.
-fn checked_resource(state: &AppState, entry: &Entry, rt: ResourceType) -> FhirResult<Value> {
-    let resource = entry.resource.clone().unwrap_or(Value::Null);
+/// An entry's resource, checked to be a valid resource of the type its URL names.
+fn checked_resource(
+    state: &AppState,
+    resource: Option<Value>,
+    rt: ResourceType,
+) -> FhirResult<Value> {
+    let resource = resource.unwrap_or(Value::Null);
     check_resource(state, rt, &resource)?;
     Ok(resource)
 }

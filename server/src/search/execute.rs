@@ -114,6 +114,9 @@ async fn count_type(store: &Store, rt: ResourceType) -> Result<i64, FhirError> {
 struct Plan {
     /// The rarest filter: `(filter index, matches, its cap)`; the count is exact below the cap.
     rarest: Option<(usize, i64, i64)>,
+    /// The chain filters whose linked resources were all counted, below their limit: few
+    /// enough to be found once by a search that tests each resource it walks.
+    linked: Vec<usize>,
 }
 
 impl Plan {
@@ -132,24 +135,72 @@ impl Plan {
         let size = sizes.of(store, &query.types).await?;
         let page = i64::from(query.count) + 1;
         let mut rarest: Option<(usize, i64, i64)> = None;
-        for i in candidates {
+        let mut linked = Vec::new();
+        // Every filter but the chains is counted by one statement, in order, each no further
+        // than the least count before it (see [`sql::estimates`]): one round trip, and one
+        // plan, however many filters.
+        let (chains, plain): (Vec<usize>, Vec<usize>) = candidates
+            .into_iter()
+            .partition(|&i| matches!(query.filters[i], Filter::Chain { .. }));
+        if !plain.is_empty() {
+            let caps: Vec<(usize, i64)> = plain
+                .iter()
+                .map(|&i| (i, cap(&query.filters[i], page, size)))
+                .collect();
+            let sql = sql::estimates(query, &caps);
+            let rows = store
+                .query(&sql.text, &sql.binds, &vec![Kind::Int; caps.len()])
+                .await?;
+            let counts = rows.into_iter().next().unwrap_or_default();
+            for (j, &(i, cap)) in caps.iter().enumerate() {
+                let n = match counts.get(j) {
+                    Some(Cell::Int(n)) => *n,
+                    _ => cap,
+                };
+                if rarest.is_none_or(|(_, least, _)| n < least) {
+                    rarest = Some((i, n, cap));
+                }
+            }
+        }
+        for i in chains {
+            if rarest.is_some_and(|(_, n, _)| n == 0) {
+                break;
+            }
             let cap = cap(&query.filters[i], page, size);
             // Counting past the rarest so far would only show this one is not rarer.
             let limit = rarest.map_or(cap, |(_, n, _)| cap.min(n));
-            let sql = sql::estimate(query, i, limit);
-            let rows = store.query(&sql.text, &sql.binds, &[Kind::Int]).await?;
-            let n = match rows.first().and_then(|row| row.first()) {
-                Some(Cell::Int(n)) => *n,
-                _ => limit,
+            let n = match chain_estimate(store, query, i, limit, LINKS_PER_CAP * cap).await? {
+                Some(ChainSize {
+                    matches,
+                    links,
+                    expected,
+                }) => {
+                    // Found once, the linked resources make each test of a walk cheaper,
+                    // worth it while they are fewer than a few times the tests: twice on
+                    // SQLite, whose tests cost little, eight times on PostgreSQL, whose tests
+                    // cost far more (measured at 100k patients: 2 µs against 1 µs a test on
+                    // SQLite, 11 µs against 4 µs on PostgreSQL).
+                    let tests = page.saturating_mul(size) / expected.max(1);
+                    let per_test = if store.is_postgres() { 8 } else { 2 };
+                    if links.is_some_and(|links| links < per_test * tests) {
+                        linked.push(i);
+                    }
+                    matches
+                }
+                None => {
+                    let sql = sql::estimates(query, &[(i, limit)]);
+                    let rows = store.query(&sql.text, &sql.binds, &[Kind::Int]).await?;
+                    match rows.first().and_then(|row| row.first()) {
+                        Some(Cell::Int(n)) => *n,
+                        _ => limit,
+                    }
+                }
             };
             if rarest.is_none_or(|(_, least, _)| n < least) {
                 rarest = Some((i, n, cap));
             }
-            if n == 0 {
-                break;
-            }
         }
-        Ok(Plan { rarest })
+        Ok(Plan { rarest, linked })
     }
 
     /// Whether a filter matches nothing, and so the search does.
@@ -169,6 +220,96 @@ impl Plan {
             .map(|(i, _, _)| i)
     }
 }
+
+/// The estimate of the chain filter `i` from [`sql::chain_estimate`]: the resources its link
+/// matches, times how many resources refer to each of a sample of them. `None` when `i` is not
+/// a chain, when counting its matches is as cheap, or when the sample cannot tell — many linked
+/// resources, each referred to less than once — and only counting the matches can.
+///
+/// Zero only when exact, so that a search found empty is empty: an extrapolated zero is one.
+async fn chain_estimate(
+    store: &Store,
+    query: &SearchQuery,
+    i: usize,
+    limit: i64,
+    links: i64,
+) -> Result<Option<ChainSize>, FhirError> {
+    // Below this the exact count follows as few matches as the sample would.
+    if limit <= 2 * sql::CHAIN_SAMPLE {
+        return Ok(None);
+    }
+    let links = links.max(limit);
+    let Some((sql, targets)) = sql::chain_estimate(query, i, limit, links) else {
+        return Ok(None);
+    };
+    let kinds = vec![Kind::Int; 3 * targets];
+    let rows = store.query(&sql.text, &sql.binds, &kinds).await?;
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    let counts: Vec<i64> = row
+        .iter()
+        .map(|cell| match cell {
+            Cell::Int(n) => *n,
+            _ => 0,
+        })
+        .collect();
+    Ok(chain_size(&counts, limit, links))
+}
+
+/// A chain's estimate.
+#[derive(Debug, PartialEq, Eq)]
+struct ChainSize {
+    /// How many resources it matches, at most the limit of its estimate.
+    matches: i64,
+    /// How many resources it links to, when they were counted in full (below the count's
+    /// limit).
+    links: Option<i64>,
+    /// How many resources it matches, extrapolated from the sample past the limit.
+    expected: i64,
+}
+
+/// A chain's estimate from the counts of [`sql::chain_estimate`] (three a target type, the
+/// linked resources counted up to `links`), at most `limit`, as [`chain_estimate`] describes it.
+fn chain_size(counts: &[i64], limit: i64, links: i64) -> Option<ChainSize> {
+    let mut total = 0i64;
+    let mut exact = true;
+    let mut all_links = Some(0i64);
+    for target in counts.chunks(3) {
+        let &[linked, sampled, referring] = target else {
+            return None;
+        };
+        all_links = all_links
+            .filter(|_| linked < links)
+            .map(|n| n.saturating_add(linked));
+        let n = if sampled < sql::CHAIN_SAMPLE {
+            // The sample was every linked resource: exact, up to the limit.
+            referring
+        } else {
+            exact &= referring >= limit;
+            // A float is exact enough for an estimate.
+            let n = (linked as f64 * referring as f64 / sampled as f64).ceil() as i64;
+            if linked >= links && n < limit {
+                // The linked resources were counted only so far, so `n` may be short of the
+                // truth by any amount.
+                return None;
+            }
+            n.max(referring)
+        };
+        total = total.saturating_add(n);
+    }
+    let n = total.min(limit);
+    Some(ChainSize {
+        matches: if exact { n } else { n.max(1) },
+        links: all_links,
+        expected: total,
+    })
+}
+
+/// How many linked resources a chain's estimate counts, per unit of its cap. Found once, they
+/// pay for themselves while fewer than twice the tests of a walk (`page · size / m` for `m`
+/// matches, at least one link each), so never past `√(2 · page · size)`, under twice the cap.
+const LINKS_PER_CAP: i64 = 2;
 
 /// Where the estimate of `filter` stops counting, for a page of `page` among `size` resources.
 ///
@@ -255,7 +396,12 @@ pub async fn page(
     } else {
         plan.all_matches()
     };
-    let (sql, key_kinds) = sql::page(query, driver, &cursor_keys);
+    let linked = if driver.is_none() {
+        plan.linked.as_slice()
+    } else {
+        &[]
+    };
+    let (sql, key_kinds) = sql::page(query, driver, linked, &cursor_keys);
     let mut columns = ROW_COLUMNS.to_vec();
     columns.extend(&key_kinds);
     let rows = store.query(&sql.text, &sql.binds, &columns).await?;
@@ -438,4 +584,62 @@ async fn reverse(
         out.extend(fetch(store, sql).await?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ChainSize, chain_size};
+    use crate::search::sql::CHAIN_SAMPLE;
+
+    fn size(matches: i64, links: Option<i64>, expected: i64) -> Option<ChainSize> {
+        Some(ChainSize {
+            matches,
+            links,
+            expected,
+        })
+    }
+
+    #[test]
+    fn a_chain_whose_links_were_all_sampled_is_counted_exactly() {
+        assert_eq!(chain_size(&[3, 3, 7], 1000, 4000), size(7, Some(3), 7));
+        assert_eq!(chain_size(&[0, 0, 0], 1000, 4000), size(0, Some(0), 0));
+    }
+
+    #[test]
+    fn a_chain_is_its_links_times_the_sampled_references_to_each() {
+        assert_eq!(
+            chain_size(&[500, CHAIN_SAMPLE, 64], 1241, 4964),
+            size(1000, Some(500), 1000)
+        );
+        // Many links, each referred to twice: past the limit.
+        assert_eq!(
+            chain_size(&[1241, CHAIN_SAMPLE, 64], 1241, 4964),
+            size(1241, Some(1241), 2482)
+        );
+        assert_eq!(
+            chain_size(&[4964, CHAIN_SAMPLE, 64], 1241, 4964),
+            size(1241, None, 9928)
+        );
+    }
+
+    #[test]
+    fn an_extrapolated_chain_is_never_empty() {
+        assert_eq!(
+            chain_size(&[500, CHAIN_SAMPLE, 0], 1241, 4964),
+            size(1, Some(500), 0)
+        );
+    }
+
+    #[test]
+    fn the_sample_cannot_tell_about_many_links_rarely_referred_to() {
+        assert_eq!(chain_size(&[4964, CHAIN_SAMPLE, 4], 1241, 4964), None);
+    }
+
+    #[test]
+    fn the_targets_of_a_chain_add_up() {
+        assert_eq!(
+            chain_size(&[2, 2, 5, 100, CHAIN_SAMPLE, 32], 1000, 4000),
+            size(105, Some(102), 105)
+        );
+    }
 }

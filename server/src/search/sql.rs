@@ -88,8 +88,14 @@ pub fn sort_keys_of(query: &SearchQuery, rid: i64) -> (Sql, Vec<Kind>) {
 
 /// The query of one page (`count + 1` rows, to know whether there is another), and the kinds
 /// of its sort key columns. `cursor_keys` are the sort key values of the cursor's resource;
-/// `driver` the filter to start from (see [`matches`]).
-pub fn page(query: &SearchQuery, driver: Option<usize>, cursor_keys: &[Cell]) -> (Sql, Vec<Kind>) {
+/// `driver` the filter to start from (see [`matches`]); `linked` the chain filters whose linked
+/// resources are few enough to be found once ([`Form::Linked`]).
+pub fn page(
+    query: &SearchQuery,
+    driver: Option<usize>,
+    linked: &[usize],
+    cursor_keys: &[Cell],
+) -> (Sql, Vec<Kind>) {
     let mut sql = Sql::default();
     let keys: Vec<(Kind, bool)> = query
         .sort
@@ -119,9 +125,42 @@ pub fn page(query: &SearchQuery, driver: Option<usize>, cursor_keys: &[Cell]) ->
         sql.push(&format!(", p.k{i}"));
     }
     sql.push(" FROM (");
-    if keys.is_empty() {
+    let rid_only_driver = driver.filter(|&d| {
+        keys.is_empty()
+            && query
+                .filters
+                .iter()
+                .enumerate()
+                .all(|(i, f)| i == d || rid_only(f))
+    });
+    if let Some(d) = rid_only_driver {
+        // The page is chosen from the driver's set alone, its rids sorted and the other
+        // filters tested on them, and only the page's resources are then read: a set of
+        // thousands costs one sort of their rids, not thousands of row reads.
+        sql.push("SELECT r.rid, r.seq FROM (SELECT DISTINCT s.rid FROM ");
+        set_of(&mut sql, &query.types, &query.filters[d]);
+        sql.push(" s WHERE 1 = 1");
+        if let Some(cursor) = &query.cursor {
+            sql.push(if backwards {
+                " AND s.rid < "
+            } else {
+                " AND s.rid > "
+            })
+            .int(cursor.rid);
+        }
+        for (i, filter) in query.filters.iter().enumerate() {
+            if i != d {
+                sql.push(" AND ");
+                filter_condition(&mut sql, "s", &query.types, filter, Form::Exists);
+            }
+        }
+        sql.push(&order("s."));
+        sql.push(" LIMIT ").int(i64::from(query.count) + 1);
+        sql.push(") d CROSS JOIN resources r WHERE r.rid = d.rid AND r.deleted = FALSE");
+        sql.push(&order("d."));
+    } else if keys.is_empty() {
         sql.push("SELECT r.rid, r.seq FROM resources r WHERE ");
-        matches(&mut sql, query, driver);
+        matches(&mut sql, query, driver, linked);
         if let Some(cursor) = &query.cursor {
             sql.push(if backwards {
                 " AND r.rid < "
@@ -140,7 +179,7 @@ pub fn page(query: &SearchQuery, driver: Option<usize>, cursor_keys: &[Cell]) ->
             sql.push(&format!(" AS k{i}"));
         }
         sql.push(" FROM resources r WHERE ");
-        matches(&mut sql, query, driver);
+        matches(&mut sql, query, driver, linked);
         sql.push(") m");
         if let Some(cursor) = &query.cursor {
             sql.push(" WHERE ");
@@ -181,7 +220,7 @@ pub fn count(query: &SearchQuery, driver: Option<usize>) -> Sql {
         }
         _ => {
             sql.push("SELECT COUNT(*) FROM resources r WHERE ");
-            matches(&mut sql, query, driver);
+            matches(&mut sql, query, driver, &[]);
         }
     }
     sql
@@ -278,7 +317,7 @@ fn sort_expression(sql: &mut Sql, def: Option<&SearchParameterDef>, code: &str, 
 
 /// The condition every match meets: live, of a searched type, passing every filter. The
 /// filter `driver` is the set the query starts from; every other filter is a probe.
-fn matches(sql: &mut Sql, query: &SearchQuery, driver: Option<usize>) {
+fn matches(sql: &mut Sql, query: &SearchQuery, driver: Option<usize>, linked: &[usize]) {
     // `deleted = FALSE`, not `NOT deleted`: an equality the `(type, deleted, rid)` index seeks.
     sql.push("r.deleted = FALSE");
     // A driver's set holds only live resources of the types searched; checked again, the
@@ -290,6 +329,8 @@ fn matches(sql: &mut Sql, query: &SearchQuery, driver: Option<usize>) {
     for (i, filter) in query.filters.iter().enumerate() {
         let form = if Some(i) == driver {
             Form::In
+        } else if linked.contains(&i) {
+            Form::Linked
         } else {
             Form::Exists
         };
@@ -332,6 +373,12 @@ pub enum Form {
     /// `(SELECT 1 … WHERE x.rid = r.rid … LIMIT 1) IS NOT NULL`: a test of each candidate, one
     /// probe of the `(rid, param)` index, so the database never computes the whole set.
     Exists,
+    /// For a chain only: its reference followed from each candidate to the resource referred to,
+    /// which must be in the set of resources the chained filter matches, computed once (where
+    /// [`Form::Exists`] tests the chained filter on each resource referred to, link by link).
+    /// For a chain whose linked resources are few, each test is then two index probes and a
+    /// lookup, whatever the chain's depth.
+    Linked,
 }
 
 /// Whether `filter` can be the set a query starts from: an index narrows it to its matches
@@ -393,14 +440,98 @@ pub fn follows_references(filter: &Filter) -> bool {
     }
 }
 
-/// How many resources the query's filter `i` matches on its own, counting no further than
-/// `limit`: cheap, as the count stops there.
-pub fn estimate(query: &SearchQuery, i: usize, limit: i64) -> Sql {
+/// How many resources each of the query's filters `counted` matches on its own, in one row:
+/// for `(i, cap)`, filter `i` counted no further than `cap`, nor than the least count of the
+/// filters before it, which would only show it is not rarer. Cheap, as each count stops there
+/// (after an identifier's one match, a date range costs one index entry to rule out).
+pub fn estimates(query: &SearchQuery, counted: &[(usize, i64)]) -> Sql {
     let mut sql = Sql::default();
-    sql.push("SELECT COUNT(*) FROM (SELECT 1 FROM ");
-    set_of(&mut sql, &query.types, &query.filters[i]);
-    sql.push(" s LIMIT ").int(limit).push(") e");
+    if let [(i, cap)] = counted {
+        sql.push("SELECT COUNT(*) FROM (SELECT 1 FROM ");
+        set_of(&mut sql, &query.types, &query.filters[*i]);
+        sql.push(" s LIMIT ").int(*cap).push(") e");
+        return sql;
+    }
+    sql.push("WITH ");
+    for (j, (i, cap)) in counted.iter().enumerate() {
+        if j > 0 {
+            sql.push(", ");
+        }
+        sql.push(&format!(
+            "e{j} AS MATERIALIZED (SELECT COUNT(*) AS n FROM (SELECT 1 FROM "
+        ));
+        set_of(&mut sql, &query.types, &query.filters[*i]);
+        sql.push(" s LIMIT (SELECT MIN(v) FROM (SELECT ")
+            .int(*cap)
+            .push(" AS v");
+        for k in 0..j {
+            sql.push(&format!(" UNION ALL SELECT n FROM e{k}"));
+        }
+        sql.push(") z)) c)");
+    }
+    sql.push(" SELECT ");
+    for j in 0..counted.len() {
+        if j > 0 {
+            sql.push(", ");
+        }
+        sql.push(&format!("e{j}.n"));
+    }
+    sql.push(" FROM ");
+    for j in 0..counted.len() {
+        if j > 0 {
+            sql.push(" CROSS JOIN ");
+        }
+        sql.push(&format!("e{j}"));
+    }
     sql
+}
+
+/// How many of the resources a chain's link refers to (the patients of
+/// `Encounter?subject:Patient.name=…`) its estimate follows to the resources that refer to them.
+pub const CHAIN_SAMPLE: i64 = 32;
+
+/// The counts that estimate a chain filter `i` cheaply, or `None` when `i` is not a chain: for
+/// each target type of its reference, three columns — how many resources of that type match
+/// the chained filter (up to `links`), how many of the first [`CHAIN_SAMPLE`] of them there
+/// are, and how many resources searched refer to those (up to `limit`).
+///
+/// Counting a chain's own matches, as [`estimate`] does, costs two lookups for each one
+/// counted (the linked resource's id, then the references to it), thousands for a common
+/// name. The linked resources, found from the chained filter's index, cost next to nothing to
+/// count, and how many resources refer to each of a few of them says how many refer to them all.
+pub fn chain_estimate(
+    query: &SearchQuery,
+    i: usize,
+    limit: i64,
+    links: i64,
+) -> Option<(Sql, usize)> {
+    let Filter::Chain { def, targets } = &query.filters[i] else {
+        return None;
+    };
+    let mut sql = Sql::default();
+    sql.push("SELECT ");
+    for (t, (target, filter)) in targets.iter().enumerate() {
+        if t > 0 {
+            sql.push(", ");
+        }
+        sql.push("(SELECT COUNT(*) FROM (SELECT 1 FROM ");
+        set_of(&mut sql, &[*target], filter);
+        sql.push(" m LIMIT ").int(links).push(") a), ");
+        sql.push("(SELECT COUNT(*) FROM (SELECT 1 FROM ");
+        set_of(&mut sql, &[*target], filter);
+        sql.push(" m LIMIT ").int(CHAIN_SAMPLE).push(") b), ");
+        sql.push("(SELECT COUNT(*) FROM (SELECT 1 FROM (SELECT m.rid FROM ");
+        set_of(&mut sql, &[*target], filter);
+        sql.push(" m LIMIT ").int(CHAIN_SAMPLE).push(
+            ") s CROSS JOIN resources c CROSS JOIN search_reference x WHERE c.rid = s.rid AND ",
+        );
+        type_condition(&mut sql, "x.resource_type", &query.types);
+        sql.push(" AND x.target_type = ").text(target.as_str());
+        sql.push(" AND x.target_id = c.id AND x.param = ")
+            .text(def.code);
+        sql.push(" LIMIT ").int(limit).push(") r) c");
+    }
+    Some((sql, targets.len()))
 }
 
 /// A condition on the resource `alias` (a row of `resources`) of one of `types`, in the form
@@ -472,6 +603,29 @@ fn filter_condition(
             rows_probe(sql, alias, table, &param);
             param_values(sql, filter);
             sql.push(probe_end(*modifier == Modifier::Not));
+        }
+        Filter::Chain { def, targets } if form == Form::Linked => {
+            let inner = format!("{alias}c");
+            sql.push(&format!(
+                "(SELECT 1 FROM search_reference x JOIN resources {inner} \
+                 ON {inner}.resource_type = x.target_type AND {inner}.id = x.target_id \
+                 WHERE x.rid = {alias}.rid AND x.param = "
+            ));
+            sql.text(def.code);
+            sql.push(" AND (");
+            for (i, (target, filter)) in targets.iter().enumerate() {
+                if i > 0 {
+                    sql.push(" OR ");
+                }
+                sql.push("(x.target_type = ").text(target.as_str());
+                // Inside a function the set is a subquery of its own, which both databases
+                // compute once and look each candidate up in (PostgreSQL's hashed SubPlan,
+                // SQLite's list subquery); a plain `IN` PostgreSQL joins again per candidate.
+                sql.push(&format!(" AND COALESCE({inner}.rid IN "));
+                set_of(sql, &[*target], filter);
+                sql.push(", FALSE))");
+            }
+            sql.push(")").push(PER_ROW_PROBE);
         }
         Filter::Chain { def, targets } => {
             // Followed from the resource: its reference, the resource referred to, and that
@@ -1104,7 +1258,7 @@ mod tests {
     /// An in-memory database with the SQLite schema and six Observations (rids 1–6):
     /// 1 subject Patient/1, final; 2 performer Patient/1, preliminary; 3 subject Patient/2,
     /// final; 4 subject and performer Patient/1, final; 5 subject Patient/1, deleted; 6 no
-    /// references, final.
+    /// references, final. Patients 1 (Alice, rid 11) and 2 (Bob, rid 12).
     fn database() -> rusqlite::Connection {
         let connection = rusqlite::Connection::open_in_memory().expect("an in-memory database");
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite");
@@ -1165,6 +1319,31 @@ mod tests {
                 )
                 .expect("a token row");
         }
+        for (rid, id, name) in [(11, "1", "alice"), (12, "2", "bob")] {
+            connection
+                .execute(
+                    "INSERT INTO resource_versions \
+                     (seq, resource_type, id, version_id, last_updated, method, body) \
+                     VALUES (?1, 'Patient', ?2, 1, 0, 'POST', '{}')",
+                    (rid, id),
+                )
+                .expect("a version");
+            connection
+                .execute(
+                    "INSERT INTO resources \
+                     (rid, resource_type, id, version_id, last_updated, deleted, seq) \
+                     VALUES (?1, 'Patient', ?2, 1, 0, FALSE, ?1)",
+                    (rid, id),
+                )
+                .expect("a patient");
+            connection
+                .execute(
+                    "INSERT INTO search_string (rid, resource_type, param, normalized, exact) \
+                     VALUES (?1, 'Patient', 'name', ?2, ?2)",
+                    (rid, name),
+                )
+                .expect("a name row");
+        }
         connection
     }
 
@@ -1180,11 +1359,17 @@ mod tests {
     /// The rids of the first page of `query`, found by walking the type (`None`) and from each
     /// filter that can drive; every way must agree.
     fn page_rids(connection: &rusqlite::Connection, query: &SearchQuery) -> Vec<i64> {
-        let walked = run(connection, &page(query, None, &[]).0);
+        let walked = run(connection, &page(query, None, &[], &[]).0);
         for i in 0..query.filters.len() {
             if can_drive(&query.filters[i]) {
-                let driven = run(connection, &page(query, Some(i), &[]).0);
+                let driven = run(connection, &page(query, Some(i), &[], &[]).0);
                 assert_eq!(driven, walked, "driven by filter {i}");
+            }
+        }
+        for i in 0..query.filters.len() {
+            if matches!(query.filters[i], Filter::Chain { .. }) {
+                let linked = run(connection, &page(query, None, &[i], &[]).0);
+                assert_eq!(linked, walked, "filter {i} tested as linked");
             }
         }
         walked
@@ -1241,7 +1426,7 @@ mod tests {
         let mut nothing = observations(&[]);
         nothing.narrow(Vec::new());
         assert_eq!(page_rids(&connection, &nothing), Vec::<i64>::new());
-        assert_eq!(run(&connection, &estimate(&nothing, 0, 100)), [0]);
+        assert_eq!(run(&connection, &estimates(&nothing, &[(0, 100)])), [0]);
         let mut everything = observations(&[]);
         everything.narrow(vec![Vec::new(), group(&[("subject", "Patient/2")])]);
         assert!(!can_drive(&everything.filters[0]));
@@ -1266,8 +1451,33 @@ mod tests {
         let mut query = observations(&[]);
         query.narrow(compartment_of_patient_1());
         // Observation 4 is in both groups: an estimate may count it twice, never less.
-        assert_eq!(run(&connection, &estimate(&query, 0, 100)), [4]);
-        assert_eq!(run(&connection, &estimate(&query, 0, 2)), [2]);
+        assert_eq!(run(&connection, &estimates(&query, &[(0, 100)])), [4]);
+        assert_eq!(run(&connection, &estimates(&query, &[(0, 2)])), [2]);
+    }
+
+    fn counts(connection: &rusqlite::Connection, sql: &Sql, n: usize) -> Vec<i64> {
+        let mut statement = connection.prepare(&sql.text).expect("the query prepares");
+        statement
+            .query_row(rusqlite::params_from_iter(&sql.binds), |row| {
+                (0..n).map(|i| row.get(i)).collect()
+            })
+            .expect("one row")
+    }
+
+    #[test]
+    fn filters_are_estimated_in_one_statement_each_no_further_than_the_least_before_it() {
+        let connection = database();
+        let query = observations(&[("subject", "Patient/1"), ("status", "final")]);
+        // Subject: Observations 1 and 4; final: 1, 3, 4 and 6, counted only as far as 2.
+        let sql = estimates(&query, &[(0, 100), (1, 100)]);
+        assert_eq!(counts(&connection, &sql, 2), [2, 2]);
+        let sql = estimates(&query, &[(1, 100), (0, 100)]);
+        assert_eq!(counts(&connection, &sql, 2), [4, 2]);
+        let sql = estimates(&query, &[(1, 3), (0, 100)]);
+        assert_eq!(counts(&connection, &sql, 2), [3, 2]);
+        let none = observations(&[("subject", "Patient/9"), ("status", "final")]);
+        let sql = estimates(&none, &[(0, 100), (1, 100)]);
+        assert_eq!(counts(&connection, &sql, 2), [0, 0]);
     }
 
     #[test]
@@ -1279,6 +1489,34 @@ mod tests {
             likely_size(&query.filters[0])
         );
         assert!(!follows_references(&query.filters[1]));
+    }
+
+    #[test]
+    fn a_chain_is_estimated_from_its_links_and_the_references_to_a_sample_of_them() {
+        let connection = database();
+        let query = observations(&[("subject:Patient.name", "ali")]);
+        let (sql, targets) = chain_estimate(&query, 0, 1000, 4000).expect("a chain");
+        assert_eq!(targets, 1);
+        let mut statement = connection.prepare(&sql.text).expect("the query prepares");
+        let counts: Vec<i64> = statement
+            .query_row(rusqlite::params_from_iter(&sql.binds), |row| {
+                (0..3).map(|i| row.get(i)).collect()
+            })
+            .expect("one row");
+        // Alice, the only Alice, and Observations 1 and 4 (5 is deleted).
+        assert_eq!(counts, [1, 1, 2]);
+        assert!(
+            chain_estimate(&observations(&[("subject", "Patient/1")]), 0, 1000, 4000).is_none()
+        );
+    }
+
+    #[test]
+    fn a_chain_finds_the_same_tested_link_by_link_from_its_set_or_against_its_links() {
+        let connection = database();
+        let query = observations(&[("subject:Patient.name", "ali")]);
+        assert_eq!(page_rids(&connection, &query), [1, 4]);
+        let query = observations(&[("subject:Patient.name", "bob"), ("status", "final")]);
+        assert_eq!(page_rids(&connection, &query), [3]);
     }
 
     /// The steps of SQLite's plan for `sql`.
@@ -1298,7 +1536,7 @@ mod tests {
         let connection = database();
         let mut query = observations(&[]);
         query.narrow(compartment_of_patient_1());
-        let steps = plan(&connection, &page(&query, Some(0), &[]).0);
+        let steps = plan(&connection, &page(&query, Some(0), &[], &[]).0);
         let seeks = steps
             .iter()
             .filter(|s| s.starts_with("SEARCH x USING COVERING INDEX search_reference_target"))

@@ -123,30 +123,46 @@ pub(super) fn replace_sqlite(
     Ok(())
 }
 
-/// Replaces the rows of resource `rid` on PostgreSQL in one statement: a data-modifying CTE
-/// per table, the inserts as `UNNEST` of one array per column. The deletes and inserts share
-/// one snapshot, so a delete never sees the rows inserted beside it.
+/// The index rows of one resource, for [`replace_postgres`].
+pub(super) struct Indexed<'a> {
+    pub rid: i64,
+    pub rt: &'a str,
+    pub rows: &'a IndexRows,
+    /// Whether it may have rows already, to be deleted first.
+    pub existed: bool,
+}
+
+/// Replaces the rows of `resources` on PostgreSQL in one statement, however many there are:
+/// a data-modifying CTE per table, the deletes by an array of rids, the inserts as `UNNEST` of
+/// one array per column. The deletes and inserts share one snapshot, so a delete never sees the
+/// rows inserted beside it.
 pub(super) async fn replace_postgres(
     connection: &mut PgConnection,
-    rid: i64,
-    rt: &str,
-    rows: &IndexRows,
-    existed: bool,
+    resources: &[Indexed<'_>],
 ) -> Result<(), sqlx::Error> {
-    if !existed && rows.is_empty() {
+    let deleted: Vec<i64> = resources
+        .iter()
+        .filter(|r| r.existed)
+        .map(|r| r.rid)
+        .collect();
+    if deleted.is_empty() && resources.iter().all(|r| r.rows.is_empty()) {
         return Ok(());
     }
     let mut parts: Vec<String> = Vec::new();
-    if existed {
+    // Placeholders are numbered in order of binding.
+    let mut next = 1;
+    if !deleted.is_empty() {
+        next += 1;
         for (i, table) in TABLES.iter().enumerate() {
-            parts.push(format!("d{i} AS (DELETE FROM {table} WHERE rid = $1)"));
+            parts.push(format!(
+                "d{i} AS (DELETE FROM {table} WHERE rid = ANY($1::int8[]))"
+            ));
         }
     }
-    // Placeholders are numbered in order of binding.
-    let mut next = 3;
     let mut unnest = |table: &str, columns: &str, types: &[&str]| {
-        let arrays = types
+        let arrays = ["int8", "text"]
             .iter()
+            .chain(types)
             .map(|ty| {
                 let p = format!("${next}::{ty}[]");
                 next += 1;
@@ -154,131 +170,258 @@ pub(super) async fn replace_postgres(
             })
             .collect::<Vec<_>>()
             .join(", ");
-        format!(
+        parts.push(format!(
             "i_{table} AS (INSERT INTO {table} (rid, resource_type, {columns}) \
-             SELECT $1, $2, * FROM UNNEST({arrays}))"
-        )
+             SELECT * FROM UNNEST({arrays}))"
+        ));
     };
+    // Each table's rows, with the rid and type of the resource they belong to.
+    fn rows_of<'a, T>(
+        resources: &'a [Indexed<'_>],
+        rows: impl Fn(&'a IndexRows) -> &'a [T],
+    ) -> Vec<(i64, &'a str, &'a T)> {
+        resources
+            .iter()
+            .flat_map(|r| rows(r.rows).iter().map(move |row| (r.rid, r.rt, row)))
+            .collect()
+    }
+    let tokens = rows_of(resources, |r| &r.tokens);
+    let strings = rows_of(resources, |r| &r.strings);
+    let dates = rows_of(resources, |r| &r.dates);
+    let references = rows_of(resources, |r| &r.references);
+    let numbers = rows_of(resources, |r| &r.numbers);
+    let quantities = rows_of(resources, |r| &r.quantities);
+    let uris = rows_of(resources, |r| &r.uris);
+    let positions = rows_of(resources, |r| &r.positions);
+    if !tokens.is_empty() {
+        unnest("search_token", "param, system, code, text", &["text"; 4]);
+    }
+    if !strings.is_empty() {
+        unnest("search_string", "param, normalized, exact", &["text"; 3]);
+    }
+    if !dates.is_empty() {
+        unnest("search_date", "param, low, high", &["text", "int8", "int8"]);
+    }
+    if !references.is_empty() {
+        unnest(
+            "search_reference",
+            "param, target_type, target_id, url",
+            &["text"; 4],
+        );
+    }
+    if !numbers.is_empty() {
+        unnest(
+            "search_number",
+            "param, low, high",
+            &["text", "float8", "float8"],
+        );
+    }
+    if !quantities.is_empty() {
+        unnest(
+            "search_quantity",
+            "param, low, high, system, code",
+            &["text", "float8", "float8", "text", "text"],
+        );
+    }
+    if !uris.is_empty() {
+        unnest("search_uri", "param, uri", &["text", "text"]);
+    }
+    if !positions.is_empty() {
+        unnest(
+            "search_position",
+            "param, latitude, longitude",
+            &["text", "float8", "float8"],
+        );
+    }
+    let sql = format!("WITH {} SELECT 1", parts.join(", "));
+    let mut query = sqlx::query(&sql);
+    if !deleted.is_empty() {
+        query = query.bind(deleted);
+    }
+    fn keys<T>(rows: &[(i64, &str, T)]) -> (Vec<i64>, Vec<String>) {
+        rows.iter()
+            .map(|(rid, rt, _)| (*rid, (*rt).to_owned()))
+            .unzip()
+    }
     let text = |values: Vec<Option<&str>>| {
         values
             .into_iter()
             .map(|v| v.map(str::to_owned))
             .collect::<Vec<_>>()
     };
-    let mut query_parts = Vec::new();
-    if !rows.tokens.is_empty() {
-        query_parts.push(unnest(
-            "search_token",
-            "param, system, code, text",
-            &["text"; 4],
-        ));
-    }
-    if !rows.strings.is_empty() {
-        query_parts.push(unnest(
-            "search_string",
-            "param, normalized, exact",
-            &["text"; 3],
-        ));
-    }
-    if !rows.dates.is_empty() {
-        query_parts.push(unnest(
-            "search_date",
-            "param, low, high",
-            &["text", "int8", "int8"],
-        ));
-    }
-    if !rows.references.is_empty() {
-        query_parts.push(unnest(
-            "search_reference",
-            "param, target_type, target_id, url",
-            &["text"; 4],
-        ));
-    }
-    if !rows.numbers.is_empty() {
-        query_parts.push(unnest(
-            "search_number",
-            "param, low, high",
-            &["text", "float8", "float8"],
-        ));
-    }
-    if !rows.quantities.is_empty() {
-        query_parts.push(unnest(
-            "search_quantity",
-            "param, low, high, system, code",
-            &["text", "float8", "float8", "text", "text"],
-        ));
-    }
-    if !rows.uris.is_empty() {
-        query_parts.push(unnest("search_uri", "param, uri", &["text", "text"]));
-    }
-    if !rows.positions.is_empty() {
-        query_parts.push(unnest(
-            "search_position",
-            "param, latitude, longitude",
-            &["text", "float8", "float8"],
-        ));
-    }
-    parts.extend(query_parts);
-    let sql = format!("WITH {} SELECT 1", parts.join(", "));
-    let mut query = sqlx::query(&sql).bind(rid).bind(rt);
-    if !rows.tokens.is_empty() {
-        let r = &rows.tokens;
+    if !tokens.is_empty() {
+        let (rids, rts) = keys(&tokens);
         query = query
-            .bind(r.iter().map(|t| t.param.clone()).collect::<Vec<_>>())
-            .bind(text(r.iter().map(|t| t.system.as_deref()).collect()))
-            .bind(text(r.iter().map(|t| t.code.as_deref()).collect()))
-            .bind(text(r.iter().map(|t| t.text.as_deref()).collect()));
+            .bind(rids)
+            .bind(rts)
+            .bind(
+                tokens
+                    .iter()
+                    .map(|(_, _, t)| t.param.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(text(
+                tokens.iter().map(|(_, _, t)| t.system.as_deref()).collect(),
+            ))
+            .bind(text(
+                tokens.iter().map(|(_, _, t)| t.code.as_deref()).collect(),
+            ))
+            .bind(text(
+                tokens.iter().map(|(_, _, t)| t.text.as_deref()).collect(),
+            ));
     }
-    if !rows.strings.is_empty() {
-        let r = &rows.strings;
+    if !strings.is_empty() {
+        let (rids, rts) = keys(&strings);
         query = query
-            .bind(r.iter().map(|s| s.param.clone()).collect::<Vec<_>>())
-            .bind(r.iter().map(|s| s.normalized.clone()).collect::<Vec<_>>())
-            .bind(r.iter().map(|s| s.exact.clone()).collect::<Vec<_>>());
+            .bind(rids)
+            .bind(rts)
+            .bind(
+                strings
+                    .iter()
+                    .map(|(_, _, s)| s.param.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                strings
+                    .iter()
+                    .map(|(_, _, s)| s.normalized.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                strings
+                    .iter()
+                    .map(|(_, _, s)| s.exact.clone())
+                    .collect::<Vec<_>>(),
+            );
     }
-    if !rows.dates.is_empty() {
-        let r = &rows.dates;
+    if !dates.is_empty() {
+        let (rids, rts) = keys(&dates);
         query = query
-            .bind(r.iter().map(|d| d.param.clone()).collect::<Vec<_>>())
-            .bind(r.iter().map(|d| d.low).collect::<Vec<_>>())
-            .bind(r.iter().map(|d| d.high).collect::<Vec<_>>());
+            .bind(rids)
+            .bind(rts)
+            .bind(
+                dates
+                    .iter()
+                    .map(|(_, _, d)| d.param.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(dates.iter().map(|(_, _, d)| d.low).collect::<Vec<_>>())
+            .bind(dates.iter().map(|(_, _, d)| d.high).collect::<Vec<_>>());
     }
-    if !rows.references.is_empty() {
-        let r = &rows.references;
+    if !references.is_empty() {
+        let (rids, rts) = keys(&references);
         query = query
-            .bind(r.iter().map(|x| x.param.clone()).collect::<Vec<_>>())
-            .bind(text(r.iter().map(|x| x.target_type.as_deref()).collect()))
-            .bind(text(r.iter().map(|x| x.target_id.as_deref()).collect()))
-            .bind(text(r.iter().map(|x| x.url.as_deref()).collect()));
+            .bind(rids)
+            .bind(rts)
+            .bind(
+                references
+                    .iter()
+                    .map(|(_, _, x)| x.param.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(text(
+                references
+                    .iter()
+                    .map(|(_, _, x)| x.target_type.as_deref())
+                    .collect(),
+            ))
+            .bind(text(
+                references
+                    .iter()
+                    .map(|(_, _, x)| x.target_id.as_deref())
+                    .collect(),
+            ))
+            .bind(text(
+                references
+                    .iter()
+                    .map(|(_, _, x)| x.url.as_deref())
+                    .collect(),
+            ));
     }
-    if !rows.numbers.is_empty() {
-        let r = &rows.numbers;
+    if !numbers.is_empty() {
+        let (rids, rts) = keys(&numbers);
         query = query
-            .bind(r.iter().map(|n| n.param.clone()).collect::<Vec<_>>())
-            .bind(r.iter().map(|n| n.low).collect::<Vec<_>>())
-            .bind(r.iter().map(|n| n.high).collect::<Vec<_>>());
+            .bind(rids)
+            .bind(rts)
+            .bind(
+                numbers
+                    .iter()
+                    .map(|(_, _, n)| n.param.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(numbers.iter().map(|(_, _, n)| n.low).collect::<Vec<_>>())
+            .bind(numbers.iter().map(|(_, _, n)| n.high).collect::<Vec<_>>());
     }
-    if !rows.quantities.is_empty() {
-        let r = &rows.quantities;
+    if !quantities.is_empty() {
+        let (rids, rts) = keys(&quantities);
         query = query
-            .bind(r.iter().map(|n| n.param.clone()).collect::<Vec<_>>())
-            .bind(r.iter().map(|n| n.low).collect::<Vec<_>>())
-            .bind(r.iter().map(|n| n.high).collect::<Vec<_>>())
-            .bind(text(r.iter().map(|n| n.system.as_deref()).collect()))
-            .bind(text(r.iter().map(|n| n.code.as_deref()).collect()));
+            .bind(rids)
+            .bind(rts)
+            .bind(
+                quantities
+                    .iter()
+                    .map(|(_, _, n)| n.param.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(quantities.iter().map(|(_, _, n)| n.low).collect::<Vec<_>>())
+            .bind(
+                quantities
+                    .iter()
+                    .map(|(_, _, n)| n.high)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(text(
+                quantities
+                    .iter()
+                    .map(|(_, _, n)| n.system.as_deref())
+                    .collect(),
+            ))
+            .bind(text(
+                quantities
+                    .iter()
+                    .map(|(_, _, n)| n.code.as_deref())
+                    .collect(),
+            ));
     }
-    if !rows.uris.is_empty() {
-        let r = &rows.uris;
+    if !uris.is_empty() {
+        let (rids, rts) = keys(&uris);
         query = query
-            .bind(r.iter().map(|u| u.param.clone()).collect::<Vec<_>>())
-            .bind(r.iter().map(|u| u.uri.clone()).collect::<Vec<_>>());
+            .bind(rids)
+            .bind(rts)
+            .bind(
+                uris.iter()
+                    .map(|(_, _, u)| u.param.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                uris.iter()
+                    .map(|(_, _, u)| u.uri.clone())
+                    .collect::<Vec<_>>(),
+            );
     }
-    if !rows.positions.is_empty() {
-        let r = &rows.positions;
+    if !positions.is_empty() {
+        let (rids, rts) = keys(&positions);
         query = query
-            .bind(r.iter().map(|p| p.param.clone()).collect::<Vec<_>>())
-            .bind(r.iter().map(|p| p.latitude).collect::<Vec<_>>())
-            .bind(r.iter().map(|p| p.longitude).collect::<Vec<_>>());
+            .bind(rids)
+            .bind(rts)
+            .bind(
+                positions
+                    .iter()
+                    .map(|(_, _, p)| p.param.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                positions
+                    .iter()
+                    .map(|(_, _, p)| p.latitude)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                positions
+                    .iter()
+                    .map(|(_, _, p)| p.longitude)
+                    .collect::<Vec<_>>(),
+            );
     }
     query.execute(connection).await?;
     Ok(())

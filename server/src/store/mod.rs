@@ -245,6 +245,8 @@ enum Backend {
         /// The database file, for the per-thread readers of [`sqlite::read`].
         path: Arc<Path>,
         read: SqlitePool,
+        /// The threads that run searches (see [`sqlite::Readers`]).
+        readers: sqlite::Readers,
         /// The queue of the group-commit writer (see [`sqlite::spawn_writer`]).
         writer: mpsc::Sender<sqlite::WriteJob>,
     },
@@ -339,9 +341,12 @@ impl Store {
                 .context("cannot open the SQLite database for reading")?;
             let writer = sqlite::spawn_writer(options.get_filename())
                 .context("cannot open the SQLite database for writing")?;
+            let readers = sqlite::Readers::spawn(usize::try_from(readers).unwrap_or(1).max(1))
+                .context("cannot start the SQLite readers")?;
             Backend::Sqlite {
                 path: Arc::from(options.get_filename()),
                 read,
+                readers,
                 writer,
             }
         } else {
@@ -356,6 +361,12 @@ impl Store {
             Backend::Sqlite { path, .. } => crate::audit::Auditor::sqlite(path)?,
             Backend::Postgres(pool) => crate::audit::Auditor::postgres(pool.clone()),
         })
+    }
+
+    /// Whether the database is PostgreSQL, whose plans weigh work differently from SQLite's: a
+    /// query there costs a round trip and a plan, and each row it visits more than SQLite's.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
     }
 
     /// Closes every connection, waiting for the ones in use.
@@ -438,6 +449,7 @@ impl Store {
     /// Writes every op, in order, in one transaction: all of them, or none. A failure names
     /// the op that failed, when one did.
     pub async fn write_all(&self, ops: Vec<WriteOp>) -> Result<Vec<Written>, WriteFailed> {
+        let ops = prepare_all(ops)?;
         match &self.backend {
             Backend::Sqlite { writer, .. } => {
                 let (reply, answer) = oneshot::channel();
@@ -451,13 +463,7 @@ impl Store {
             }
             Backend::Postgres(pool) => {
                 let mut tx = pool.begin().await.map_err(WriteFailed::whole)?;
-                let mut written = Vec::with_capacity(ops.len());
-                for (i, op) in ops.into_iter().enumerate() {
-                    let one = write_postgres(&mut tx, op.rt, &op.id, op.precondition, op.change)
-                        .await
-                        .map_err(|error| WriteFailed { op: Some(i), error })?;
-                    written.push(one);
-                }
+                let written = write_postgres_all(&mut tx, &ops).await?;
                 tx.commit().await.map_err(WriteFailed::whole)?;
                 Ok(written)
             }
@@ -473,17 +479,16 @@ impl Store {
         columns: &[Kind],
     ) -> Result<Vec<Vec<Cell>>, FhirError> {
         match &self.backend {
-            Backend::Sqlite { path, .. } => {
+            Backend::Sqlite { path, readers, .. } => {
                 let (path, sql, binds, columns) = (
                     path.clone(),
                     sql.to_owned(),
                     binds.to_vec(),
                     columns.to_vec(),
                 );
-                // A search may scan: run it where blocking is allowed.
-                tokio::task::spawn_blocking(move || sqlite::query(&path, &sql, &binds, &columns))
-                    .await
-                    .map_err(|e| FhirError::Internal(e.into()))?
+                readers
+                    .run(move || sqlite::query(&path, &sql, &binds, &columns))
+                    .await?
                     .map_err(FhirError::Internal)
             }
             Backend::Postgres(pool) => {
@@ -572,9 +577,16 @@ impl Store {
                 }
                 Backend::Postgres(pool) => {
                     let mut tx = pool.begin().await?;
-                    for (rid, rt, rows) in &work {
-                        index::replace_postgres(&mut tx, *rid, rt.as_str(), rows, true).await?;
-                    }
+                    let resources: Vec<index::Indexed<'_>> = work
+                        .iter()
+                        .map(|(rid, rt, rows)| index::Indexed {
+                            rid: *rid,
+                            rt: rt.as_str(),
+                            rows,
+                            existed: true,
+                        })
+                        .collect();
+                    index::replace_postgres(&mut tx, &resources).await?;
                     tx.commit().await?;
                 }
             }
@@ -620,6 +632,162 @@ struct Current {
     deleted: bool,
 }
 
+/// A resource body serialized before its write, with `id` and `meta` in place: only its
+/// version id and last-updated instant, which the write decides, are left to fill in. So the
+/// work of serializing happens on the request's own task, not on SQLite's one writer thread,
+/// and a write tried again (see [`sqlite`]) does not serialize again.
+#[derive(Debug)]
+struct PreparedBody {
+    /// The JSON, with the two values empty.
+    bytes: Vec<u8>,
+    /// Where in `bytes` the contents of `meta.versionId` and of `meta.lastUpdated` go, between
+    /// their quotes.
+    version_at: usize,
+    updated_at: usize,
+}
+
+impl PreparedBody {
+    /// Serializes `body` as `serde_json::to_vec` would once [`set_meta`] had set its `id`, version
+    /// id and last-updated instant, leaving the last two to [`Self::finish`].
+    fn new(mut body: Value, id: &str) -> Result<Self, FhirError> {
+        set_meta(&mut body, id, "", "");
+        let internal = |e: serde_json::Error| FhirError::Internal(e.into());
+        let Value::Object(object) = &body else {
+            return Err(FhirError::Internal(anyhow::anyhow!(
+                "a resource to store is not a JSON object"
+            )));
+        };
+        let mut bytes = Vec::with_capacity(1024);
+        let (mut version_at, mut updated_at) = (None, None);
+        bytes.push(b'{');
+        for (i, (key, value)) in object.iter().enumerate() {
+            if i > 0 {
+                bytes.push(b',');
+            }
+            serde_json::to_writer(&mut bytes, key).map_err(internal)?;
+            bytes.push(b':');
+            match value {
+                Value::Object(meta) if key == "meta" => {
+                    bytes.push(b'{');
+                    for (j, (key, value)) in meta.iter().enumerate() {
+                        if j > 0 {
+                            bytes.push(b',');
+                        }
+                        serde_json::to_writer(&mut bytes, key).map_err(internal)?;
+                        bytes.push(b':');
+                        match key.as_str() {
+                            "versionId" => {
+                                bytes.push(b'"');
+                                version_at = Some(bytes.len());
+                                bytes.push(b'"');
+                            }
+                            "lastUpdated" => {
+                                bytes.push(b'"');
+                                updated_at = Some(bytes.len());
+                                bytes.push(b'"');
+                            }
+                            _ => serde_json::to_writer(&mut bytes, value).map_err(internal)?,
+                        }
+                    }
+                    bytes.push(b'}');
+                }
+                _ => serde_json::to_writer(&mut bytes, value).map_err(internal)?,
+            }
+        }
+        bytes.push(b'}');
+        let (Some(version_at), Some(updated_at)) = (version_at, updated_at) else {
+            return Err(FhirError::Internal(anyhow::anyhow!(
+                "a resource to store has no meta to fill in"
+            )));
+        };
+        Ok(Self {
+            bytes,
+            version_at,
+            updated_at,
+        })
+    }
+
+    /// The body of version `version_id`, last updated at `last_updated`.
+    fn finish(&self, version_id: i64, last_updated: Micros) -> Vec<u8> {
+        let version = version_id.to_string();
+        let updated = last_updated.to_instant();
+        let mut slots = [
+            (self.version_at, version.as_bytes()),
+            (self.updated_at, updated.as_bytes()),
+        ];
+        slots.sort_by_key(|(at, _)| *at);
+        let mut out = Vec::with_capacity(self.bytes.len() + version.len() + updated.len());
+        let mut from = 0;
+        for (at, text) in slots {
+            out.extend_from_slice(&self.bytes[from..at]);
+            out.extend_from_slice(text);
+            from = at;
+        }
+        out.extend_from_slice(&self.bytes[from..]);
+        out
+    }
+}
+
+/// A [`Change`] ready to be written: the body serialized.
+#[derive(Debug)]
+enum PreparedChange {
+    Put {
+        body: PreparedBody,
+        method: WriteMethod,
+        index: Box<IndexRows>,
+    },
+    Delete,
+}
+
+/// A [`WriteOp`] ready to be written.
+#[derive(Debug)]
+struct PreparedOp {
+    rt: ResourceType,
+    id: String,
+    precondition: Precondition,
+    change: PreparedChange,
+}
+
+impl PreparedOp {
+    fn new(op: WriteOp) -> Result<Self, FhirError> {
+        let change = match op.change {
+            Change::Put {
+                body,
+                method,
+                index,
+            } => PreparedChange::Put {
+                body: PreparedBody::new(body, &op.id)?,
+                method,
+                index,
+            },
+            Change::Delete => PreparedChange::Delete,
+        };
+        Ok(Self {
+            rt: op.rt,
+            id: op.id,
+            precondition: op.precondition,
+            change,
+        })
+    }
+
+    /// The search index rows the write stores: none for a delete.
+    fn index(&self) -> &IndexRows {
+        static NONE: std::sync::LazyLock<IndexRows> = std::sync::LazyLock::new(IndexRows::default);
+        match &self.change {
+            PreparedChange::Put { index, .. } => index,
+            PreparedChange::Delete => &NONE,
+        }
+    }
+}
+
+/// Prepares every op, or names the first that cannot be.
+fn prepare_all(ops: Vec<WriteOp>) -> Result<Vec<PreparedOp>, WriteFailed> {
+    ops.into_iter()
+        .enumerate()
+        .map(|(i, op)| PreparedOp::new(op).map_err(|error| WriteFailed { op: Some(i), error }))
+        .collect()
+}
+
 /// What a write will store, decided from the current row. Shared by both backends, so the
 /// rules (preconditions, version numbers, time never going back) are written once.
 struct Planned {
@@ -627,22 +795,15 @@ struct Planned {
     last_updated: Micros,
     method: WriteMethod,
     body: Option<Vec<u8>>,
-    /// The new version's search index rows (none for a delete).
-    index: Box<IndexRows>,
     /// Whether a live version existed before.
     was_live: bool,
 }
 
 /// `None`: a delete with nothing to delete.
-fn plan_write(
-    rt: ResourceType,
-    id: &str,
-    precondition: Precondition,
-    change: Change,
-    current: Option<Current>,
-) -> Result<Option<Planned>, FhirError> {
+fn plan_write(op: &PreparedOp, current: Option<Current>) -> Result<Option<Planned>, FhirError> {
+    let (rt, id) = (op.rt, &op.id);
     let live = current.filter(|c| !c.deleted);
-    match (precondition, current, live) {
+    match (op.precondition, current, live) {
         (Precondition::Absent, Some(_), _) => {
             return Err(FhirError::Conflict(format!("{rt}/{id} already exists")));
         }
@@ -659,7 +820,7 @@ fn plan_write(
         }
         _ => {}
     }
-    if matches!(change, Change::Delete) && live.is_none() {
+    if matches!(op.change, PreparedChange::Delete) && live.is_none() {
         return Ok(None);
     }
     let version_id = current.map_or(1, |c| c.version_id + 1);
@@ -669,26 +830,17 @@ fn plan_write(
             .0
             .max(current.map_or(i64::MIN, |c| c.last_updated + 1)),
     );
-    let (method, body, index) = match change {
-        Change::Put {
-            mut body,
-            method,
-            index,
-        } => {
-            set_meta(&mut body, id, version_id, last_updated);
-            let bytes = serde_json::to_vec(&body)
-                .context("cannot serialise a resource")
-                .map_err(FhirError::Internal)?;
-            (method, Some(bytes), index)
+    let (method, body) = match &op.change {
+        PreparedChange::Put { body, method, .. } => {
+            (*method, Some(body.finish(version_id, last_updated)))
         }
-        Change::Delete => (WriteMethod::Delete, None, Box::default()),
+        PreparedChange::Delete => (WriteMethod::Delete, None),
     };
     Ok(Some(Planned {
         version_id,
         last_updated,
         method,
         body,
-        index,
         was_live: live.is_some(),
     }))
 }
@@ -723,14 +875,140 @@ const INSERT_CURRENT: &str = "INSERT INTO resources \
     (resource_type, id, version_id, last_updated, deleted, seq) VALUES ($1, $2, $3, $4, $5, $6) \
     RETURNING rid";
 
-/// A write on PostgreSQL, inside the caller's transaction.
-async fn write_postgres(
+/// Every op on PostgreSQL, inside the caller's transaction. The creates of a transaction
+/// Bundle (new ids, nothing to look up first) are written together, a few statements for all
+/// of them rather than two round trips each; the other ops, and the creates again should that
+/// fail (to name the one at fault), one by one.
+async fn write_postgres_all(
     conn: &mut PgConnection,
-    rt: ResourceType,
-    id: &str,
-    precondition: Precondition,
-    change: Change,
-) -> Result<Written, FhirError> {
+    ops: &[PreparedOp],
+) -> Result<Vec<Written>, WriteFailed> {
+    let creates: Vec<usize> = (0..ops.len())
+        .filter(|&i| {
+            ops[i].precondition == Precondition::Absent
+                && matches!(ops[i].change, PreparedChange::Put { .. })
+        })
+        .collect();
+    let mut written: Vec<Option<Written>> = ops.iter().map(|_| None).collect();
+    if creates.len() > 1 {
+        // A savepoint, so that a failure leaves the transaction usable for the retry.
+        let mut savepoint = sqlx::Connection::begin(&mut *conn)
+            .await
+            .map_err(WriteFailed::whole)?;
+        match create_postgres(&mut savepoint, ops, &creates).await {
+            Ok(created) => {
+                savepoint.commit().await.map_err(WriteFailed::whole)?;
+                for (i, one) in creates.iter().zip(created) {
+                    written[*i] = Some(one);
+                }
+            }
+            Err(_) => savepoint.rollback().await.map_err(WriteFailed::whole)?,
+        }
+    }
+    for (i, op) in ops.iter().enumerate() {
+        if written[i].is_none() {
+            let one = write_postgres(conn, op)
+                .await
+                .map_err(|error| WriteFailed { op: Some(i), error })?;
+            written[i] = Some(one);
+        }
+    }
+    Ok(written.into_iter().flatten().collect())
+}
+
+/// The creates `creates` of `ops` on PostgreSQL: their versions and current rows in one
+/// statement, their index rows in another.
+async fn create_postgres(
+    conn: &mut PgConnection,
+    ops: &[PreparedOp],
+    creates: &[usize],
+) -> Result<Vec<Written>, FhirError> {
+    let mut planned = Vec::with_capacity(creates.len());
+    for &i in creates {
+        let op = &ops[i];
+        planned.push(plan_write(op, None)?.ok_or_else(|| {
+            FhirError::Internal(anyhow::anyhow!("a create planned nothing to write"))
+        })?);
+    }
+    let rows = sqlx::query(
+        "WITH input AS (\
+           SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::bytea[]) \
+           WITH ORDINALITY AS u (resource_type, id, last_updated, method, body, n)), \
+         version AS (\
+           INSERT INTO resource_versions \
+           (resource_type, id, version_id, last_updated, method, body) \
+           SELECT resource_type, id, 1, last_updated, method, body FROM input ORDER BY n \
+           RETURNING seq, resource_type, id), \
+         current AS (\
+           INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, seq) \
+           SELECT i.resource_type, i.id, 1, i.last_updated, FALSE, v.seq FROM input i \
+           JOIN version v ON v.resource_type = i.resource_type AND v.id = i.id ORDER BY i.n \
+           RETURNING seq, rid) \
+         SELECT i.n, c.seq, c.rid FROM current c JOIN version v ON v.seq = c.seq \
+         JOIN input i ON i.resource_type = v.resource_type AND i.id = v.id",
+    )
+    .bind(
+        creates
+            .iter()
+            .map(|&i| ops[i].rt.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        creates
+            .iter()
+            .map(|&i| ops[i].id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(planned.iter().map(|p| p.last_updated.0).collect::<Vec<_>>())
+    .bind(
+        planned
+            .iter()
+            .map(|p| p.method.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        planned
+            .iter()
+            .map(|p| p.body.as_deref().unwrap_or_default())
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    // `n` counts from 1, in the order of `creates`.
+    let mut keys = vec![None; creates.len()];
+    for row in rows {
+        let n: i64 = row.try_get(0)?;
+        let slot = usize::try_from(n - 1)
+            .ok()
+            .and_then(|n| keys.get_mut(n))
+            .ok_or_else(|| FhirError::Internal(anyhow::anyhow!("a create out of range")))?;
+        *slot = Some((row.try_get::<i64, _>(1)?, row.try_get::<i64, _>(2)?));
+    }
+    let keys: Vec<(i64, i64)> = keys
+        .into_iter()
+        .collect::<Option<_>>()
+        .ok_or_else(|| FhirError::Internal(anyhow::anyhow!("a create stored nothing")))?;
+    let indexed: Vec<index::Indexed<'_>> = creates
+        .iter()
+        .zip(&keys)
+        .map(|(&i, &(_, rid))| index::Indexed {
+            rid,
+            rt: ops[i].rt.as_str(),
+            rows: ops[i].index(),
+            existed: false,
+        })
+        .collect();
+    index::replace_postgres(conn, &indexed).await?;
+    Ok(planned
+        .into_iter()
+        .zip(creates.iter().zip(keys))
+        .map(|(planned, (&i, (seq, _)))| planned.into_written(ops[i].rt, &ops[i].id, seq))
+        .collect())
+}
+
+/// A write on PostgreSQL, inside the caller's transaction.
+async fn write_postgres(conn: &mut PgConnection, op: &PreparedOp) -> Result<Written, FhirError> {
+    let (rt, id, precondition) = (op.rt, op.id.as_str(), op.precondition);
     // Lock the current row so concurrent writers of one resource queue behind each other. A
     // create needs no look: its first version collides with any version the id already has.
     let current = if precondition == Precondition::Absent {
@@ -751,7 +1029,7 @@ async fn write_postgres(
             })
             .transpose()?
     };
-    let Some(planned) = plan_write(rt, id, precondition, change, current)? else {
+    let Some(planned) = plan_write(op, current)? else {
         return Ok(Written::NothingToDelete);
     };
     // One round trip for the version and the current row, one for the index rows.
@@ -783,7 +1061,13 @@ async fn write_postgres(
     })?;
     let seq: i64 = row.try_get(0)?;
     let rid: i64 = row.try_get(1)?;
-    index::replace_postgres(conn, rid, rt.as_str(), &planned.index, current.is_some()).await?;
+    let indexed = index::Indexed {
+        rid,
+        rt: rt.as_str(),
+        rows: op.index(),
+        existed: current.is_some(),
+    };
+    index::replace_postgres(conn, &[indexed]).await?;
     Ok(planned.into_written(rt, id, seq))
 }
 
@@ -846,7 +1130,7 @@ fn conflict_on_unique(error: sqlx::Error, rt: ResourceType, id: &str) -> FhirErr
 }
 
 /// Sets `id`, `meta.versionId` and `meta.lastUpdated`, which belong to the server.
-fn set_meta(body: &mut Value, id: &str, version_id: i64, last_updated: Micros) {
+fn set_meta(body: &mut Value, id: &str, version_id: &str, last_updated: &str) {
     let Some(object) = body.as_object_mut() else {
         return;
     };
@@ -867,13 +1151,48 @@ fn set_meta(body: &mut Value, id: &str, version_id: i64, last_updated: Micros) {
         object.shift_insert(at, "meta".to_owned(), Value::Object(serde_json::Map::new()));
     }
     if let Some(meta) = object.get_mut("meta").and_then(Value::as_object_mut) {
-        meta.insert(
-            "versionId".to_owned(),
-            Value::String(version_id.to_string()),
-        );
+        meta.insert("versionId".to_owned(), Value::String(version_id.to_owned()));
         meta.insert(
             "lastUpdated".to_owned(),
-            Value::String(last_updated.to_instant()),
+            Value::String(last_updated.to_owned()),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{Micros, PreparedBody, set_meta};
+
+    /// What the body of a version was before it was prepared: `set_meta`, then serialized.
+    fn serialized(mut body: serde_json::Value, version_id: i64, at: Micros) -> Vec<u8> {
+        set_meta(&mut body, "x1", &version_id.to_string(), &at.to_instant());
+        serde_json::to_vec(&body).expect("JSON")
+    }
+
+    #[test]
+    fn a_prepared_body_is_byte_for_byte_the_body_serialized_with_its_meta() {
+        let at = Micros(1_714_557_072_123_456);
+        let bodies = [
+            json!({"resourceType": "Patient", "active": true}),
+            json!({"resourceType": "Patient", "id": "old", "meta": {"profile": ["p"]},
+                   "name": [{"family": "Ölçer \"Q\"\n"}], "x": 1.50}),
+            // A client's own version and time, in its order, are overwritten in place.
+            json!({"resourceType": "Patient", "meta": {"lastUpdated": "2020-01-01T00:00:00Z",
+                   "tag": [{"code": "t"}], "versionId": "7"}}),
+            // `meta` that is not an object is replaced; a contained resource's is left alone.
+            json!({"resourceType": "Observation", "meta": "no",
+                   "contained": [{"resourceType": "Patient", "meta": {"versionId": "9"}}]}),
+        ];
+        for body in bodies {
+            let prepared = PreparedBody::new(body.clone(), "x1").expect("prepared");
+            for version_id in [1, 12, 1234] {
+                assert_eq!(
+                    String::from_utf8(prepared.finish(version_id, at)).expect("UTF-8"),
+                    String::from_utf8(serialized(body.clone(), version_id, at)).expect("UTF-8"),
+                );
+            }
+        }
     }
 }

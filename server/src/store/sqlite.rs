@@ -9,15 +9,18 @@
 //!   writer. Only short, bounded queries belong here; anything that scans goes through the pool.
 //! - All writes go through one writer thread that owns the only write connection (SQLite allows
 //!   one writer at a time anyway) and commits in groups: it takes every job waiting in its
-//!   queue (a job is one write, or all the writes of a transaction Bundle), runs each in a
-//!   savepoint of one transaction (a job that fails rolls back alone, and whole), commits
-//!   once — one fsync — and only then answers each caller. A lone job goes straight through;
-//!   under load one fsync serves many.
+//!   queue (a job is one write, or all the writes of a transaction Bundle), runs them all in
+//!   one transaction, commits once — one fsync — and only then answers each caller. A lone job
+//!   goes straight through; under load one fsync serves many. A job that fails takes the
+//!   transaction down with it, and the others run again without it (see [`write_group`]).
+//! - The writer only writes: bodies come serialized, and the write-ahead log is copied back
+//!   into the database (checkpointed) by a thread of its own.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -26,8 +29,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavio
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Cell, Change, Current, FhirError, INSERT_CURRENT, INSERT_VERSION, Kind, Micros, Precondition,
-    READ_SQL, SELECT_CURRENT, UPDATE_CURRENT, Version, WriteFailed, WriteOp, Written, plan_write,
+    Cell, Current, FhirError, INSERT_CURRENT, INSERT_VERSION, Kind, Micros, Precondition,
+    PreparedOp, READ_SQL, SELECT_CURRENT, UPDATE_CURRENT, Version, WriteFailed, Written,
+    plan_write,
 };
 
 /// The writer's page cache, in KiB as `PRAGMA cache_size` takes it when negative.
@@ -40,7 +44,7 @@ const MAX_GROUP_WRITES: usize = 4096;
 
 /// Writes waiting for the writer thread, to be stored together or not at all.
 pub(super) struct WriteJob {
-    pub ops: Vec<WriteOp>,
+    pub ops: Vec<PreparedOp>,
     pub reply: oneshot::Sender<Result<Vec<Written>, WriteFailed>>,
 }
 
@@ -56,6 +60,10 @@ pub(super) fn spawn_writer(path: &Path) -> anyhow::Result<mpsc::Sender<WriteJob>
     // A group of transaction Bundles dirties thousands of pages of the indexes; with SQLite's
     // default 2 MB cache they spill to the log before the commit and are read back.
     connection.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
+    // The checkpointer thread copies the log back instead; left to the commit that crosses
+    // the threshold, it took an eighth of the writer's time.
+    connection.pragma_update(None, "wal_autocheckpoint", 0)?;
+    let checkpoints = spawn_checkpointer(path)?;
     let (sender, mut queue) = mpsc::channel::<WriteJob>(4 * MAX_GROUP);
     std::thread::Builder::new()
         .name("sqlite-writer".to_owned())
@@ -73,7 +81,7 @@ pub(super) fn spawn_writer(path: &Path) -> anyhow::Result<mpsc::Sender<WriteJob>
                         Err(_) => break,
                     }
                 }
-                match write_group(&mut connection, &mut group) {
+                match write_group(&mut connection, &group) {
                     Ok(results) => {
                         for (job, result) in group.drain(..).zip(results) {
                             // The caller may have gone away; its write stands all the same.
@@ -92,68 +100,90 @@ pub(super) fn spawn_writer(path: &Path) -> anyhow::Result<mpsc::Sender<WriteJob>
                         }
                     }
                 }
+                checkpoints.committed(&connection);
             }
         })?;
     Ok(sender)
 }
 
-/// One transaction for the whole group, a savepoint for each job.
+/// One transaction for the whole group. A job that fails (a precondition, a conflict) rolls
+/// the transaction back, and the group runs again without it, until every job left succeeds:
+/// failures are rare, and a savepoint for each job, which would let one roll back alone,
+/// copies every page it changes to a journal first — a quarter of the writer's time.
 fn write_group(
     connection: &mut Connection,
-    group: &mut [WriteJob],
+    group: &[WriteJob],
 ) -> anyhow::Result<Vec<Result<Vec<Written>, WriteFailed>>> {
-    let mut tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut results = Vec::with_capacity(group.len());
-    for job in group.iter_mut() {
-        let savepoint = tx.savepoint()?;
-        let mut written = Vec::with_capacity(job.ops.len());
-        let mut failed = None;
-        for (i, op) in std::mem::take(&mut job.ops).into_iter().enumerate() {
-            match write_one(&savepoint, op.rt, &op.id, op.precondition, op.change) {
-                Ok(one) => written.push(one),
+    let mut failed: Vec<Option<WriteFailed>> = group.iter().map(|_| None).collect();
+    loop {
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut done = Vec::with_capacity(group.len());
+        let mut failure = None;
+        for (j, job) in group.iter().enumerate() {
+            if failed[j].is_some() {
+                continue;
+            }
+            match write_job(&tx, job) {
+                Ok(written) => done.push(written),
                 Err(error) => {
-                    failed = Some(WriteFailed { op: Some(i), error });
+                    failure = Some((j, error));
                     break;
                 }
             }
         }
-        match failed {
-            None => {
-                savepoint.commit()?;
-                results.push(Ok(written));
-            }
-            // Dropping the savepoint rolls this job back, and only this one.
-            Some(failed) => results.push(Err(failed)),
+        if let Some((j, error)) = failure {
+            // Dropping the transaction rolls it back.
+            drop(tx);
+            failed[j] = Some(error);
+            continue;
         }
+        tx.commit()?;
+        let mut done = done.into_iter();
+        return Ok(failed
+            .into_iter()
+            .map(|failure| match failure {
+                Some(failure) => Err(failure),
+                None => Ok(done.next().unwrap_or_default()),
+            })
+            .collect());
     }
-    tx.commit()?;
-    Ok(results)
 }
 
-fn write_one(
-    connection: &Connection,
-    rt: ResourceType,
-    id: &str,
-    precondition: Precondition,
-    change: Change,
-) -> Result<Written, FhirError> {
-    let internal = |e: rusqlite::Error| FhirError::Internal(e.into());
-    let current = connection
-        .prepare_cached(SELECT_CURRENT)
-        .and_then(|mut statement| {
-            statement
-                .query_row((rt.as_str(), id), |row| {
-                    Ok(Current {
-                        rid: row.get(0)?,
-                        version_id: row.get(1)?,
-                        last_updated: row.get(2)?,
-                        deleted: row.get(3)?,
-                    })
-                })
-                .optional()
+/// Every write of one job, or the first that fails.
+fn write_job(connection: &Connection, job: &WriteJob) -> Result<Vec<Written>, WriteFailed> {
+    job.ops
+        .iter()
+        .enumerate()
+        .map(|(i, op)| {
+            write_one(connection, op).map_err(|error| WriteFailed { op: Some(i), error })
         })
-        .map_err(internal)?;
-    let Some(planned) = plan_write(rt, id, precondition, change, current)? else {
+        .collect()
+}
+
+fn write_one(connection: &Connection, op: &PreparedOp) -> Result<Written, FhirError> {
+    let (rt, id) = (op.rt, op.id.as_str());
+    let internal = |e: rusqlite::Error| FhirError::Internal(e.into());
+    // A create needs no look: its first version collides with any version the id already has.
+    let current = if op.precondition == Precondition::Absent {
+        None
+    } else {
+        connection
+            .prepare_cached(SELECT_CURRENT)
+            .and_then(|mut statement| {
+                statement
+                    .query_row((rt.as_str(), id), |row| {
+                        Ok(Current {
+                            rid: row.get(0)?,
+                            version_id: row.get(1)?,
+                            last_updated: row.get(2)?,
+                            deleted: row.get(3)?,
+                        })
+                    })
+                    .optional()
+            })
+            .map_err(internal)?
+    };
+    let Some(planned) = plan_write(op, current)? else {
         return Ok(Written::NothingToDelete);
     };
     let seq: i64 = connection
@@ -171,7 +201,12 @@ fn write_one(
                 |row| row.get(0),
             )
         })
-        .map_err(|e| conflict_on_constraint(e, rt, id))?;
+        .map_err(|e| match op.precondition {
+            Precondition::Absent if is_constraint(&e) => {
+                FhirError::Conflict(format!("{rt}/{id} already exists"))
+            }
+            _ => conflict_on_constraint(e, rt, id),
+        })?;
     let deleted = planned.body.is_none();
     let rid = match current {
         Some(current) => connection
@@ -204,15 +239,75 @@ fn write_one(
             }),
     }
     .map_err(|e| conflict_on_constraint(e, rt, id))?;
-    super::index::replace_sqlite(
-        connection,
-        rid,
-        rt.as_str(),
-        &planned.index,
-        current.is_some(),
-    )
-    .map_err(internal)?;
+    super::index::replace_sqlite(connection, rid, rt.as_str(), op.index(), current.is_some())
+        .map_err(internal)?;
     Ok(planned.into_written(rt, id, seq))
+}
+
+/// How long the checkpointer waits after a checkpoint before it takes the next: the log a
+/// busy writer fills meanwhile is copied back in one go.
+const CHECKPOINT_PAUSE: Duration = Duration::from_millis(200);
+
+/// How long the log may grow, in pages, before the writer checkpoints it too.
+const RESTART_LOG_PAGES: i64 = 8192;
+
+/// The checkpointer: its queue, and whether the writer should checkpoint as well.
+struct Checkpointer {
+    commits: std::sync::mpsc::SyncSender<()>,
+    restart_due: Arc<AtomicBool>,
+}
+
+impl Checkpointer {
+    /// After a commit on `connection` (the writer's): tells the checkpointer, and when the log
+    /// has grown long checkpoints it from the writer itself, so that the writer's next
+    /// transaction starts the log over from its beginning. The log only starts over when a
+    /// transaction begins just after a checkpoint has copied all of it, which with a busy
+    /// writer only the writer's own checkpoint achieves; the checkpointer has copied all but
+    /// the last few commits by then, so that checkpoint is short.
+    fn committed(&self, connection: &Connection) {
+        if self.restart_due.swap(false, Ordering::Relaxed)
+            && let Err(error) =
+                connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        {
+            tracing::warn!(%error, "SQLite checkpoint failed; the next commit retries it");
+        }
+        // When the channel is full a checkpoint is due already.
+        let _ = self.commits.try_send(());
+    }
+}
+
+/// Starts the thread that checkpoints the write-ahead log whenever it hears of a commit (at
+/// most every [`CHECKPOINT_PAUSE`]), on a connection of its own. A passive checkpoint never
+/// waits for the writer or the readers; what it cannot copy yet, the next one does. Past
+/// [`RESTART_LOG_PAGES`] it asks the writer to checkpoint too (see
+/// [`Checkpointer::committed`]). The thread stops when the writer does.
+fn spawn_checkpointer(path: &Path) -> anyhow::Result<Checkpointer> {
+    let connection = Connection::open(path)?;
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.busy_timeout(Duration::from_secs(10))?;
+    tune(&connection)?;
+    let (sender, commits) = std::sync::mpsc::sync_channel::<()>(1);
+    let restart_due = Arc::new(AtomicBool::new(false));
+    let due = restart_due.clone();
+    std::thread::Builder::new()
+        .name("sqlite-checkpoint".to_owned())
+        .spawn(move || {
+            while commits.recv().is_ok() {
+                match connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                    row.get::<_, i64>(1)
+                }) {
+                    Ok(log_pages) => due.store(log_pages >= RESTART_LOG_PAGES, Ordering::Relaxed),
+                    Err(error) => {
+                        tracing::warn!(%error, "SQLite checkpoint failed; the next commit retries it");
+                    }
+                }
+                std::thread::sleep(CHECKPOINT_PAUSE);
+            }
+        })?;
+    Ok(Checkpointer {
+        commits: sender,
+        restart_due,
+    })
 }
 
 /// Replaces the index rows of a batch of resources in one transaction, on a connection of
@@ -233,12 +328,74 @@ pub(super) fn reindex(
     Ok(())
 }
 
+fn is_constraint(error: &rusqlite::Error) -> bool {
+    error.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation)
+}
+
 fn conflict_on_constraint(error: rusqlite::Error, rt: ResourceType, id: &str) -> FhirError {
-    match error.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::ConstraintViolation) => FhirError::Conflict(format!(
+    if is_constraint(&error) {
+        FhirError::Conflict(format!(
             "{rt}/{id} was changed by another request at the same time; retry"
-        )),
-        _ => FhirError::Internal(error.into()),
+        ))
+    } else {
+        FhirError::Internal(error.into())
+    }
+}
+
+/// A query for the reader threads.
+type ReadJob = Box<dyn FnOnce() + Send>;
+
+/// The threads that run searches, a fixed few, each on its read-only connection (see
+/// [`with_reader`]). A search may scan, so it cannot run on the async runtime's threads; on
+/// tokio's blocking pool, under load, each of dozens of threads opened a connection and mapped
+/// the database anew, and threads came and went, each time faulting the map in again: a fifth
+/// of a busy server's time went to page faults and context switches. With 2 cores, a few
+/// threads do as much work as dozens. They stop when the store is dropped.
+pub(super) struct Readers {
+    jobs: std::sync::mpsc::Sender<ReadJob>,
+}
+
+impl Readers {
+    pub(super) fn spawn(threads: usize) -> anyhow::Result<Self> {
+        let (jobs, queue) = std::sync::mpsc::channel::<ReadJob>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for i in 0..threads {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("sqlite-reader-{i}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while waiting: the job runs without it.
+                        let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        match job {
+                            // A job that panics drops its reply, which its caller reports; the
+                            // thread carries on.
+                            Ok(job) => {
+                                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                })?;
+        }
+        Ok(Self { jobs })
+    }
+
+    /// Runs `f` on a reader thread.
+    pub(super) async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, FhirError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                // The caller may have gone away.
+                let _ = reply.send(f());
+            }))
+            .map_err(|_| FhirError::Internal(anyhow::anyhow!("the SQLite readers have stopped")))?;
+        answer
+            .await
+            .map_err(|_| FhirError::Internal(anyhow::anyhow!("a SQLite reader dropped a query")))
     }
 }
 

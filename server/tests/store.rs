@@ -1,0 +1,178 @@
+//! Writes of many resources in one transaction (`Store::write_all`, what a transaction Bundle
+//! does): each answered in order with its version, all stored with their index rows, or none.
+//!
+//! Runs on SQLite by default, on PostgreSQL when `TELEMED_TEST_DATABASE_URL` is set.
+
+mod common;
+mod stores;
+
+use serde_json::{Value, json};
+use stores::TestStore;
+use telemed_server::store::{Change, Precondition, Store, WriteOp, Written};
+
+fn patient(id: &str, family: &str) -> Value {
+    json!({"resourceType": "Patient", "id": id, "name": [{"family": family}]})
+}
+
+fn observation(id: &str, patient: &str) -> Value {
+    json!({"resourceType": "Observation", "id": id, "status": "final",
+           "code": {"text": "a measurement"},
+           "subject": {"reference": format!("Patient/{patient}")}})
+}
+
+/// The ids of the live resources whose reference `param` points at `target`.
+async fn referring(store: &Store, param: &str, target: &str) -> Vec<String> {
+    let rows = store
+        .query(
+            "SELECT r.id FROM search_reference x JOIN resources r ON r.rid = x.rid \
+             WHERE x.param = $1 AND x.target_id = $2 AND NOT r.deleted ORDER BY r.id",
+            &[
+                telemed_server::store::Cell::Text(param.to_owned()),
+                telemed_server::store::Cell::Text(target.to_owned()),
+            ],
+            &[telemed_server::store::Kind::Text],
+        )
+        .await
+        .expect("the query");
+    rows.into_iter()
+        .filter_map(|row| match row.into_iter().next() {
+            Some(telemed_server::store::Cell::Text(id)) => Some(id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn many_creates_are_answered_in_order_and_stored_with_their_index_rows() {
+    let store = TestStore::new().await;
+    let ops = vec![
+        TestStore::create(patient("p1", "Chalmers")),
+        TestStore::create(observation("o1", "p1")),
+        TestStore::create(observation("o2", "p1")),
+        TestStore::create(patient("p2", "Windsor")),
+    ];
+    let written = store.store.write_all(ops).await.expect("the writes");
+    let ids: Vec<(String, i64, bool)> = written
+        .into_iter()
+        .map(|w| match w {
+            Written::Version { version, created } => {
+                let body: Value =
+                    serde_json::from_slice(version.body.as_deref().expect("a body")).expect("JSON");
+                assert_eq!(body["id"], version.id.as_str());
+                assert_eq!(body["meta"]["versionId"], "1");
+                (version.id, version.version_id, created)
+            }
+            Written::NothingToDelete => panic!("a create deleted"),
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("p1".to_owned(), 1, true),
+            ("o1".to_owned(), 1, true),
+            ("o2".to_owned(), 1, true),
+            ("p2".to_owned(), 1, true),
+        ]
+    );
+    assert_eq!(referring(&store.store, "subject", "p1").await, ["o1", "o2"]);
+    let read = store
+        .store
+        .read(fhir_models::ResourceType::Patient, "p2")
+        .await
+        .expect("the read")
+        .expect("p2 is stored");
+    assert_eq!(read.version_id, 1);
+    store.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_create_of_an_id_in_use_fails_by_its_position_and_stores_nothing() {
+    let store = TestStore::new().await;
+    store.put(patient("p1", "Chalmers")).await;
+    let ops = vec![
+        TestStore::create(observation("o1", "p1")),
+        TestStore::create(patient("p1", "Again")),
+        TestStore::create(observation("o2", "p1")),
+    ];
+    let failed = store
+        .store
+        .write_all(ops)
+        .await
+        .expect_err("p1 exists already");
+    assert_eq!(failed.op, Some(1));
+    assert!(referring(&store.store, "subject", "p1").await.is_empty());
+    store.drop_database().await;
+}
+
+#[tokio::test]
+async fn creates_and_updates_in_one_transaction_are_stored_together() {
+    let store = TestStore::new().await;
+    store.put(patient("p1", "Chalmers")).await;
+    let mut update = TestStore::create(patient("p1", "Windsor"));
+    update.precondition = Precondition::IfMatch(1);
+    let delete = WriteOp {
+        rt: fhir_models::ResourceType::Patient,
+        id: "p0".to_owned(),
+        precondition: Precondition::None,
+        change: Change::Delete,
+    };
+    let ops = vec![
+        delete,
+        TestStore::create(observation("o1", "p1")),
+        TestStore::create(observation("o2", "p1")),
+        update,
+    ];
+    let written = store.store.write_all(ops).await.expect("the writes");
+    assert!(matches!(written[0], Written::NothingToDelete));
+    match &written[3] {
+        Written::Version { version, created } => {
+            assert_eq!((version.version_id, *created), (2, false));
+        }
+        Written::NothingToDelete => panic!("the update deleted"),
+    }
+    assert_eq!(referring(&store.store, "subject", "p1").await, ["o1", "o2"]);
+    store.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_transactions_stand_or_fall_alone() {
+    let store = std::sync::Arc::new(TestStore::new().await);
+    store.put(patient("taken", "Chalmers")).await;
+    // Committed together when they queue together; each odd one fails on its second write.
+    let mut tasks = Vec::new();
+    for n in 0..24 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let second = if n % 2 == 1 {
+                patient("taken", "Again")
+            } else {
+                observation(&format!("o{n}-b"), "taken")
+            };
+            let ops = vec![
+                TestStore::create(observation(&format!("o{n}-a"), "taken")),
+                TestStore::create(second),
+            ];
+            (
+                n,
+                store.store.write_all(ops).await.map_err(|failed| failed.op),
+            )
+        }));
+    }
+    for task in tasks {
+        let (n, result) = task.await.expect("the task");
+        if n % 2 == 1 {
+            assert_eq!(result.err(), Some(Some(1)), "transaction {n}");
+        } else {
+            assert!(result.is_ok(), "transaction {n}");
+        }
+    }
+    let mut expected: Vec<String> = (0..24)
+        .step_by(2)
+        .flat_map(|n| [format!("o{n}-a"), format!("o{n}-b")])
+        .collect();
+    expected.sort();
+    assert_eq!(referring(&store.store, "subject", "taken").await, expected);
+    if let Ok(store) = std::sync::Arc::try_unwrap(store) {
+        store.drop_database().await;
+    }
+}
