@@ -118,7 +118,7 @@ async fn app_state(config: Config, fhir_base: String) -> anyhow::Result<AppState
     let directory = Arc::new(FhirDirectory::default());
     let (auth, auditor) = match config.auth {
         AuthMode::Smart => {
-            let auditor = store.auditor()?;
+            let auditor = store.auditor();
             let base = fhir_base.strip_suffix("/fhir").unwrap_or(&fhir_base);
             let mut auth_config = AuthConfig::new(fhir_base.clone(), format!("{base}/auth"));
             auth_config.practitioners_need_totp = config.practitioners_need_totp;

@@ -7,9 +7,12 @@
 //! - [`record_requests`], the middleware around the FHIR routes, notes what the request is
 //!   and who made it; handlers add the patients and resources they touched through [`note`];
 //!   when the handler is done it appends one record per patient (IHE: one AuditEvent per
-//!   patient) and the response leaves only once they are durable.
-//! - [`Auditor`] appends records in groups, one transaction and one fsync per group, as the
-//!   store's writer does: on SQLite a thread of its own, on PostgreSQL a task of its own.
+//!   patient), unless a write committed them already, and the response leaves only once they
+//!   are durable.
+//! - [`Auditor`] appends records in groups, one transaction and one fsync per group: on SQLite
+//!   through the store's writer, where a write's records commit in the write's own
+//!   transaction ([`records_for_write`]) and a read's join the next group; on PostgreSQL on a
+//!   task of its own.
 //! - Each record carries the SHA-256 of the record before it and its own hash over that and
 //!   every column (see [`chain_hash`]); [`verify`] walks the chain and names the first record
 //!   that does not fit (`telemed audit verify`).
@@ -20,7 +23,6 @@
 //! nothing is audited.
 
 mod render;
-mod writer;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -38,8 +40,8 @@ use crate::store::{Cell, Change, Kind, Micros, Store, Version};
 use fhir_models::ResourceType;
 use std::collections::HashSet;
 
+pub use crate::store::Auditor;
 pub use render::render;
-pub use writer::Auditor;
 
 /// One row of the audit trail, before it is chained: the columns the AuditEvent resource is
 /// made from when it is read ([`render`]), so that recording costs no JSON.
@@ -160,16 +162,88 @@ pub(crate) fn read_record(cells: &mut impl Iterator<Item = Cell>) -> (i64, Audit
     (pos, record)
 }
 
-/// What a request did, as its handler tells it: filled in while the request runs, read by
-/// [`record_requests`] when it is done.
-#[derive(Debug, Default)]
+/// What a request is and did: what [`record_requests`] knows of it from the start, and what
+/// its handler adds while it runs. When the request is done, its records are made from it;
+/// a write makes them earlier, to commit them with itself ([`records_for_write`]).
 pub struct Note {
+    /// When the request came.
+    recorded: Micros,
+    /// The interaction and its action code.
+    subtype: &'static str,
+    action: &'static str,
+    /// The resource the URL names, and the query of a search.
+    entity: Option<String>,
+    query: Option<String>,
+    /// Where the request came from.
+    address: Option<String>,
+    /// Where the authentication leaves who made the request.
+    access: Arc<Mutex<Option<Access>>>,
     /// The patients whose data the request reached or tried to reach.
     pub patients: Vec<String>,
     /// Resources (`Type/id/_history/vid`) it read or wrote, when few enough to list.
     pub entities: Vec<String>,
-    /// The interaction, when the handler knows better than the route (`operation`).
-    pub subtype: Option<&'static str>,
+    /// Whether its records were committed with its write.
+    recorded_with_write: bool,
+}
+
+impl Note {
+    /// The request's records with `outcome`: one per patient it reached (IHE: one AuditEvent
+    /// per patient), or one about no patient.
+    fn records(&self, outcome: &'static str) -> Vec<AuditRecord> {
+        let access = self.access.lock().ok().and_then(|slot| slot.clone());
+        let who = access.as_ref().map_or_else(
+            || Who {
+                address: self.address.clone(),
+                ..Who::default()
+            },
+            |access| Who::of(access, self.address.clone()),
+        );
+        let mut patients = self.patients.clone();
+        if patients.is_empty()
+            && let Some(patient) = &who.patient
+        {
+            patients.push(patient.clone());
+        }
+        let searched = self.subtype.starts_with("search") || self.subtype.starts_with("history");
+        let entities = (!self.entities.is_empty()).then(|| self.entities.join(" "));
+        let record = |patient: Option<String>| AuditRecord {
+            recorded: self.recorded,
+            type_code: "rest".to_owned(),
+            subtype: self.subtype.to_owned(),
+            action: self.action,
+            outcome,
+            patient,
+            agent: who.agent.clone(),
+            user_name: None,
+            client_id: who.client_id.clone(),
+            address: who.address.clone(),
+            entity: self.entity.clone(),
+            entities: entities.clone(),
+            query: self.query.clone().filter(|_| searched),
+            purpose: who.break_glass.clone(),
+            detail: None,
+        };
+        if patients.is_empty() {
+            vec![record(None)]
+        } else {
+            patients.into_iter().map(|p| record(Some(p))).collect()
+        }
+    }
+}
+
+/// The records of the current request as a successful write, for the store to commit with the
+/// write; none outside an audited request, or if they were committed already.
+pub fn records_for_write() -> Vec<AuditRecord> {
+    NOTE.try_with(|note| match note.lock() {
+        Ok(note) if !note.recorded_with_write => note.records("0"),
+        _ => Vec::new(),
+    })
+    .unwrap_or_default()
+}
+
+/// Tells the current request that its records were committed with its write.
+pub fn mark_recorded() {
+    note(|note| note.recorded_with_write = true);
 }
 
 /// The most resources one AuditEvent lists; a search page beyond that is audited by its query.
@@ -331,7 +405,6 @@ pub async fn record_requests(
     let Some(auditor) = state.auditor.clone() else {
         return next.run(request).await;
     };
-    let recorded = Micros::now();
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -343,63 +416,35 @@ pub async fn record_requests(
         .extensions()
         .get::<axum::extract::OriginalUri>()
         .map_or_else(|| request.uri().clone(), |original| original.0.clone());
-    let query = uri.query().map(str::to_owned);
-    let entity = instance_of(uri.path());
     // A batch entry runs inside the Bundle's request: it comes from the same address.
     let address = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip().to_string())
         .or_else(|| ADDRESS.try_with(Clone::clone).ok().flatten());
-    let note = Arc::new(Mutex::new(Note::default()));
-    let seen = Arc::new(Mutex::new(None::<Access>));
-    let mut request = request;
-    request.extensions_mut().insert(AccessSlot(seen.clone()));
-    let response = ADDRESS
-        .scope(address.clone(), NOTE.scope(note.clone(), next.run(request)))
-        .await;
-    let access = seen.lock().ok().and_then(|mut slot| slot.take());
-    let who = access.as_ref().map_or_else(
-        || Who {
-            address: address.clone(),
-            ..Who::default()
-        },
-        |access| Who::of(access, address.clone()),
-    );
-    let note = std::mem::take(&mut *note.lock().unwrap_or_else(|p| p.into_inner()));
-    let subtype = note.subtype.unwrap_or(subtype);
-    let outcome = outcome(response.status());
-    let mut patients = note.patients;
-    if patients.is_empty()
-        && let Some(patient) = &who.patient
-    {
-        patients.push(patient.clone());
-    }
-    let entities = note.entities;
-    let is_search = subtype.starts_with("search") || subtype.starts_with("history");
-    let entities = (!entities.is_empty()).then(|| entities.join(" "));
-    let query = query.filter(|_| is_search);
-    let record = |patient: Option<String>| AuditRecord {
-        recorded,
-        type_code: "rest".to_owned(),
-        subtype: subtype.to_owned(),
+    let access = Arc::new(Mutex::new(None::<Access>));
+    let note = Arc::new(Mutex::new(Note {
+        recorded: Micros::now(),
+        subtype,
         action,
-        outcome,
-        patient,
-        agent: who.agent.clone(),
-        user_name: None,
-        client_id: who.client_id.clone(),
-        address: who.address.clone(),
-        entity: entity.clone(),
-        entities: entities.clone(),
-        query: query.clone(),
-        purpose: who.break_glass.clone(),
-        detail: None,
-    };
-    let records: Vec<AuditRecord> = if patients.is_empty() {
-        vec![record(None)]
-    } else {
-        patients.into_iter().map(|p| record(Some(p))).collect()
+        entity: instance_of(uri.path()),
+        query: uri.query().map(str::to_owned),
+        address: address.clone(),
+        access: access.clone(),
+        patients: Vec::new(),
+        entities: Vec::new(),
+        recorded_with_write: false,
+    }));
+    let mut request = request;
+    request.extensions_mut().insert(AccessSlot(access));
+    let response = ADDRESS
+        .scope(address, NOTE.scope(note.clone(), next.run(request)))
+        .await;
+    let records = match note.lock() {
+        // A write that stood committed its records with it.
+        Ok(note) if note.recorded_with_write => return response,
+        Ok(note) => note.records(outcome(response.status())),
+        Err(poisoned) => poisoned.into_inner().records(outcome(response.status())),
     };
     match auditor.append(records).await {
         Ok(()) => response,

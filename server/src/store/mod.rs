@@ -11,6 +11,7 @@
 //! SQLite allows one writer at a time: writes go through a pool of one connection, so writers
 //! queue in the process instead of spinning on `SQLITE_BUSY`, and reads use their own pool.
 
+mod audit;
 mod index;
 mod sqlite;
 
@@ -31,6 +32,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::FhirError;
 use crate::search::index::IndexRows;
+
+pub use audit::Auditor;
 
 /// A point in time as stored: microseconds since the Unix epoch, UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -356,11 +359,11 @@ impl Store {
     }
 
     /// An appender of audit records to this database (see [`crate::audit`]).
-    pub fn auditor(&self) -> anyhow::Result<crate::audit::Auditor> {
-        Ok(match &self.backend {
-            Backend::Sqlite { path, .. } => crate::audit::Auditor::sqlite(path)?,
-            Backend::Postgres(pool) => crate::audit::Auditor::postgres(pool.clone()),
-        })
+    pub fn auditor(&self) -> Auditor {
+        match &self.backend {
+            Backend::Sqlite { writer, .. } => Auditor::sqlite(writer.clone()),
+            Backend::Postgres(pool) => Auditor::postgres(pool.clone()),
+        }
     }
 
     /// Whether the database is PostgreSQL, whose plans weigh work differently from SQLite's: a
@@ -452,14 +455,21 @@ impl Store {
         let ops = prepare_all(ops)?;
         match &self.backend {
             Backend::Sqlite { writer, .. } => {
+                // The request's audit record commits with its write (see crate::audit).
+                let audit = crate::audit::records_for_write();
+                let recorded = !audit.is_empty();
                 let (reply, answer) = oneshot::channel();
                 writer
-                    .send(sqlite::WriteJob { ops, reply })
+                    .send(sqlite::WriteJob { ops, audit, reply })
                     .await
                     .map_err(|_| WriteFailed::internal("the SQLite writer has stopped"))?;
-                answer
+                let written = answer
                     .await
-                    .map_err(|_| WriteFailed::internal("the SQLite writer dropped a write"))?
+                    .map_err(|_| WriteFailed::internal("the SQLite writer dropped a write"))??;
+                if recorded {
+                    crate::audit::mark_recorded();
+                }
+                Ok(written)
             }
             Backend::Postgres(pool) => {
                 let mut tx = pool.begin().await.map_err(WriteFailed::whole)?;

@@ -15,6 +15,8 @@
 //!   transaction down with it, and the others run again without it (see [`write_group`]).
 //! - The writer only writes: bodies come serialized, and the write-ahead log is copied back
 //!   into the database (checkpointed) by a thread of its own.
+//! - The audit trail is appended by the same writer: a read's records join whatever group is
+//!   next, a write's commit with it (see [`super::audit`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -42,9 +44,11 @@ const MAX_GROUP: usize = 256;
 /// A group stops taking jobs once it holds this many writes, so one commit stays short.
 const MAX_GROUP_WRITES: usize = 4096;
 
-/// Writes waiting for the writer thread, to be stored together or not at all.
+/// Writes waiting for the writer thread, to be stored together or not at all, with the audit
+/// records that go with them (stored if the writes are; a job may be audit records alone).
 pub(super) struct WriteJob {
     pub ops: Vec<PreparedOp>,
+    pub audit: Vec<crate::audit::AuditRecord>,
     pub reply: oneshot::Sender<Result<Vec<Written>, WriteFailed>>,
 }
 
@@ -137,6 +141,14 @@ fn write_group(
             failed[j] = Some(error);
             continue;
         }
+        // The audit records of the jobs that stand, chained in the same transaction: a write
+        // and its record are on disk together or not at all.
+        let records = group
+            .iter()
+            .zip(&failed)
+            .filter(|(_, failed)| failed.is_none())
+            .flat_map(|(job, _)| &job.audit);
+        super::audit::append_sqlite(&tx, records)?;
         tx.commit()?;
         let mut done = done.into_iter();
         return Ok(failed

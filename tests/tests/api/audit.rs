@@ -234,3 +234,42 @@ async fn the_chain_of_a_busy_trail_verifies() {
         Verified::Broken(broken) => panic!("the fresh trail is broken: {broken:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_write_leaves_one_record() {
+    let app = spawn_app().await;
+    let (patient, observation) = patient_with_observation(&app).await;
+    let events = audit_events(&app, &format!("patient={patient}&subtype=create")).await;
+    let of_the_observation: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            e["entity"]
+                .to_string()
+                .contains(&format!("Observation/{observation}"))
+        })
+        .collect();
+    assert_eq!(of_the_observation.len(), 1, "{events:?}");
+}
+
+#[tokio::test]
+async fn a_refused_write_is_audited_as_a_failure() {
+    let app = spawn_app().await;
+    let (patient, observation) = patient_with_observation(&app).await;
+    let mut stale = app.read_json("Observation", &observation).await;
+    stale["status"] = json!("amended");
+    let response = app
+        .request(reqwest::Method::PUT, &format!("Observation/{observation}"))
+        .header("content-type", "application/fhir+json")
+        .header("if-match", "W/\"9\"")
+        .body(stale.to_string())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 412);
+    let events = audit_events(&app, &format!("patient={patient}&subtype=update")).await;
+    assert!(
+        events.iter().any(|e| e["outcome"] == "4"),
+        "the refused update is not audited: {events:?}"
+    );
+    assert!(!events.iter().any(|e| e["outcome"] == "0"), "{events:?}");
+}

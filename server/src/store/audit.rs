@@ -2,20 +2,19 @@
 //! into one transaction that reads the end of the chain, chains and inserts the records, moves
 //! the end, and commits (one fsync); then each caller hears that its records are on disk.
 //!
-//! On SQLite a thread of its own owns a write connection (the resource writer's group commit
-//! is the model; SQLite's write lock orders the two, and any other process appending, such as
-//! `telemed import`). On PostgreSQL a task of its own does the same on a pooled connection,
-//! with the chain's end locked (`FOR UPDATE`) so that several servers append one chain.
-
-use std::path::Path;
-use std::time::Duration;
+//! On SQLite the records go through the store's own writer (see [`super::sqlite`]): they share
+//! its group commits with the resource writes, and a write's own record commits in the same
+//! transaction as the write. On PostgreSQL a task of its own appends them on a pooled
+//! connection, with the chain's end locked (`FOR UPDATE`) so that several servers append one
+//! chain.
 
 use anyhow::Context as _;
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{AuditRecord, chain_hash};
+use super::sqlite::WriteJob;
+use crate::audit::{AuditRecord, chain_hash};
 
 /// Most records appended in one transaction.
 const MAX_GROUP_RECORDS: usize = 4096;
@@ -28,37 +27,27 @@ struct Job {
 /// Appends audit records; cheap to clone.
 #[derive(Clone)]
 pub struct Auditor {
-    queue: mpsc::Sender<Job>,
+    queue: Queue,
+}
+
+#[derive(Clone)]
+enum Queue {
+    /// The SQLite store's writer.
+    Sqlite(mpsc::Sender<WriteJob>),
+    /// The PostgreSQL appender task.
+    Postgres(mpsc::Sender<Job>),
 }
 
 impl Auditor {
-    /// An auditor appending to the SQLite database at `path`.
-    pub fn sqlite(path: &Path) -> anyhow::Result<Self> {
-        let mut connection = Connection::open(path)?;
-        connection.pragma_update(None, "journal_mode", "WAL")?;
-        // A record acknowledged is on disk.
-        connection.pragma_update(None, "synchronous", "FULL")?;
-        connection.busy_timeout(Duration::from_secs(10))?;
-        let (queue, mut jobs) = mpsc::channel::<Job>(1024);
-        std::thread::Builder::new()
-            .name("audit-writer".to_owned())
-            .spawn(move || {
-                let mut group = Vec::new();
-                while let Some(job) = jobs.blocking_recv() {
-                    group.push(job);
-                    gather(&mut group, &mut jobs);
-                    let result =
-                        append_sqlite(&mut connection, &group).map_err(|e| format!("{e:#}"));
-                    for job in group.drain(..) {
-                        let _ = job.done.send(result.clone());
-                    }
-                }
-            })?;
-        Ok(Self { queue })
+    /// An auditor appending through the SQLite store's writer.
+    pub(super) fn sqlite(writer: mpsc::Sender<WriteJob>) -> Self {
+        Self {
+            queue: Queue::Sqlite(writer),
+        }
     }
 
-    /// An auditor appending to PostgreSQL through `pool`.
-    pub fn postgres(pool: PgPool) -> Self {
+    /// An auditor appending to PostgreSQL through `pool`, on a task of its own.
+    pub(super) fn postgres(pool: PgPool) -> Self {
         let (queue, mut jobs) = mpsc::channel::<Job>(1024);
         tokio::spawn(async move {
             let mut group = Vec::new();
@@ -73,7 +62,9 @@ impl Auditor {
                 }
             }
         });
-        Self { queue }
+        Self {
+            queue: Queue::Postgres(queue),
+        }
     }
 
     /// Appends `records` and returns once they are durable.
@@ -81,15 +72,37 @@ impl Auditor {
         if records.is_empty() {
             return Ok(());
         }
-        let (done, durable) = oneshot::channel();
-        self.queue
-            .send(Job { records, done })
-            .await
-            .map_err(|_| anyhow::anyhow!("the audit writer has stopped"))?;
-        durable
-            .await
-            .map_err(|_| anyhow::anyhow!("the audit writer dropped a record"))?
-            .map_err(|e| anyhow::anyhow!("cannot append to the audit trail: {e}"))
+        match &self.queue {
+            Queue::Sqlite(writer) => {
+                let (reply, answer) = oneshot::channel();
+                writer
+                    .send(WriteJob {
+                        ops: Vec::new(),
+                        audit: records,
+                        reply,
+                    })
+                    .await
+                    .map_err(|_| anyhow::anyhow!("the SQLite writer has stopped"))?;
+                answer
+                    .await
+                    .map_err(|_| anyhow::anyhow!("the SQLite writer dropped a record"))?
+                    .map(|_| ())
+                    .map_err(|failed| {
+                        anyhow::anyhow!("cannot append to the audit trail: {:?}", failed.error)
+                    })
+            }
+            Queue::Postgres(queue) => {
+                let (done, durable) = oneshot::channel();
+                queue
+                    .send(Job { records, done })
+                    .await
+                    .map_err(|_| anyhow::anyhow!("the audit writer has stopped"))?;
+                durable
+                    .await
+                    .map_err(|_| anyhow::anyhow!("the audit writer dropped a record"))?
+                    .map_err(|e| anyhow::anyhow!("cannot append to the audit trail: {e}"))
+            }
+        }
     }
 }
 
@@ -112,16 +125,22 @@ const INSERT: &str = "INSERT INTO audit_events (chain_pos, recorded, type_code, 
     detail, prev_hash, hash) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
 
-fn append_sqlite(connection: &mut Connection, group: &[Job]) -> anyhow::Result<()> {
-    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let (mut pos, mut last): (i64, Vec<u8>) = tx.query_row(
-        "SELECT last_pos, last_hash FROM audit_chain WHERE id = 1",
-        [],
-        |row| Ok((row.get(0)?, row.get(1)?)),
-    )?;
+/// Chains and inserts `records` inside the SQLite writer's transaction `connection`, and
+/// moves the end of the chain.
+pub(super) fn append_sqlite<'a>(
+    connection: &Connection,
+    records: impl IntoIterator<Item = &'a AuditRecord>,
+) -> rusqlite::Result<()> {
+    let mut records = records.into_iter().peekable();
+    if records.peek().is_none() {
+        return Ok(());
+    }
+    let (mut pos, mut last): (i64, Vec<u8>) = connection
+        .prepare_cached("SELECT last_pos, last_hash FROM audit_chain WHERE id = 1")?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
     {
-        let mut insert = tx.prepare_cached(INSERT)?;
-        for record in group.iter().flat_map(|job| &job.records) {
+        let mut insert = connection.prepare_cached(INSERT)?;
+        for record in records {
             pos += 1;
             let hash = chain_hash(&last, pos, record);
             let mut params: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(18);
@@ -138,11 +157,9 @@ fn append_sqlite(connection: &mut Connection, group: &[Job]) -> anyhow::Result<(
             last = hash.to_vec();
         }
     }
-    tx.execute(
-        "UPDATE audit_chain SET last_pos = ?1, last_hash = ?2 WHERE id = 1",
-        rusqlite::params![pos, last],
-    )?;
-    tx.commit().context("cannot commit audit records")?;
+    connection
+        .prepare_cached("UPDATE audit_chain SET last_pos = ?1, last_hash = ?2 WHERE id = 1")?
+        .execute(rusqlite::params![pos, last])?;
     Ok(())
 }
 
