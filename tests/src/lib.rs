@@ -2,7 +2,8 @@
 //! database, a real HTTP client, and readers of the searchset Bundles it answers with.
 //!
 //! The database is SQLite (a new file per test) unless `TELEMED_TEST_DATABASE_URL` names a
-//! PostgreSQL server, on which each test creates a database of its own and drops it afterwards.
+//! PostgreSQL server, on which each test creates a database of its own (a copy of a template the
+//! run migrates once) and drops it afterwards.
 //!
 //! Authorization is on, as in production: the client of a [`TestApp`] carries a SMART Backend
 //! Services token with `system/*.cruds`, obtained over HTTP by the real client_credentials
@@ -64,18 +65,18 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let (url, database) = match std::env::var("TELEMED_TEST_DATABASE_URL") {
         Ok(admin_url) => {
+            let template = TEMPLATE.get_or_init(|| create_template(&admin_url)).await;
             let name = format!("telemed_test_{}", uuid::Uuid::new_v4().simple());
             let mut connection = sqlx::PgConnection::connect(&admin_url)
                 .await
                 .expect("TELEMED_TEST_DATABASE_URL is reachable");
-            sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-                .execute(&mut connection)
-                .await
-                .expect("CREATE DATABASE");
-            let (prefix, _) = admin_url
-                .rsplit_once('/')
-                .expect("TELEMED_TEST_DATABASE_URL ends with /database");
-            let url = format!("{prefix}/{name}");
+            sqlx::query(&format!(
+                "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
+            ))
+            .execute(&mut connection)
+            .await
+            .expect("CREATE DATABASE");
+            let url = database_url(&admin_url, &name);
             (url, Database::Postgres { admin_url, name })
         }
         Err(_) => {
@@ -87,10 +88,12 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
             )
         }
     };
+    if matches!(database, Database::Sqlite(_)) {
+        seed_auth(&url).await;
+    }
     let mut config = Config::for_tests(url);
     config.max_db_connections = 4;
     configure(&mut config);
-    seed_auth(&config.database_url).await;
     let app = Application::build(config.clone())
         .await
         .expect("the server starts");
@@ -110,6 +113,62 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
         app.client = app.client_with_token(&app.token);
     }
     app
+}
+
+/// The PostgreSQL database this run's test databases are copied from: migrated and seeded once
+/// (running the migrations takes seconds; copying a database a fraction of one).
+static TEMPLATE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+
+/// Templates are named `telemed_tmpl_{unix seconds}_{uuid}`; one older than this is left over
+/// from a run that has ended, and is dropped.
+const STALE_TEMPLATE_SECS: u64 = 6 * 3600;
+
+/// `admin_url` with its database replaced by `name`.
+fn database_url(admin_url: &str, name: &str) -> String {
+    let (prefix, _) = admin_url
+        .rsplit_once('/')
+        .expect("TELEMED_TEST_DATABASE_URL ends with /database");
+    format!("{prefix}/{name}")
+}
+
+/// Creates, migrates and seeds this run's template database, and drops stale ones. A test
+/// process has no hook at its end, so its template outlives it until a later run sweeps it.
+async fn create_template(admin_url: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is past 1970")
+        .as_secs();
+    let mut connection = sqlx::PgConnection::connect(admin_url)
+        .await
+        .expect("TELEMED_TEST_DATABASE_URL is reachable");
+    let existing: Vec<String> = sqlx::query_scalar(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'telemed\\_tmpl\\_%'",
+    )
+    .fetch_all(&mut connection)
+    .await
+    .expect("pg_database");
+    for stale in existing.iter().filter(|name| {
+        name.split('_')
+            .nth(2)
+            .and_then(|secs| secs.parse::<u64>().ok())
+            .is_some_and(|secs| secs + STALE_TEMPLATE_SECS < now)
+    }) {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{stale}\" WITH (FORCE)"))
+            .execute(&mut connection)
+            .await;
+    }
+    let name = format!("telemed_tmpl_{now}_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut connection)
+        .await
+        .expect("CREATE DATABASE");
+    let url = database_url(admin_url, &name);
+    let store = telemed_server::store::Store::open(&url, 1)
+        .await
+        .expect("the template is migrated");
+    store.close().await;
+    seed_auth(&url).await;
+    name
 }
 
 /// Gives a new database the run's signing key and backend client, before its server starts.
