@@ -1,1 +1,10 @@
-//! Selective forwarding unit for video visits: rooms keyed by Encounter, WebSocket signaling, simulcast layer choice.
+//! Selective forwarding unit for video visits: rooms keyed by Encounter, WebSocket signaling,
+//! simulcast layer choice.
+//!
+//! Map of the crate:
+//! - [`token`]: short-lived media tokens (HMAC-SHA256) binding a participant and role to an
+//!   Encounter until an expiry; minted by the API, verified by the SFU on join.
+
+pub mod token;
+
+pub use token::{MediaClaims, MediaTokenKey, Role, TokenError};
