@@ -6,8 +6,15 @@
 //!   Encounter until an expiry; minted by the API, verified by the SFU on join.
 //! - [`ice`]: the STUN/TURN server list handed to clients, with coturn-style ephemeral TURN
 //!   credentials.
+//! - [`signaling`]: the JSON messages of the signaling WebSocket (`media/SIGNALING.md`).
+//! - [`sfu`]: the sans-IO core — rooms keyed by Encounter id, participants (one str0m `Rtc`
+//!   each, in RTP mode), forwarding with per-receiver simulcast layer choice, audio-only
+//!   fallback, statistics and room events. Time is an input: the tests run it in memory, faster
+//!   than real time.
 
 pub mod ice;
+pub mod sfu;
+pub mod signaling;
 pub mod token;
 
 pub use ice::{IceConfig, IceServer, TurnConfig, TurnSecret};
