@@ -5,3 +5,4 @@
 
 pub mod peer;
 pub mod relay;
+pub mod signal;

@@ -435,6 +435,19 @@ impl TestPeer {
             let sender = transceiver.sender().await?.context("video sender")?;
             local.video = Some((track, sender, ssrcs));
         }
+        if !publish.audio && !publish.video {
+            // A receive-only client still opens the negotiation with an offer: one recvonly
+            // audio m-line, as a browser would with `addTransceiver('audio', recvonly)`.
+            pc.add_transceiver_from_kind(
+                RtpCodecKind::Audio,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    streams: vec![],
+                    send_encodings: vec![],
+                }),
+            )
+            .await?;
+        }
         Ok(Self {
             publisher,
             pc,
