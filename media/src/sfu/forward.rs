@@ -120,6 +120,15 @@ impl LayerFrames {
         restarted
     }
 
+    /// Whether the layer has sent steadily for `d` (at least `frames` frames since its last
+    /// start, and nothing missing lately).
+    pub fn steady(&self, frames: u32, now: Instant) -> bool {
+        self.since_start >= frames
+            && self
+                .last_at
+                .is_some_and(|t| now.saturating_duration_since(t) < LAYER_RESTART_GAP)
+    }
+
     /// The average frame size, once a few frames were seen.
     fn average(&self) -> Option<f64> {
         (self.frames >= 5).then_some(self.avg_frame_bytes)

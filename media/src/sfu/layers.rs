@@ -10,7 +10,11 @@
 //!   budget allows. A layer being sent is kept while it fits; a layer not being sent must fit
 //!   with [`UPGRADE_HEADROOM`] to spare, and upgrades happen at most once per
 //!   [`UPGRADE_INTERVAL`] so the estimate can settle after each step. Downgrades are immediate.
+//! - the estimate used is the lowest of the last [`ESTIMATE_WINDOW`]: a drop counts at once, a
+//!   rise only once it has lasted (a single high reading after a probe does not buy a layer
+//!   that the next reading takes back).
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Below this estimate a receiver gets audio only (the 500 kbps).
@@ -23,8 +27,13 @@ pub const RESUME_HOLD: Duration = Duration::from_secs(2);
 pub const UPGRADE_HEADROOM: f64 = 0.25;
 /// At most one upgrade per receiver in this interval.
 pub const UPGRADE_INTERVAL: Duration = Duration::from_secs(2);
+/// The allocation uses the lowest estimate of this window.
+pub const ESTIMATE_WINDOW: Duration = Duration::from_millis(1500);
 /// Part of the estimate left unused for RTCP, retransmissions and the estimate's own error.
 const RESERVE: f64 = 0.1;
+/// The server probes for this multiple of what the next step up needs, so the estimate can
+/// clear the reserve and the upgrade headroom.
+pub const PROBE_FACTOR: f64 = (1.0 + UPGRADE_HEADROOM) / (1.0 - RESERVE);
 
 /// One video track as the allocator sees it.
 #[derive(Clone, Debug)]
@@ -43,6 +52,7 @@ pub struct Allocator {
     audio_only: bool,
     resume_since: Option<Instant>,
     last_upgrade: Option<Instant>,
+    recent: VecDeque<(Instant, u64)>,
 }
 
 impl Allocator {
@@ -59,6 +69,20 @@ impl Allocator {
         audio_bps: u64,
         tracks: &[TrackNeed],
     ) -> Vec<Option<usize>> {
+        while self
+            .recent
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > ESTIMATE_WINDOW)
+        {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((now, estimate_bps));
+        let estimate_bps = self
+            .recent
+            .iter()
+            .map(|(_, e)| *e)
+            .min()
+            .unwrap_or(estimate_bps);
         if self.audio_only {
             if estimate_bps >= VIDEO_RESUME_AT {
                 let since = *self.resume_since.get_or_insert(now);
@@ -79,8 +103,11 @@ impl Allocator {
             return vec![None; tracks.len()];
         }
 
-        let mut budget = (estimate_bps as f64 * (1.0 - RESERVE)) as i64
+        // What is being sent may use the whole estimate; anything new must also leave the
+        // reserve free (a second hysteresis band, on top of the upgrade headroom).
+        let mut budget = i64::try_from(estimate_bps).unwrap_or(i64::MAX)
             - i64::try_from(audio_bps).unwrap_or(i64::MAX);
+        let reserve = (estimate_bps as f64 * RESERVE) as i64;
         let mut order: Vec<usize> = (0..tracks.len()).collect();
         order.sort_by_key(|&i| !tracks[i].priority);
 
@@ -93,7 +120,7 @@ impl Allocator {
             let headroom = if tracks[i].current.is_some() {
                 0
             } else {
-                (low as f64 * UPGRADE_HEADROOM) as i64
+                (low as f64 * UPGRADE_HEADROOM) as i64 + reserve
             };
             if low + headroom <= budget {
                 out[i] = Some(0);
@@ -122,7 +149,7 @@ impl Allocator {
                 let headroom = if keeps {
                     0
                 } else {
-                    (next_bps as f64 * UPGRADE_HEADROOM) as i64
+                    (next_bps as f64 * UPGRADE_HEADROOM) as i64 + reserve
                 };
                 if extra + headroom <= budget {
                     out[i] = Some(next);
@@ -205,13 +232,26 @@ mod tests {
     }
 
     #[test]
+    fn a_short_high_reading_does_not_buy_a_layer() {
+        let t0 = Instant::now();
+        let mut a = Allocator::default();
+        assert_eq!(a.allocate(t0, 600_000, 0, &[cam(None)]), vec![Some(0)]);
+        let t1 = t0 + UPGRADE_INTERVAL;
+        assert_eq!(a.allocate(t1, 600_000, 0, &[cam(Some(0))]), vec![Some(0)]);
+        let t2 = t1 + Duration::from_millis(250);
+        assert_eq!(a.allocate(t2, 5_000_000, 0, &[cam(Some(0))]), vec![Some(0)]);
+        let t3 = t1 + ESTIMATE_WINDOW + Duration::from_millis(1);
+        assert_eq!(a.allocate(t3, 5_000_000, 0, &[cam(Some(0))]), vec![Some(1)]);
+    }
+
+    #[test]
     fn a_layer_being_sent_is_kept_without_headroom() {
         let t0 = Instant::now();
         let mut a = Allocator::default();
-        // 1.7 Mbps * 0.9 = 1.53 Mbps: the high layer fits, but not with 25% headroom.
-        assert_eq!(a.allocate(t0, 1_700_000, 0, &[cam(Some(2))]), vec![Some(2)]);
+        // 1.6 Mbps: the high layer fits, but not with the reserve and 25% headroom.
+        assert_eq!(a.allocate(t0, 1_600_000, 0, &[cam(Some(2))]), vec![Some(2)]);
         let mut b = Allocator::default();
-        assert_ne!(b.allocate(t0, 1_700_000, 0, &[cam(Some(1))]), vec![Some(2)]);
+        assert_ne!(b.allocate(t0, 1_600_000, 0, &[cam(Some(1))]), vec![Some(2)]);
     }
 
     #[test]

@@ -44,6 +44,9 @@ const TICK: Duration = Duration::from_millis(250);
 /// Nominal bitrates of simulcast layers not (yet) measured, low to high (a paused layer has no
 /// rate to measure). The usual 180p/360p/720p ladder of browsers.
 const NOMINAL_LAYER_BPS: [u64; 3] = [150_000, 500_000, 1_500_000];
+/// Frames a layer must have sent since it (re)started before its rate is trusted: the rate
+/// meter's two-second window at 30 frames per second.
+const STEADY_FRAMES: u32 = 60;
 /// Nominal rate of a single-layer video (screen share) not yet measured.
 const NOMINAL_SINGLE_BPS: u64 = 800_000;
 /// Nominal rate of an audio track not yet measured (Opus speech with headers).
@@ -198,6 +201,9 @@ struct Held {
 struct InLayer {
     rid: Option<Rid>,
     rate: RateMeter,
+    /// The rate measured over a whole window of steady sending. A layer that is paused or
+    /// has just resumed measures low, and taking that for its rate would buy it cheaply.
+    known_bps: Option<u64>,
     frames: LayerFrames,
     last_pli: Option<Instant>,
 }
@@ -1413,8 +1419,7 @@ impl Sfu {
                     audio_bps += t
                         .layers
                         .first()
-                        .map(|l| l.rate.bps(now))
-                        .filter(|b| *b > 0)
+                        .and_then(|l| l.known_bps)
                         .unwrap_or(NOMINAL_AUDIO_BPS);
                 }
                 TrackKind::Video => {
@@ -1422,19 +1427,20 @@ impl Sfu {
                         continue;
                     }
                     let n = t.layers.len();
+                    let mut floor = 0;
                     let layer_bps = t
                         .layers
                         .iter()
                         .enumerate()
                         .map(|(li, l)| {
-                            let measured = l.rate.bps(now);
-                            if measured > 0 {
-                                measured
-                            } else if n == 1 {
+                            let bps = l.known_bps.unwrap_or(if n == 1 {
                                 NOMINAL_SINGLE_BPS
                             } else {
                                 NOMINAL_LAYER_BPS[li.min(2)]
-                            }
+                            });
+                            // Higher layers never cost less than lower ones.
+                            floor = floor.max(bps);
+                            floor
                         })
                         .collect();
                     video.push((
@@ -1448,10 +1454,17 @@ impl Sfu {
                 }
             }
         }
+        // What the next step up would take: one layer more on every video track.
         let desired = audio_bps
             + video
                 .iter()
-                .map(|(_, t)| t.layer_bps.last().copied().unwrap_or(0))
+                .map(|(_, t)| {
+                    let next = t
+                        .current
+                        .map_or(0, |c| c + 1)
+                        .min(t.layer_bps.len().saturating_sub(1));
+                    t.layer_bps.get(next).copied().unwrap_or(0)
+                })
                 .sum::<u64>();
         let needs: Vec<TrackNeed> = video.iter().map(|(_, t)| t.clone()).collect();
         let Some(peer) = self.peers.get_mut(&k) else {
@@ -1460,10 +1473,12 @@ impl Sfu {
         let was_audio_only = peer.alloc.audio_only();
         let targets = peer.alloc.allocate(now, estimate, audio_bps, &needs);
         let audio_only = peer.alloc.audio_only();
-        // Probe towards what all the video would take, so the estimate can grow back.
-        peer.rtc
-            .bwe()
-            .set_desired_bitrate(Bitrate::bps(desired.max(layers::VIDEO_RESUME_AT) * 11 / 10));
+        // Probe towards the next step up with the allocator's reserve and headroom on top (an
+        // estimate that only reached the bare need would never allow the step), and no
+        // further: str0m pads up to the desired rate, which costs the receiver's bandwidth.
+        // While on audio only, this is what lets the estimate grow back.
+        let probe = (desired.max(layers::VIDEO_RESUME_AT) as f64 * layers::PROBE_FACTOR) as u64;
+        peer.rtc.bwe().set_desired_bitrate(Bitrate::bps(probe));
         let requests: Vec<(usize, PeerKey, Mid, Option<usize>)> = video
             .iter()
             .zip(targets)
@@ -1627,6 +1642,19 @@ impl Sfu {
     // -------------------------------------------------------------- housekeeping
 
     fn tick(&mut self, now: Instant) {
+        // Layer rates, from layers that have sent steadily for the whole measuring window.
+        for p in self.peers.values_mut() {
+            for t in &mut p.published {
+                for l in &mut t.layers {
+                    if l.frames.steady(STEADY_FRAMES, now) || t.kind == TrackKind::Audio {
+                        let bps = l.rate.bps(now);
+                        if bps > 0 {
+                            l.known_bps = Some(bps);
+                        }
+                    }
+                }
+            }
+        }
         // Repeat unanswered keyframe requests of pending switches.
         let mut requests = Vec::new();
         for p in self.peers.values_mut() {
@@ -1844,6 +1872,7 @@ impl InLayer {
         InLayer {
             rid,
             rate: RateMeter::default(),
+            known_bps: None,
             frames: LayerFrames::default(),
             last_pli: None,
         }

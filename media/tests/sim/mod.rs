@@ -568,7 +568,7 @@ impl Sim {
                     let c = &mut self.clients[i];
                     let seq = c.pub_.seq[l];
                     c.pub_.seq[l] += 1;
-                    let payload = payload_bytes(l as u8, key && p == 0, seq, size / n);
+                    let payload = payload_bytes(l as u8, key, seq, size / n);
                     let rid = Rid::from(RIDS[l]);
                     if let Some(tx) = c.rtc.direct_api().stream_tx_by_mid(mid, Some(rid)) {
                         tx.write_rtp(
@@ -700,6 +700,28 @@ impl Sim {
         self.clients[i].pub_.active
     }
 
+    /// Client `i` asks for a keyframe on the stream that carries `track` to it (a PLI).
+    pub fn request_keyframe(&mut self, i: usize, track: &str) {
+        let c = &mut self.clients[i];
+        let Some(mid) = c
+            .track_of
+            .iter()
+            .find(|(_, t)| t.as_str() == track)
+            .map(|(m, _)| Mid::from(m.as_str()))
+        else {
+            return;
+        };
+        if let Some(rx) = c.rtc.direct_api().stream_rx_by_mid(mid, None) {
+            rx.request_keyframe(str0m::media::KeyframeRequestKind::Pli);
+        }
+        self.drain_client(i);
+    }
+
+    /// The bandwidth of the path from the SFU to client `i`.
+    pub fn set_down_bandwidth(&mut self, i: usize, bps: Option<u64>) {
+        self.clients[i].down.bandwidth_bps = bps;
+    }
+
     pub fn set_pause_unneeded(&mut self, i: usize, on: bool) {
         self.clients[i].pub_.pause_unneeded = on;
     }
@@ -791,8 +813,11 @@ fn on_client_event(c: &mut Client, now: Instant, e: Event) {
             if !payload_ok(&p.payload) {
                 r.corrupt += 1;
             }
+            // Layer changes are read from new packets only: a retransmission of an older
+            // packet (after a NACK) may come from the layer sent before a switch.
+            let newest = r.max_seq == Some(seq);
             let layer = p.payload.first().copied().unwrap_or(255);
-            if r.current_layer != Some(layer) {
+            if newest && r.current_layer != Some(layer) {
                 r.current_layer = Some(layer);
                 r.layer_changes
                     .push((now, layer, p.payload.get(1) == Some(&1)));
