@@ -11,11 +11,15 @@
 //!   each, in RTP mode), forwarding with per-receiver simulcast layer choice, audio-only
 //!   fallback, statistics and room events. Time is an input: the tests run it in memory, faster
 //!   than real time.
+//! - [`server`]: the thin tokio driver, [`MediaServer`]: one UDP socket for all participants,
+//!   the core's timers, the signaling WebSocket as an axum `Router`, events, stats, metrics.
 
 pub mod ice;
+pub mod server;
 pub mod sfu;
 pub mod signaling;
 pub mod token;
 
 pub use ice::{IceConfig, IceServer, TurnConfig, TurnSecret};
+pub use server::{MediaConfig, MediaServer};
 pub use token::{MediaClaims, MediaTokenKey, Role, TokenError};

@@ -266,3 +266,146 @@ impl ServerMessage {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn client_messages_parse_as_documented() {
+        let cases = [
+            (
+                json!({"type": "join", "encounter": "e1", "token": "t"}),
+                ClientMessage::Join {
+                    encounter: "e1".into(),
+                    token: "t".into(),
+                },
+            ),
+            (
+                json!({"type": "offer", "sdp": "v=0"}),
+                ClientMessage::Offer {
+                    sdp: "v=0".into(),
+                    tracks: vec![],
+                },
+            ),
+            (
+                json!({"type": "offer", "sdp": "v=0", "tracks": [{"mid": "1", "source": "screen"}]}),
+                ClientMessage::Offer {
+                    sdp: "v=0".into(),
+                    tracks: vec![TrackDescription {
+                        mid: "1".into(),
+                        source: TrackSource::Screen,
+                        layers: None,
+                    }],
+                },
+            ),
+            (
+                json!({"type": "answer", "id": 3, "sdp": "v=0"}),
+                ClientMessage::Answer {
+                    id: 3,
+                    sdp: "v=0".into(),
+                },
+            ),
+            (
+                json!({"type": "candidate", "candidate": ""}),
+                ClientMessage::Candidate {
+                    candidate: String::new(),
+                },
+            ),
+            (
+                json!({"type": "mute", "mid": "0", "muted": true}),
+                ClientMessage::Mute {
+                    mid: "0".into(),
+                    muted: true,
+                },
+            ),
+            (json!({"type": "leave"}), ClientMessage::Leave),
+        ];
+        for (wire, msg) in cases {
+            assert_eq!(
+                serde_json::from_value::<ClientMessage>(wire.clone()).ok(),
+                Some(msg),
+                "{wire}"
+            );
+        }
+    }
+
+    #[test]
+    fn server_messages_serialize_as_documented() {
+        let cases = [
+            (
+                ServerMessage::ParticipantJoined(ParticipantInfo {
+                    participant: "p".into(),
+                    role: Role::RelatedPerson,
+                }),
+                json!({"type": "participant_joined", "participant": "p", "role": "related-person"}),
+            ),
+            (
+                ServerMessage::Layers {
+                    mid: "1".into(),
+                    active: vec!["q".into()],
+                },
+                json!({"type": "layers", "mid": "1", "active": ["q"]}),
+            ),
+            (
+                ServerMessage::Quality {
+                    estimate_bps: 400_000,
+                    audio_only: true,
+                    tracks: vec![TrackQuality {
+                        track: "a/1".into(),
+                        layer: None,
+                    }],
+                },
+                json!({"type": "quality", "estimate_bps": 400_000, "audio_only": true, "tracks": [{"track": "a/1", "layer": null}]}),
+            ),
+            (
+                ServerMessage::error(ErrorCode::EncounterFinished, "x"),
+                json!({"type": "error", "code": "encounter_finished", "message": "x"}),
+            ),
+            (
+                ServerMessage::Closed {
+                    reason: CloseReason::NoMedia,
+                },
+                json!({"type": "closed", "reason": "no_media"}),
+            ),
+            (
+                ServerMessage::TrackPublished(TrackInfo {
+                    track: "a/1".into(),
+                    participant: "a".into(),
+                    kind: TrackKind::Video,
+                    source: TrackSource::Camera,
+                    muted: false,
+                    mid: None,
+                }),
+                json!({"type": "track_published", "track": "a/1", "participant": "a", "kind": "video", "source": "camera", "muted": false}),
+            ),
+        ];
+        for (msg, wire) in cases {
+            assert_eq!(serde_json::to_value(&msg).ok(), Some(wire));
+        }
+    }
+
+    #[test]
+    fn every_message_type_in_the_document_exists() {
+        let doc = include_str!("../SIGNALING.md");
+        let client = ["join", "offer", "answer", "candidate", "mute", "leave"];
+        let server = [
+            "joined",
+            "answer",
+            "offer",
+            "participant_joined",
+            "participant_left",
+            "track_published",
+            "track_unpublished",
+            "track_muted",
+            "layers",
+            "quality",
+            "error",
+            "closed",
+        ];
+        for t in client.iter().chain(server.iter()) {
+            assert!(doc.contains(&format!("| `{t}` |")), "{t} is documented");
+        }
+    }
+}
