@@ -380,6 +380,49 @@ impl Sim {
         self.pump();
     }
 
+    /// Client `i` opens a new signaling socket (the old one is left as it is: half-open, as
+    /// after a network change) and joins with `token`.
+    pub fn rejoin(&mut self, i: usize, encounter: &str, token: String) {
+        self.clients[i].conn = self.sfu.connect();
+        self.send(
+            i,
+            ClientMessage::Join {
+                encounter: encounter.into(),
+                token,
+            },
+        );
+    }
+
+    /// Client `i` makes a new RTCPeerConnection (new ICE credentials and DTLS certificate, new
+    /// address) and publishes again on it.
+    pub fn restart_peer(&mut self, i: usize) {
+        let addr: SocketAddr = format!("192.168.2.{}:{}", 10 + i, 7000 + i)
+            .parse()
+            .expect("addr");
+        let mut rtc = Rtc::builder()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .build(self.now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
+        let c = &mut self.clients[i];
+        c.rtc = rtc;
+        c.addr = addr;
+        c.connected = false;
+        c.pending = None;
+        c.received.clear();
+        c.track_of.clear();
+        c.timeout = self.now;
+        c.pub_.keyframe = [true; 3];
+        c.pub_.active = [true; 3];
+        if c.publishes {
+            self.publish(i);
+        } else {
+            self.offer_receive_only(i);
+        }
+    }
+
     /// The Encounter finished.
     pub fn close_room(&mut self, encounter: &str) {
         self.sfu.close_room(self.now, encounter);
@@ -586,17 +629,25 @@ impl Sim {
     /// Run the world until `until` (simulated).
     pub fn run_for(&mut self, d: Duration) {
         let until = self.now + d;
+        let mut stuck = 0u32;
         while self.now < until {
             let mut next = until.min(self.sfu.poll_timeout());
             if let Some(Reverse((at, _, _))) = self.net.peek() {
                 next = next.min(*at);
             }
-            for c in &self.clients {
+            for c in self.clients.iter().filter(|c| !c.gone) {
                 next = next.min(c.timeout);
                 if c.connected && c.publishes && !c.gone {
                     next = next.min(c.pub_.next_audio).min(c.pub_.next_frame);
                 }
             }
+            // A harness bug that stops time must fail the test, not hang it.
+            stuck = if next <= self.now { stuck + 1 } else { 0 };
+            assert!(
+                stuck < 100_000,
+                "simulated time stopped at {:?}",
+                self.elapsed()
+            );
             self.now = next.max(self.now);
             self.step();
         }
@@ -729,6 +780,13 @@ impl Sim {
     /// Frames sent per layer by client `i`.
     pub fn frames_sent(&self, i: usize) -> [u64; 3] {
         self.clients[i].pub_.frames
+    }
+}
+
+impl Client {
+    /// The m-line of the client's camera.
+    pub fn rtc_mid_video(&self) -> String {
+        self.pub_.video.map(|m| m.to_string()).unwrap_or_default()
     }
 }
 
