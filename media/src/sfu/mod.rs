@@ -254,7 +254,6 @@ struct Peer {
     encounter: String,
     participant: String,
     role: Role,
-    token_exp: u64,
     conn: Option<ConnId>,
     rtc: Rtc,
     rtc_timeout: Instant,
@@ -528,7 +527,6 @@ impl Sfu {
             return;
         };
         let old = peer.conn.replace(conn);
-        peer.token_exp = claims.exp;
         peer.role = claims.role;
         info!(participant = %peer.participant, "participant resumed on a new connection");
         if let Some(old) = old {
@@ -551,7 +549,6 @@ impl Sfu {
             encounter: claims.encounter.clone(),
             participant: claims.participant.clone(),
             role: claims.role,
-            token_exp: claims.exp,
             conn: Some(conn),
             rtc,
             rtc_timeout: now,
@@ -783,14 +780,12 @@ impl Sfu {
         match peer.rtc.sdp_api().accept_answer(pending.pending, answer) {
             Ok(()) => {
                 // The streams towards the receiver exist now.
-                let mut ready = Vec::new();
-                for (i, s) in peer.subs.iter_mut().enumerate() {
+                for s in peer.subs.iter_mut() {
                     if s.ssrc.is_none()
                         && let Some(mid) = s.mid
                         && let Some(tx) = peer.rtc.direct_api().stream_tx_by_mid(mid, None)
                     {
                         s.ssrc = Some(tx.ssrc());
-                        ready.push(i);
                     }
                 }
                 peer.subs.retain(|s| !(s.removed && s.mid.is_none()));
@@ -1840,7 +1835,6 @@ impl Sfu {
             .collect();
         s.keyframe_requests = peer.subs.iter().map(|x| x.fwd.keyframe_requests).sum();
         s.layer_switches = peer.subs.iter().map(|x| x.fwd.switches).sum();
-        let _ = peer.token_exp;
     }
 
     /// Statistics of a room, if it is open.
