@@ -1042,6 +1042,8 @@ impl Sfu {
         let len = contents.len();
         let first_byte = contents.first().copied().unwrap_or(u8::MAX);
         let Ok(contents) = contents.try_into() else {
+            // Not STUN, DTLS, RTP or RTCP.
+            self.totals.datagrams_unrouted += 1;
             return;
         };
         let input = Input::Receive(
