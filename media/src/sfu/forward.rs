@@ -427,7 +427,9 @@ impl<P: Clone> Forwarder<P> {
         if self.current != Some(layer) {
             return Decision::Drop;
         }
-        if !self.based {
+        // A restarted layer (new SSRC, or back after a silence) may number its packets anew:
+        // map it like a switch, so the receiver's sequence numbers still run on.
+        if !self.based || layer_restarted {
             self.rewriter.rebase(p, self.clock_rate);
             self.based = true;
         }
@@ -625,6 +627,24 @@ mod tests {
             f.on_packet(1, &late, &(), false),
             Decision::Flush(_)
         ));
+    }
+
+    #[test]
+    fn a_restarted_stream_continues_the_receivers_numbering() {
+        let t0 = Instant::now();
+        let mut f: Forwarder<()> = Forwarder::new(48_000);
+        f.set_immediate(0);
+        let Decision::Forward(a) = f.on_packet(0, &pkt(t0, 50_000, 9_000, false, 10), &(), false)
+        else {
+            panic!("not forwarded");
+        };
+        // The sender starts a new SSRC with new numbers, lower than the old ones.
+        let at = t0 + Duration::from_millis(20);
+        let Decision::Forward(b) = f.on_packet(0, &pkt(at, 7, 100, false, 10), &(), true) else {
+            panic!("not forwarded");
+        };
+        assert_eq!(b.seq, a.seq + 1);
+        assert_eq!(b.ts, a.ts + 960);
     }
 
     #[test]

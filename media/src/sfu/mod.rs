@@ -200,6 +200,8 @@ struct Held {
 #[derive(Debug)]
 struct InLayer {
     rid: Option<Rid>,
+    /// The SSRC last seen on the layer.
+    ssrc: Option<Ssrc>,
     rate: RateMeter,
     /// The rate measured over a whole window of steady sending. A layer that is paused or
     /// has just resumed measures low, and taking that for its rate would buy it cheaply.
@@ -1264,7 +1266,9 @@ impl Sfu {
         };
         let layer = &mut track.layers[li];
         layer.rate.add(now, p.payload.len() + 12);
-        let restarted = layer.frames.observe(&meta);
+        // A new SSRC on a layer (the sender restarted its encoder) restarts it like a silence.
+        let new_ssrc = layer.ssrc.replace(ssrc).is_some_and(|old| old != ssrc);
+        let restarted = layer.frames.observe(&meta) || new_ssrc;
         let source_mid = track.mid;
         let kind = track.kind;
         let in_spec = track
@@ -1888,6 +1892,7 @@ impl InLayer {
     fn new(rid: Option<Rid>) -> Self {
         InLayer {
             rid,
+            ssrc: None,
             rate: RateMeter::default(),
             known_bps: None,
             frames: LayerFrames::default(),
