@@ -32,6 +32,9 @@ const MAX_SIGNAL_BYTES: usize = 256 * 1024;
 const EVENT_BUFFER: usize = 1024;
 /// How often the metrics text is refreshed.
 const METRICS_REFRESH: Duration = Duration::from_secs(1);
+/// The server pings each signaling socket this often, so proxies that close idle connections
+/// (often after 60 s) keep it open through a quiet visit.
+const PING_INTERVAL: Duration = Duration::from_secs(20);
 /// Largest UDP datagram read.
 const DATAGRAM_MAX: usize = 2048;
 
@@ -238,8 +241,15 @@ async fn run_socket(server: MediaServer, mut socket: WebSocket) {
     let Ok((conn, mut outgoing)) = rx.await else {
         return;
     };
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
     loop {
         tokio::select! {
+            _ = ping.tick() => {
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+            }
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Text(text))) => {
                     let _ = server.inner.commands.send(Command::Text { conn, text: text.as_str().to_owned() });

@@ -249,8 +249,6 @@ pub enum CloseReason {
     RoomClosed,
     /// No media arrived from the participant for too long.
     NoMedia,
-    /// The participant's token expired.
-    TokenExpired,
     /// Another socket resumed this participant.
     Replaced,
     /// The WebRTC connection failed or was closed.

@@ -201,3 +201,52 @@ fn bad_signaling_input_gets_an_error_and_the_socket_stays() {
     s.send_text(i, r#"{"type":"answer","id":99,"sdp":"garbage"}"#);
     assert!(!s.closed_conns.contains(&s.clients[i].conn));
 }
+
+#[test]
+fn crossing_offers_resolve_with_the_clients_offer_first() {
+    let mut s = Sim::new();
+    let a = s.join("enc-1", "alice", true);
+    let b = s.join("enc-1", "bob", true);
+    s.run_for(Duration::from_secs(2));
+    // Carol's tracks make the server offer to alice; before alice has read that offer she
+    // offers her screen share: the offers cross.
+    let c = s.join("enc-1", "carol", true);
+    s.share_screen(a);
+    s.run_for(Duration::from_secs(5));
+    let from_carol = s.received(a, &s.video_track(c)).map_or(0, |r| r.packets);
+    assert!(from_carol > 100, "alice gets carol's video: {from_carol}");
+    for to in [b, c] {
+        let screen = s.received(to, &s.screen_track(a)).map_or(0, |r| r.packets);
+        assert!(screen > 50, "the screen share reaches everyone: {screen}");
+    }
+}
+
+#[test]
+fn garbage_datagrams_are_dropped_without_harm() {
+    let mut s = Sim::new();
+    let a = s.join("enc-1", "alice", true);
+    let b = s.join("enc-1", "bob", true);
+    s.run_for(Duration::from_secs(2));
+    let before = s.sfu.totals().datagrams_unrouted;
+    let stranger: std::net::SocketAddr = "198.51.100.9:4000".parse().expect("addr");
+    let now = s.now;
+    // RTP-looking, DTLS-looking and STUN-looking junk from an unknown address, then junk
+    // from a participant's own address.
+    for first in [0x80u8, 0x16, 0x00, 0xff] {
+        let junk: Vec<u8> = (0..200u32)
+            .map(|i| (i as u8).wrapping_mul(37) ^ first)
+            .collect();
+        let mut d = junk.clone();
+        d[0] = first;
+        s.sfu.handle_udp(now, stranger, &d);
+        let own = s.clients[a].addr;
+        s.sfu.handle_udp(now, own, &d);
+        s.sfu.handle_udp(now, own, &d[..1]);
+        s.sfu.handle_udp(now, own, &[]);
+    }
+    assert!(s.sfu.totals().datagrams_unrouted >= before + 4);
+    s.run_for(Duration::from_secs(2));
+    let video = s.received(b, &s.video_track(a)).expect("video");
+    assert!(video.packets > 100);
+    assert_eq!(video.corrupt, 0);
+}

@@ -209,3 +209,42 @@ fn forwarding_survives_loss_on_both_legs() {
     let au = s.received(b, &audio).expect("audio");
     assert!(au.packets > 400, "{}", au.packets);
 }
+
+#[test]
+fn screen_share_is_its_own_track_and_comes_first_when_bandwidth_is_short() {
+    let (mut s, a, b) = visit();
+    s.run_for(Duration::from_secs(3));
+    s.share_screen(a);
+    s.run_for(Duration::from_secs(6));
+    let screen = s.screen_track(a);
+    assert!(s.clients[b].signals.iter().any(|m| matches!(m,
+        ServerMessage::TrackPublished(t) if t.track == screen && t.source == media::signaling::TrackSource::Screen)));
+    let r = s.received(b, &screen).expect("screen received");
+    assert!(r.packets > 100, "{}", r.packets);
+    assert_eq!(r.corrupt, 0);
+    assert!(
+        s.received(b, &s.video_track(a))
+            .is_some_and(|r| r.packets > 100),
+        "camera too"
+    );
+
+    // 1.5 Mbps: the screen (600 kbps) stays, the camera gets what is left at most.
+    s.set_down_bandwidth(b, Some(1_500_000));
+    s.run_for(Duration::from_secs(20));
+    let (audio_only, _) = last_quality(&s, b).expect("quality");
+    assert!(!audio_only);
+    mark(&mut s, b, &screen);
+    let camera = s.video_track(a);
+    mark(&mut s, b, &camera);
+    s.run_for(Duration::from_secs(3));
+    assert!(
+        since_mark(&s, b, &screen) > 50,
+        "screen flows: {}",
+        since_mark(&s, b, &screen)
+    );
+    let cam = s.received(b, &camera).and_then(|r| r.current_layer);
+    assert!(
+        cam.is_none_or(|l| l < 2) || since_mark(&s, b, &camera) == 0,
+        "the camera is not at its top layer: {cam:?}"
+    );
+}

@@ -44,6 +44,8 @@ pub const KEYFRAME_RETRY: Duration = Duration::from_millis(500);
 pub const FORCE_SWITCH_AFTER: Duration = Duration::from_millis(2500);
 /// A frame at least this many times the layer's average frame size is taken for a keyframe.
 const KEYFRAME_SIZE_RATIO: f64 = 2.5;
+/// Frame sizes kept per layer for the keyframe size test.
+const SIZE_HISTORY: usize = 16;
 /// A layer silent for this long has restarted (paused by its sender, or lost) when it resumes.
 const LAYER_RESTART_GAP: Duration = Duration::from_millis(1000);
 /// At most this many packets are buffered for one frame of a pending switch (a 4K keyframe is
@@ -77,7 +79,8 @@ pub struct PacketMeta {
 pub struct LayerFrames {
     cur_ts: Option<u32>,
     cur_bytes: usize,
-    avg_frame_bytes: f64,
+    /// Sizes of the last frames, as a ring.
+    sizes: [u32; SIZE_HISTORY],
     frames: u32,
     last_at: Option<Instant>,
     /// Frames seen since the layer (re)started.
@@ -106,14 +109,8 @@ impl LayerFrames {
         self.cur_bytes += p.len;
         self.last_marker = p.marker;
         if p.marker {
-            let bytes = self.cur_bytes as f64;
-            // An exponential average over ~30 frames: delta frames dominate it, so a keyframe
-            // stands out against it.
-            self.avg_frame_bytes = if self.frames == 0 {
-                bytes
-            } else {
-                self.avg_frame_bytes * 0.97 + bytes * 0.03
-            };
+            let slot = self.frames as usize % SIZE_HISTORY;
+            self.sizes[slot] = u32::try_from(self.cur_bytes).unwrap_or(u32::MAX);
             self.frames = self.frames.saturating_add(1);
             self.since_start = self.since_start.saturating_add(1);
         }
@@ -130,8 +127,19 @@ impl LayerFrames {
     }
 
     /// The average frame size, once a few frames were seen.
+    ///
+    /// The median of the last frames, not the mean: keyframes (the stream's first, and every
+    /// one a PLI asked for) would pull a mean up until the next keyframe no longer stands out
+    /// against it, while delta frames stay the median as long as they are most frames.
     fn average(&self) -> Option<f64> {
-        (self.frames >= 5).then_some(self.avg_frame_bytes)
+        let n = (self.frames as usize).min(SIZE_HISTORY);
+        if n < 5 {
+            return None;
+        }
+        let mut sizes = self.sizes;
+        let recent = &mut sizes[..n];
+        recent.sort_unstable();
+        Some(f64::from(recent[n / 2]))
     }
 }
 
@@ -419,7 +427,9 @@ impl<P: Clone> Forwarder<P> {
         if self.current != Some(layer) {
             return Decision::Drop;
         }
-        if !self.based {
+        // A restarted layer (new SSRC, or back after a silence) may number its packets anew:
+        // map it like a switch, so the receiver's sequence numbers still run on.
+        if !self.based || layer_restarted {
             self.rewriter.rebase(p, self.clock_rate);
             self.based = true;
         }
@@ -548,6 +558,30 @@ mod tests {
     }
 
     #[test]
+    fn a_keyframe_soon_after_the_streams_first_keyframe_is_recognised() {
+        // The layer starts with a keyframe; a receiver joins 10 frames later. The first
+        // keyframe must not hide the one the PLI brings.
+        let t0 = Instant::now();
+        let mut f: Forwarder<()> = Forwarder::new(90_000);
+        let mut layer = Layer {
+            seq: 1,
+            ts: 0,
+            frames: LayerFrames::default(),
+        };
+        layer.frame(&mut f, 0, t0, 10_000);
+        for i in 1..10 {
+            layer.frame(&mut f, 0, t0 + Duration::from_millis(33 * i), 2_000);
+        }
+        let at = t0 + Duration::from_millis(330);
+        assert_eq!(
+            f.set_target(Some(0), Some(&layer.frames), at),
+            Request::Keyframe(0)
+        );
+        let d = layer.frame(&mut f, 0, at + Duration::from_millis(40), 10_000);
+        assert!(matches!(d[1], Decision::Flush(_)), "{d:?}");
+    }
+
+    #[test]
     fn frame_marking_independent_bit_switches_on_an_ordinary_sized_frame() {
         let t0 = Instant::now();
         let mut f: Forwarder<()> = Forwarder::new(90_000);
@@ -593,6 +627,24 @@ mod tests {
             f.on_packet(1, &late, &(), false),
             Decision::Flush(_)
         ));
+    }
+
+    #[test]
+    fn a_restarted_stream_continues_the_receivers_numbering() {
+        let t0 = Instant::now();
+        let mut f: Forwarder<()> = Forwarder::new(48_000);
+        f.set_immediate(0);
+        let Decision::Forward(a) = f.on_packet(0, &pkt(t0, 50_000, 9_000, false, 10), &(), false)
+        else {
+            panic!("not forwarded");
+        };
+        // The sender starts a new SSRC with new numbers, lower than the old ones.
+        let at = t0 + Duration::from_millis(20);
+        let Decision::Forward(b) = f.on_packet(0, &pkt(at, 7, 100, false, 10), &(), true) else {
+            panic!("not forwarded");
+        };
+        assert_eq!(b.seq, a.seq + 1);
+        assert_eq!(b.ts, a.ts + 960);
     }
 
     #[test]

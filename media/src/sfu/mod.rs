@@ -14,7 +14,7 @@ pub mod forward;
 pub mod layers;
 pub mod stats;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -200,6 +200,8 @@ struct Held {
 #[derive(Debug)]
 struct InLayer {
     rid: Option<Rid>,
+    /// The SSRC last seen on the layer.
+    ssrc: Option<Ssrc>,
     rate: RateMeter,
     /// The rate measured over a whole window of steady sending. A layer that is paused or
     /// has just resumed measures low, and taking that for its rate would buy it cheaply.
@@ -254,7 +256,6 @@ struct Peer {
     encounter: String,
     participant: String,
     role: Role,
-    token_exp: u64,
     conn: Option<ConnId>,
     rtc: Rtc,
     rtc_timeout: Instant,
@@ -310,6 +311,11 @@ pub struct Sfu {
     next_key: u64,
     next_tick: Instant,
     totals: Totals,
+    /// Every participant's next `Rtc` timeout, ordered: the driver asks for the earliest after
+    /// every input, and a scan of all participants there would cost O(participants) per packet.
+    timers: BTreeSet<(Instant, PeerKey)>,
+    /// Reused list of a packet's receivers (no allocation per forwarded packet).
+    scratch: Vec<PeerKey>,
 }
 
 impl Sfu {
@@ -328,6 +334,8 @@ impl Sfu {
             next_key: 1,
             next_tick: now + TICK,
             totals: Totals::default(),
+            timers: BTreeSet::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -351,10 +359,10 @@ impl Sfu {
 
     /// When [`Sfu::handle_timeout`] should be called next.
     pub fn poll_timeout(&self) -> Instant {
-        self.peers
-            .values()
-            .map(|p| p.rtc_timeout)
-            .fold(self.next_tick, Instant::min)
+        match self.timers.first() {
+            Some((t, _)) => (*t).min(self.next_tick),
+            None => self.next_tick,
+        }
     }
 
     fn wall(&self, now: Instant) -> SystemTime {
@@ -521,7 +529,6 @@ impl Sfu {
             return;
         };
         let old = peer.conn.replace(conn);
-        peer.token_exp = claims.exp;
         peer.role = claims.role;
         info!(participant = %peer.participant, "participant resumed on a new connection");
         if let Some(old) = old {
@@ -544,7 +551,6 @@ impl Sfu {
             encounter: claims.encounter.clone(),
             participant: claims.participant.clone(),
             role: claims.role,
-            token_exp: claims.exp,
             conn: Some(conn),
             rtc,
             rtc_timeout: now,
@@ -568,6 +574,7 @@ impl Sfu {
             rate_out: RateMeter::default(),
         };
         self.peers.insert(k, peer);
+        self.timers.insert((now, k));
         let wall = self.wall(now);
         let room = self
             .rooms
@@ -736,7 +743,7 @@ impl Sfu {
             return;
         };
         peer.rtc = rtc;
-        peer.rtc_timeout = now;
+        retime(&mut self.timers, k, &mut peer.rtc_timeout, now);
         peer.remote_fingerprint = None;
         peer.offered = false;
         peer.pending_offer = None;
@@ -775,14 +782,12 @@ impl Sfu {
         match peer.rtc.sdp_api().accept_answer(pending.pending, answer) {
             Ok(()) => {
                 // The streams towards the receiver exist now.
-                let mut ready = Vec::new();
-                for (i, s) in peer.subs.iter_mut().enumerate() {
+                for s in peer.subs.iter_mut() {
                     if s.ssrc.is_none()
                         && let Some(mid) = s.mid
                         && let Some(tx) = peer.rtc.direct_api().stream_tx_by_mid(mid, None)
                     {
                         s.ssrc = Some(tx.ssrc());
-                        ready.push(i);
                     }
                 }
                 peer.subs.retain(|s| !(s.removed && s.mid.is_none()));
@@ -1037,7 +1042,10 @@ impl Sfu {
     /// A datagram that arrived on the server's UDP socket from `source`.
     pub fn handle_udp(&mut self, now: Instant, source: SocketAddr, contents: &[u8]) {
         let len = contents.len();
+        let first_byte = contents.first().copied().unwrap_or(u8::MAX);
         let Ok(contents) = contents.try_into() else {
+            // Not STUN, DTLS, RTP or RTCP.
+            self.totals.datagrams_unrouted += 1;
             return;
         };
         let input = Input::Receive(
@@ -1051,6 +1059,12 @@ impl Sfu {
         );
         let k = match self.by_addr.get(&source) {
             Some(k) if self.peers.get(k).is_some_and(|p| p.rtc.accepts(&input)) => *k,
+            // Only a STUN binding request (first byte 0-3, RFC 7983) can bring a new address
+            // into use; anything else from an unknown address is dropped without a search.
+            _ if !matches!(first_byte, 0..=3) => {
+                self.totals.datagrams_unrouted += 1;
+                return;
+            }
             _ => {
                 // A new address: a STUN check names the participant by its ICE ufrag.
                 let Some(k) = self
@@ -1082,10 +1096,9 @@ impl Sfu {
     /// Drive timers: participants' `Rtc`s, layer choice, idle rooms, silent participants.
     pub fn handle_timeout(&mut self, now: Instant) {
         let due: Vec<PeerKey> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.rtc_timeout <= now)
-            .map(|(k, _)| *k)
+            .timers
+            .range(..=(now, PeerKey::MAX))
+            .map(|(_, k)| *k)
             .collect();
         for k in due {
             if let Some(peer) = self.peers.get_mut(&k) {
@@ -1111,7 +1124,7 @@ impl Sfu {
         loop {
             match peer.rtc.poll_output() {
                 Ok(RtcOutput::Timeout(t)) => {
-                    peer.rtc_timeout = t;
+                    retime(&mut self.timers, k, &mut peer.rtc_timeout, t);
                     break;
                 }
                 Ok(RtcOutput::Transmit(t)) => {
@@ -1126,7 +1139,12 @@ impl Sfu {
                 Err(e) => {
                     warn!(participant = %peer.participant, "webrtc connection failed: {e}");
                     peer.rtc.disconnect();
-                    peer.rtc_timeout = now + Duration::from_secs(3600);
+                    retime(
+                        &mut self.timers,
+                        k,
+                        &mut peer.rtc_timeout,
+                        now + Duration::from_secs(3600),
+                    );
                     break;
                 }
             }
@@ -1248,7 +1266,9 @@ impl Sfu {
         };
         let layer = &mut track.layers[li];
         layer.rate.add(now, p.payload.len() + 12);
-        let restarted = layer.frames.observe(&meta);
+        // A new SSRC on a layer (the sender restarted its encoder) restarts it like a silence.
+        let new_ssrc = layer.ssrc.replace(ssrc).is_some_and(|old| old != ssrc);
+        let restarted = layer.frames.observe(&meta) || new_ssrc;
         let source_mid = track.mid;
         let kind = track.kind;
         let in_spec = track
@@ -1271,12 +1291,12 @@ impl Sfu {
             payload: p.payload.clone(),
             at: now,
         };
-        let encounter = peer.encounter.clone();
-        let Some(room) = self.rooms.get(&encounter) else {
-            return;
-        };
-        let receivers: Vec<PeerKey> = room.peers.iter().copied().filter(|o| *o != k).collect();
-        for r in receivers {
+        let mut receivers = std::mem::take(&mut self.scratch);
+        receivers.clear();
+        if let Some(room) = self.rooms.get(&peer.encounter) {
+            receivers.extend(room.peers.iter().copied().filter(|o| *o != k));
+        }
+        for &r in &receivers {
             let Some(rp) = self.peers.get_mut(&r) else {
                 continue;
             };
@@ -1302,6 +1322,7 @@ impl Sfu {
                 Decision::Hold | Decision::Drop => {}
             }
         }
+        self.scratch = receivers;
     }
 
     /// Write one packet to receiver `r`'s stream of subscription `si`, then drain its `Rtc`
@@ -1704,6 +1725,7 @@ impl Sfu {
         let Some(mut peer) = self.peers.remove(&k) else {
             return;
         };
+        self.timers.remove(&(peer.rtc_timeout, k));
         peer.rtc.disconnect();
         self.by_addr.retain(|_, v| *v != k);
         if let Some(conn) = peer.conn.take() {
@@ -1819,7 +1841,6 @@ impl Sfu {
             .collect();
         s.keyframe_requests = peer.subs.iter().map(|x| x.fwd.keyframe_requests).sum();
         s.layer_switches = peer.subs.iter().map(|x| x.fwd.switches).sum();
-        let _ = peer.token_exp;
     }
 
     /// Statistics of a room, if it is open.
@@ -1871,12 +1892,22 @@ impl InLayer {
     fn new(rid: Option<Rid>) -> Self {
         InLayer {
             rid,
+            ssrc: None,
             rate: RateMeter::default(),
             known_bps: None,
             frames: LayerFrames::default(),
             last_pli: None,
         }
     }
+}
+
+/// Move a participant's entry in the timer set.
+fn retime(timers: &mut BTreeSet<(Instant, PeerKey)>, k: PeerKey, at: &mut Instant, t: Instant) {
+    if *at != t {
+        timers.remove(&(*at, k));
+        *at = t;
+    }
+    timers.insert((t, k));
 }
 
 /// Order of the usual RID names, lowest quality first.

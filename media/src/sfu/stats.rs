@@ -106,7 +106,8 @@ pub struct Totals {
     pub participants_joined: u64,
     /// Participants left or removed.
     pub participants_left: u64,
-    /// Datagrams from addresses no participant owns.
+    /// Datagrams dropped before reaching a participant: from an address no participant owns,
+    /// or not STUN, DTLS, RTP or RTCP at all.
     pub datagrams_unrouted: u64,
 }
 
@@ -203,7 +204,7 @@ pub fn render_metrics(totals: &Totals, rooms: &[RoomStats]) -> String {
         ),
         (
             "media_datagrams_unrouted_total",
-            "Datagrams from unknown addresses.",
+            "Datagrams dropped: unknown address, or not STUN/DTLS/RTP/RTCP.",
             totals.datagrams_unrouted,
         ),
     ];

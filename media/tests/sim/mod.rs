@@ -30,6 +30,9 @@ pub const RIDS: [&str; 3] = ["q", "h", "f"];
 /// Bitrates of the synthetic layers (180p/360p/720p-like).
 pub const LAYER_BPS: [u64; 3] = [150_000, 500_000, 1_500_000];
 const FPS: u64 = 30;
+/// Bitrate of the synthetic screen share, and the first payload byte that marks it.
+pub const SCREEN_BPS: u64 = 600_000;
+pub const SCREEN_LAYER: u8 = 7;
 const MTU_PAYLOAD: usize = 1100;
 /// A keyframe is this many times a delta frame.
 const KEYFRAME_FACTOR: usize = 5;
@@ -129,6 +132,10 @@ struct Publisher {
     pub keyframes: [u64; 3],
     /// Whether it honours `layers` messages by pausing.
     pub pause_unneeded: bool,
+    /// A screen share: one layer, 15 frames per second.
+    screen: Option<Mid>,
+    screen_seq: u64,
+    screen_key: bool,
 }
 
 pub struct Client {
@@ -196,6 +203,10 @@ impl Sim {
     }
 
     pub fn with(cfg: SimConfig) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let now = Instant::now();
         let key = MediaTokenKey::new(&[7u8; 32]).expect("key");
         let sfu = Sfu::new(
@@ -297,6 +308,9 @@ impl Sim {
                 frames: [0; 3],
                 keyframes: [0; 3],
                 pause_unneeded: true,
+                screen: None,
+                screen_seq: 30_000,
+                screen_key: true,
             },
             publishes,
             track_of: HashMap::new(),
@@ -350,6 +364,38 @@ impl Sim {
         self.send(i, ClientMessage::Offer { sdp, tracks });
     }
 
+    /// Client `i` starts sharing its screen: a new m-line in a new offer of its own.
+    pub fn share_screen(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        let mut change = c.rtc.sdp_api();
+        let mid = change.add_media(
+            MediaKind::Video,
+            Direction::SendOnly,
+            Some("s".into()),
+            Some("screen".into()),
+            None,
+        );
+        let (offer, pending) = change.apply().expect("offer");
+        c.pending = Some(pending);
+        c.pub_.screen = Some(mid);
+        let sdp = offer.to_sdp_string();
+        self.drain_client(i);
+        let tracks = vec![TrackDescription {
+            mid: mid.to_string(),
+            source: TrackSource::Screen,
+            layers: None,
+        }];
+        self.send(i, ClientMessage::Offer { sdp, tracks });
+    }
+
+    pub fn screen_track(&self, i: usize) -> String {
+        format!(
+            "{}/{}",
+            self.clients[i].name,
+            self.clients[i].pub_.screen.expect("shares")
+        )
+    }
+
     /// A receive-only client opens with an offer of one inactive-ish audio m-line.
     pub fn offer_receive_only(&mut self, i: usize) {
         let c = &mut self.clients[i];
@@ -378,6 +424,49 @@ impl Sim {
         let conn = self.clients[i].conn;
         self.sfu.handle_text(self.now, conn, text);
         self.pump();
+    }
+
+    /// Client `i` opens a new signaling socket (the old one is left as it is: half-open, as
+    /// after a network change) and joins with `token`.
+    pub fn rejoin(&mut self, i: usize, encounter: &str, token: String) {
+        self.clients[i].conn = self.sfu.connect();
+        self.send(
+            i,
+            ClientMessage::Join {
+                encounter: encounter.into(),
+                token,
+            },
+        );
+    }
+
+    /// Client `i` makes a new RTCPeerConnection (new ICE credentials and DTLS certificate, new
+    /// address) and publishes again on it.
+    pub fn restart_peer(&mut self, i: usize) {
+        let addr: SocketAddr = format!("192.168.2.{}:{}", 10 + i, 7000 + i)
+            .parse()
+            .expect("addr");
+        let mut rtc = Rtc::builder()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .build(self.now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
+        let c = &mut self.clients[i];
+        c.rtc = rtc;
+        c.addr = addr;
+        c.connected = false;
+        c.pending = None;
+        c.received.clear();
+        c.track_of.clear();
+        c.timeout = self.now;
+        c.pub_.keyframe = [true; 3];
+        c.pub_.active = [true; 3];
+        if c.publishes {
+            self.publish(i);
+        } else {
+            self.offer_receive_only(i);
+        }
     }
 
     /// The Encounter finished.
@@ -580,23 +669,54 @@ impl Sim {
                     self.drain_client(i);
                 }
             }
+            let c = &mut self.clients[i];
+            if let Some(screen) = c.pub_.screen
+                && c.pub_.frame_no.is_multiple_of(2)
+            {
+                let key = std::mem::take(&mut c.pub_.screen_key);
+                let size =
+                    (SCREEN_BPS / 8 / (FPS / 2)) as usize * if key { KEYFRAME_FACTOR } else { 1 };
+                let n = size.div_ceil(MTU_PAYLOAD);
+                for p in 0..n {
+                    let c = &mut self.clients[i];
+                    let seq = c.pub_.screen_seq;
+                    c.pub_.screen_seq += 1;
+                    let payload = payload_bytes(SCREEN_LAYER, key, seq, size / n);
+                    if let Some(tx) = c.rtc.direct_api().stream_tx_by_mid(screen, None) {
+                        tx.write_rtp(
+                            RtpWrite::new(pt, SeqNo::from(seq), ts, now, payload)
+                                .marker(p + 1 == n)
+                                .nackable(true),
+                        );
+                    }
+                    self.drain_client(i);
+                }
+            }
         }
     }
 
     /// Run the world until `until` (simulated).
     pub fn run_for(&mut self, d: Duration) {
         let until = self.now + d;
+        let mut stuck = 0u32;
         while self.now < until {
             let mut next = until.min(self.sfu.poll_timeout());
             if let Some(Reverse((at, _, _))) = self.net.peek() {
                 next = next.min(*at);
             }
-            for c in &self.clients {
+            for c in self.clients.iter().filter(|c| !c.gone) {
                 next = next.min(c.timeout);
                 if c.connected && c.publishes && !c.gone {
                     next = next.min(c.pub_.next_audio).min(c.pub_.next_frame);
                 }
             }
+            // A harness bug that stops time must fail the test, not hang it.
+            stuck = if next <= self.now { stuck + 1 } else { 0 };
+            assert!(
+                stuck < 100_000,
+                "simulated time stopped at {:?}",
+                self.elapsed()
+            );
             self.now = next.max(self.now);
             self.step();
         }
@@ -732,6 +852,13 @@ impl Sim {
     }
 }
 
+impl Client {
+    /// The m-line of the client's camera.
+    pub fn rtc_mid_video(&self) -> String {
+        self.pub_.video.map(|m| m.to_string()).unwrap_or_default()
+    }
+}
+
 impl Default for Sim {
     fn default() -> Self {
         Self::new()
@@ -775,6 +902,9 @@ fn on_client_event(c: &mut Client, now: Instant, e: Event) {
         Event::Connected => c.connected = true,
         Event::KeyframeRequest(r) => {
             c.keyframe_requests += 1;
+            if Some(r.mid) == c.pub_.screen {
+                c.pub_.screen_key = true;
+            }
             if let Some(rid) = r.rid
                 && let Some(l) = RIDS.iter().position(|x| *x == &*rid)
             {
