@@ -123,6 +123,9 @@ pub struct TrackCounts {
     pub corrupt: u64,
     /// Distinct SSRCs seen (a simulcast track reaches a receiver as one SSRC).
     pub ssrcs: Vec<u32>,
+    /// The latest publisher send time (ns since the epoch) among the packets received; a
+    /// retransmission of an old packet does not move it.
+    pub newest_sent_ns: u64,
 }
 
 /// Everything a peer received, by (publisher tag, is video).
@@ -198,7 +201,8 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
-fn now_ns() -> u64 {
+/// Nanoseconds since the Unix epoch, the clock of the payload tags.
+pub fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
@@ -245,6 +249,7 @@ fn record(shared: &Shared, ssrc: u32, payload: &[u8]) {
             counts.per_layer[index] += 1;
             counts.last_layer = Some(layer);
             counts.last_at = Some(Instant::now());
+            counts.newest_sent_ns = counts.newest_sent_ns.max(sent);
             if !counts.ssrcs.contains(&ssrc) {
                 counts.ssrcs.push(ssrc);
             }
