@@ -520,7 +520,7 @@ impl Sfu {
         if resumed {
             // The client may have kept its RTCPeerConnection: let it see where things stand.
             self.last_quality_reset(k);
-            self.update_quality(now, k);
+            self.update_quality(k);
         }
     }
 
@@ -1554,7 +1554,7 @@ impl Sfu {
                 }
             }
         }
-        self.update_quality(now, k);
+        self.update_quality(k);
     }
 
     fn last_quality_reset(&mut self, k: PeerKey) {
@@ -1564,7 +1564,7 @@ impl Sfu {
     }
 
     /// Tell a receiver what it gets, when that changed.
-    fn update_quality(&mut self, _now: Instant, k: PeerKey) {
+    fn update_quality(&mut self, k: PeerKey) {
         let Some(peer) = self.peers.get(&k) else {
             return;
         };
