@@ -1,0 +1,389 @@
+//! The tokio driver of the SFU core: one UDP socket for every participant, the core's timers,
+//! and the signaling WebSocket as an axum [`Router`].
+//!
+//! One task owns the [`Sfu`] and the socket and does nothing but move inputs in and outputs out,
+//! so the core never waits on I/O and needs no lock. WebSocket tasks and the API talk to it
+//! through a channel.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::get;
+use tokio::net::UdpSocket;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::debug;
+
+use crate::ice::IceConfig;
+use crate::sfu::stats::RoomStats;
+use crate::sfu::{ConnId, Output, RoomEvent, Sfu, SfuConfig};
+use crate::signaling::ServerMessage;
+use crate::token::MediaTokenKey;
+
+/// The largest signaling message accepted (an SDP offer with many m-lines is ~20 KB).
+const MAX_SIGNAL_BYTES: usize = 256 * 1024;
+/// Room events buffered for slow subscribers before they miss some.
+const EVENT_BUFFER: usize = 1024;
+/// How often the metrics text is refreshed.
+const METRICS_REFRESH: Duration = Duration::from_secs(1);
+/// The server pings each signaling socket this often, so proxies that close idle connections
+/// (often after 60 s) keep it open through a quiet visit.
+const PING_INTERVAL: Duration = Duration::from_secs(20);
+/// Largest UDP datagram read.
+const DATAGRAM_MAX: usize = 2048;
+
+/// Configuration of the media server.
+pub struct MediaConfig {
+    /// Where the UDP socket binds (all participants share it).
+    pub udp_bind: SocketAddr,
+    /// The IP address to advertise to clients, for a server behind NAT (the socket's own
+    /// address when `None`; then `udp_bind` must not be unspecified).
+    pub public_ip: Option<IpAddr>,
+    /// Verifies media tokens.
+    pub token_key: MediaTokenKey,
+    /// STUN/TURN servers handed to clients.
+    pub ice: IceConfig,
+    /// A room nobody is in closes after this long.
+    pub idle_room_timeout: Duration,
+    /// A participant from whom nothing arrived on the media path for this long is removed.
+    pub no_media_timeout: Duration,
+}
+
+impl MediaConfig {
+    /// A configuration with the default timeouts (idle room 5 minutes, no media 30 seconds)
+    /// and no ICE servers.
+    pub fn new(udp_bind: SocketAddr, token_key: MediaTokenKey) -> Self {
+        MediaConfig {
+            udp_bind,
+            public_ip: None,
+            token_key,
+            ice: IceConfig::default(),
+            idle_room_timeout: Duration::from_secs(300),
+            no_media_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Requests to the task that owns the core.
+enum Command {
+    Connect {
+        reply: oneshot::Sender<(ConnId, mpsc::UnboundedReceiver<Option<ServerMessage>>)>,
+    },
+    Text {
+        conn: ConnId,
+        text: String,
+    },
+    Disconnect {
+        conn: ConnId,
+    },
+    Stats {
+        encounter: String,
+        reply: oneshot::Sender<Option<RoomStats>>,
+    },
+    CloseRoom {
+        encounter: String,
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A running media server. Cloning it gives another handle to the same server; the server
+/// stops when the last handle is dropped.
+#[derive(Clone)]
+pub struct MediaServer {
+    inner: Arc<Handle>,
+}
+
+struct Handle {
+    commands: mpsc::UnboundedSender<Command>,
+    udp_addr: SocketAddr,
+    candidate_addr: SocketAddr,
+    events: broadcast::Sender<RoomEvent>,
+    metrics: Arc<Mutex<String>>,
+}
+
+impl MediaServer {
+    /// Bind the UDP socket and start the server task (on the current tokio runtime).
+    pub async fn start(config: MediaConfig) -> io::Result<MediaServer> {
+        let socket = UdpSocket::bind(config.udp_bind).await?;
+        let udp_addr = socket.local_addr()?;
+        let ip = match config.public_ip {
+            Some(ip) => ip,
+            None if udp_addr.ip().is_unspecified() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the UDP socket is bound to an unspecified address: set public_ip to the address clients reach",
+                ));
+            }
+            None => udp_addr.ip(),
+        };
+        let candidate_addr = SocketAddr::new(ip, udp_addr.port());
+        let now = Instant::now();
+        let sfu = Sfu::new(
+            SfuConfig {
+                candidate_addr,
+                token_key: config.token_key,
+                ice: config.ice,
+                idle_room_timeout: config.idle_room_timeout,
+                no_media_timeout: config.no_media_timeout,
+            },
+            now,
+            SystemTime::now(),
+        );
+        let (commands, rx) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let metrics = Arc::new(Mutex::new(String::new()));
+        let task = Driver {
+            sfu,
+            socket,
+            commands: rx,
+            conns: HashMap::new(),
+            events: events.clone(),
+            metrics: metrics.clone(),
+            next_metrics: now,
+        };
+        tokio::spawn(task.run());
+        Ok(MediaServer {
+            inner: Arc::new(Handle {
+                commands,
+                udp_addr,
+                candidate_addr,
+                events,
+                metrics,
+            }),
+        })
+    }
+
+    /// The signaling endpoint: `GET /media/signal` upgrades to a WebSocket.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/media/signal", get(signal))
+            .with_state(self.clone())
+    }
+
+    /// The local address of the UDP socket.
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.inner.udp_addr
+    }
+
+    /// The address advertised to clients as the server's ICE candidate.
+    pub fn candidate_addr(&self) -> SocketAddr {
+        self.inner.candidate_addr
+    }
+
+    /// Room events from now on (opened, participant joined/left, quality degraded/restored,
+    /// closed). A receiver that falls more than 1024 events behind misses some.
+    pub fn events(&self) -> broadcast::Receiver<RoomEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Statistics of an open room.
+    pub async fn stats(&self, encounter: &str) -> Option<RoomStats> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::Stats {
+                encounter: encounter.to_owned(),
+                reply,
+            })
+            .ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// Prometheus text exposition of the server (refreshed every second).
+    pub fn metrics_text(&self) -> String {
+        self.inner
+            .metrics
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    /// The Encounter is finished: its participants are sent away, its room closes, and tokens
+    /// for it are refused from now on.
+    pub async fn close_room(&self, encounter: &str) {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .inner
+            .commands
+            .send(Command::CloseRoom {
+                encounter: encounter.to_owned(),
+                reply,
+            })
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// `GET /media/signal`: the signaling WebSocket.
+async fn signal(State(server): State<MediaServer>, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(MAX_SIGNAL_BYTES)
+        .on_upgrade(move |socket| run_socket(server, socket))
+}
+
+async fn run_socket(server: MediaServer, mut socket: WebSocket) {
+    let (reply, rx) = oneshot::channel();
+    if server
+        .inner
+        .commands
+        .send(Command::Connect { reply })
+        .is_err()
+    {
+        return;
+    }
+    let Ok((conn, mut outgoing)) = rx.await else {
+        return;
+    };
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ping.tick() => {
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Text(text))) => {
+                    let _ = server.inner.commands.send(Command::Text { conn, text: text.as_str().to_owned() });
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    let _ = server.inner.commands.send(Command::Text { conn, text: String::new() });
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+            },
+            out = outgoing.recv() => match out {
+                Some(Some(msg)) => {
+                    let Ok(text) = serde_json::to_string(&msg) else { continue };
+                    if socket.send(Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                }
+                // The core closed the connection (after its last message).
+                Some(None) | None => {
+                    let _ = socket.send(Message::Close(None)).await;
+                    break;
+                }
+            },
+        }
+    }
+    let _ = server.inner.commands.send(Command::Disconnect { conn });
+}
+
+/// The task that owns the core.
+struct Driver {
+    sfu: Sfu,
+    socket: UdpSocket,
+    commands: mpsc::UnboundedReceiver<Command>,
+    conns: HashMap<ConnId, mpsc::UnboundedSender<Option<ServerMessage>>>,
+    events: broadcast::Sender<RoomEvent>,
+    metrics: Arc<Mutex<String>>,
+    next_metrics: Instant,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let mut buf = vec![0u8; DATAGRAM_MAX];
+        loop {
+            self.flush().await;
+            let now = Instant::now();
+            if now >= self.next_metrics {
+                self.next_metrics = now + METRICS_REFRESH;
+                let text = self.sfu.metrics_text(now);
+                if let Ok(mut m) = self.metrics.lock() {
+                    *m = text;
+                }
+            }
+            let deadline = self.sfu.poll_timeout().min(self.next_metrics);
+            tokio::select! {
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((n, source)) => {
+                        if let Some(data) = buf.get(..n) {
+                            self.sfu.handle_udp(Instant::now(), source, data);
+                        }
+                    }
+                    // ICMP errors from a peer that went away surface here on some systems.
+                    Err(e) => debug!("udp receive: {e}"),
+                },
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.command(cmd),
+                    // Every handle is gone: stop.
+                    None => return,
+                },
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    self.sfu.handle_timeout(Instant::now());
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let now = Instant::now();
+        match cmd {
+            Command::Connect { reply } => {
+                let conn = self.sfu.connect();
+                let (tx, rx) = mpsc::unbounded_channel();
+                self.conns.insert(conn, tx);
+                let _ = reply.send((conn, rx));
+            }
+            Command::Text { conn, text } => self.sfu.handle_text(now, conn, &text),
+            Command::Disconnect { conn } => {
+                self.conns.remove(&conn);
+                self.sfu.disconnect(conn);
+            }
+            Command::Stats { encounter, reply } => {
+                let _ = reply.send(self.sfu.room_stats(now, &encounter));
+            }
+            Command::CloseRoom { encounter, reply } => {
+                self.sfu.close_room(now, &encounter);
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some(out) = self.sfu.poll_output() {
+            match out {
+                Output::Transmit {
+                    destination,
+                    contents,
+                } => {
+                    // Try without waiting first: the socket is almost always writable.
+                    match self.socket.try_send_to(&contents, destination) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            if let Err(e) = self.socket.send_to(&contents, destination).await {
+                                debug!(%destination, "udp send: {e}");
+                            }
+                        }
+                        Err(e) => debug!(%destination, "udp send: {e}"),
+                    }
+                }
+                Output::Signal { conn, msg } => {
+                    if let Some(tx) = self.conns.get(&conn) {
+                        let _ = tx.send(Some(msg));
+                    }
+                }
+                Output::CloseSignal { conn } => {
+                    if let Some(tx) = self.conns.remove(&conn) {
+                        let _ = tx.send(None);
+                    }
+                }
+                Output::Event(e) => {
+                    // No subscriber is fine: nobody asked.
+                    if self.events.send(e).is_err() {
+                        debug!("room event without subscribers");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! Per-participant statistics, room statistics and the Prometheus text of the SFU.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::signaling::TrackQuality;
+use crate::token::Role;
+
+/// Statistics of one participant.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ParticipantStats {
+    /// The participant id.
+    pub participant: String,
+    /// Its role.
+    pub role: Role,
+    /// Bits per second received from it over the last two seconds (all datagrams).
+    pub bitrate_in_bps: u64,
+    /// Bits per second sent to it over the last two seconds.
+    pub bitrate_out_bps: u64,
+    /// Bytes received from it in total.
+    pub bytes_in: u64,
+    /// Bytes sent to it in total.
+    pub bytes_out: u64,
+    /// Fraction of its packets lost on the way in (0..1), from str0m's receiver reports.
+    pub loss_in: Option<f64>,
+    /// Fraction of the packets sent to it that it reported lost (0..1).
+    pub loss_out: Option<f64>,
+    /// Round-trip time, milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Interarrival jitter of its media, milliseconds.
+    pub jitter_ms: Option<f64>,
+    /// The bandwidth estimate towards it, bits per second.
+    pub estimate_bps: Option<u64>,
+    /// Whether it is on audio only now.
+    pub audio_only: bool,
+    /// Times it fell to audio only.
+    pub audio_only_episodes: u64,
+    /// Total time on audio only.
+    #[serde(with = "seconds")]
+    pub time_on_audio_only: Duration,
+    /// Time since it joined.
+    #[serde(with = "seconds")]
+    pub connected_for: Duration,
+    /// The layer forwarded to it per video track (`null`: video off).
+    pub layers: Vec<TrackQuality>,
+    /// Keyframe requests made for its layer switches.
+    pub keyframe_requests: u64,
+    /// Layer switches done for it.
+    pub layer_switches: u64,
+}
+
+impl ParticipantStats {
+    /// Empty statistics of a participant.
+    pub fn new(participant: String, role: Role) -> Self {
+        ParticipantStats {
+            participant,
+            role,
+            bitrate_in_bps: 0,
+            bitrate_out_bps: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            loss_in: None,
+            loss_out: None,
+            rtt_ms: None,
+            jitter_ms: None,
+            estimate_bps: None,
+            audio_only: false,
+            audio_only_episodes: 0,
+            time_on_audio_only: Duration::ZERO,
+            connected_for: Duration::ZERO,
+            layers: Vec::new(),
+            keyframe_requests: 0,
+            layer_switches: 0,
+        }
+    }
+}
+
+/// Statistics of a room.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RoomStats {
+    /// The Encounter id.
+    pub encounter: String,
+    /// Time since the room opened.
+    #[serde(with = "seconds")]
+    pub open_for: Duration,
+    /// Its participants, by id.
+    pub participants: Vec<ParticipantStats>,
+}
+
+/// Counters since the server started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    /// RTP packets forwarded (one per receiver).
+    pub packets_forwarded: u64,
+    /// Payload bytes forwarded.
+    pub bytes_forwarded: u64,
+    /// Keyframe requests sent to senders.
+    pub keyframe_requests: u64,
+    /// Rooms opened.
+    pub rooms_opened: u64,
+    /// Rooms closed.
+    pub rooms_closed: u64,
+    /// Participants joined.
+    pub participants_joined: u64,
+    /// Participants left or removed.
+    pub participants_left: u64,
+    /// Datagrams dropped before reaching a participant: from an address no participant owns,
+    /// or not STUN, DTLS, RTP or RTCP at all.
+    pub datagrams_unrouted: u64,
+}
+
+/// Bytes over a sliding window of two seconds, in 250 ms buckets.
+#[derive(Clone, Debug, Default)]
+pub struct RateMeter {
+    buckets: [u64; 8],
+    /// Index of the bucket of `start`.
+    start: Option<Instant>,
+    head: u64,
+}
+
+const BUCKET: Duration = Duration::from_millis(250);
+
+impl RateMeter {
+    fn advance(&mut self, now: Instant) -> u64 {
+        let start = *self.start.get_or_insert(now);
+        let n = (now.saturating_duration_since(start).as_millis() / BUCKET.as_millis()) as u64;
+        if n > self.head {
+            let gap = (n - self.head).min(8);
+            for i in 1..=gap {
+                self.buckets[((self.head + i) % 8) as usize] = 0;
+            }
+            self.head = n;
+        }
+        n
+    }
+
+    /// Account `bytes` at `now`.
+    pub fn add(&mut self, now: Instant, bytes: usize) {
+        let n = self.advance(now);
+        self.buckets[(n % 8) as usize] += bytes as u64;
+    }
+
+    /// Bits per second over the window.
+    pub fn bps(&self, now: Instant) -> u64 {
+        let Some(start) = self.start else { return 0 };
+        let n = (now.saturating_duration_since(start).as_millis() / BUCKET.as_millis()) as u64;
+        // Buckets head-7..=head hold data; of those, the ones within the window ending at n.
+        let lowest = n.saturating_sub(7).max(self.head.saturating_sub(7));
+        let bytes: u64 = (lowest..=self.head)
+            .filter(|i| *i + 8 > n)
+            .map(|i| self.buckets[(i % 8) as usize])
+            .sum();
+        // The window is seven whole buckets and the part of bucket n that has passed.
+        let since_start = now.saturating_duration_since(start);
+        let partial = since_start.saturating_sub(BUCKET * n as u32);
+        let elapsed = since_start
+            .min(BUCKET * 7 + partial)
+            .max(Duration::from_millis(50));
+        (bytes as f64 * 8.0 / elapsed.as_secs_f64()) as u64
+    }
+}
+
+/// The Prometheus text exposition format (version 0.0.4) of the totals and of every
+/// participant of every open room.
+pub fn render_metrics(totals: &Totals, rooms: &[RoomStats]) -> String {
+    let mut out = String::new();
+    let counters = [
+        (
+            "media_packets_forwarded_total",
+            "RTP packets forwarded to receivers.",
+            totals.packets_forwarded,
+        ),
+        (
+            "media_bytes_forwarded_total",
+            "RTP payload bytes forwarded to receivers.",
+            totals.bytes_forwarded,
+        ),
+        (
+            "media_keyframe_requests_total",
+            "Keyframe requests (PLI) sent to senders.",
+            totals.keyframe_requests,
+        ),
+        (
+            "media_rooms_opened_total",
+            "Rooms opened.",
+            totals.rooms_opened,
+        ),
+        (
+            "media_rooms_closed_total",
+            "Rooms closed.",
+            totals.rooms_closed,
+        ),
+        (
+            "media_participants_joined_total",
+            "Participants joined.",
+            totals.participants_joined,
+        ),
+        (
+            "media_participants_left_total",
+            "Participants left or removed.",
+            totals.participants_left,
+        ),
+        (
+            "media_datagrams_unrouted_total",
+            "Datagrams dropped: unknown address, or not STUN/DTLS/RTP/RTCP.",
+            totals.datagrams_unrouted,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP media_rooms Open rooms.\n# TYPE media_rooms gauge\nmedia_rooms {}",
+        rooms.len()
+    );
+    let participants: usize = rooms.iter().map(|r| r.participants.len()).sum();
+    let _ = writeln!(
+        out,
+        "# HELP media_participants Participants in open rooms.\n# TYPE media_participants gauge\nmedia_participants {participants}"
+    );
+    type Getter = fn(&ParticipantStats) -> Option<f64>;
+    let gauges: [(&str, &str, Getter); 8] = [
+        (
+            "media_participant_bitrate_in_bps",
+            "Bits per second received from the participant.",
+            |p| Some(p.bitrate_in_bps as f64),
+        ),
+        (
+            "media_participant_bitrate_out_bps",
+            "Bits per second sent to the participant.",
+            |p| Some(p.bitrate_out_bps as f64),
+        ),
+        (
+            "media_participant_loss_in_ratio",
+            "Fraction of the participant's packets lost on the way in.",
+            |p| p.loss_in,
+        ),
+        (
+            "media_participant_loss_out_ratio",
+            "Fraction of packets to the participant reported lost.",
+            |p| p.loss_out,
+        ),
+        (
+            "media_participant_rtt_seconds",
+            "Round-trip time to the participant.",
+            |p| p.rtt_ms.map(|v| v / 1000.0),
+        ),
+        (
+            "media_participant_jitter_seconds",
+            "Interarrival jitter of the participant's media.",
+            |p| p.jitter_ms.map(|v| v / 1000.0),
+        ),
+        (
+            "media_participant_estimate_bps",
+            "Bandwidth estimate towards the participant.",
+            |p| p.estimate_bps.map(|v| v as f64),
+        ),
+        (
+            "media_participant_audio_only_seconds",
+            "Time the participant spent on audio only.",
+            |p| Some(p.time_on_audio_only.as_secs_f64()),
+        ),
+    ];
+    for (name, help, get) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for r in rooms {
+            for p in &r.participants {
+                if let Some(v) = get(p) {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{encounter=\"{}\",participant=\"{}\"}} {v}",
+                        escape(&r.encounter),
+                        escape(&p.participant)
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Label values escape backslash, quote and newline (exposition format).
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+mod seconds {
+    use serde::Serializer;
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_meter_measures_a_steady_rate_and_forgets_old_traffic() {
+        let t0 = Instant::now();
+        let mut m = RateMeter::default();
+        for i in 0..400u64 {
+            // 125 bytes every 10 ms = 100 kbps.
+            m.add(t0 + Duration::from_millis(i * 10), 125);
+        }
+        let bps = m.bps(t0 + Duration::from_millis(4000));
+        assert!((90_000..=110_000).contains(&bps), "{bps}");
+        assert_eq!(m.bps(t0 + Duration::from_secs(10)), 0);
+    }
+
+    #[test]
+    fn metrics_escape_label_values() {
+        let rooms = [RoomStats {
+            encounter: "a\"b".into(),
+            open_for: Duration::ZERO,
+            participants: vec![ParticipantStats::new("p\\1".into(), Role::Patient)],
+        }];
+        let text = render_metrics(&Totals::default(), &rooms);
+        assert!(
+            text.contains(
+                "media_participant_bitrate_in_bps{encounter=\"a\\\"b\",participant=\"p\\\\1\"} 0"
+            ),
+            "{text}"
+        );
+    }
+}
