@@ -605,14 +605,7 @@ fn filter_condition(
             sql.push(probe_end(*modifier == Modifier::Not));
         }
         Filter::Chain { def, targets } if form == Form::Linked => {
-            let inner = format!("{alias}c");
-            sql.push(&format!(
-                "(SELECT 1 FROM search_reference x JOIN resources {inner} \
-                 ON {inner}.resource_type = x.target_type AND {inner}.id = x.target_id \
-                 WHERE x.rid = {alias}.rid AND x.param = "
-            ));
-            sql.text(def.code);
-            sql.push(" AND (");
+            let inner = chain_head(sql, alias, def.code);
             for (i, (target, filter)) in targets.iter().enumerate() {
                 if i > 0 {
                     sql.push(" OR ");
@@ -631,14 +624,7 @@ fn filter_condition(
             // Followed from the resource: its reference, the resource referred to, and that
             // one's own test, a few index probes per candidate and no set built (see
             // PER_ROW_PROBE for its form).
-            let inner = format!("{alias}c");
-            sql.push(&format!(
-                "(SELECT 1 FROM search_reference x JOIN resources {inner} \
-                 ON {inner}.resource_type = x.target_type AND {inner}.id = x.target_id \
-                 WHERE x.rid = {alias}.rid AND x.param = "
-            ));
-            sql.text(def.code);
-            sql.push(" AND (");
+            let inner = chain_head(sql, alias, def.code);
             for (i, (target, filter)) in targets.iter().enumerate() {
                 if i > 0 {
                     sql.push(" OR ");
@@ -1209,6 +1195,20 @@ fn referring_types(targets: impl Iterator<Item = ResourceType> + Clone) -> Vec<R
             })
         })
         .collect()
+}
+
+/// Opens a chain's probe from the candidate `alias`: its references through `code`, joined to
+/// the resources they name (aliased as the returned name), up to the list of target tests.
+fn chain_head(sql: &mut Sql, alias: &str, code: &str) -> String {
+    let inner = format!("{alias}c");
+    sql.push(&format!(
+        "(SELECT 1 FROM search_reference x JOIN resources {inner} \
+         ON {inner}.resource_type = x.target_type AND {inner}.id = x.target_id \
+         WHERE x.rid = {alias}.rid AND x.param = "
+    ));
+    sql.text(code);
+    sql.push(" AND (");
+    inner
 }
 
 #[cfg(test)]
