@@ -471,15 +471,7 @@ impl TestPeer {
     /// candidates on loopback gather at once, so no trickle is needed).
     pub async fn offer(&self) -> anyhow::Result<String> {
         let offer = self.pc.create_offer(None).await?;
-        let gathered = self.shared.gathered.notified();
-        self.pc.set_local_description(offer).await?;
-        let _ = tokio::time::timeout(Duration::from_secs(5), gathered).await;
-        let desc = self
-            .pc
-            .local_description()
-            .await
-            .context("no local description")?;
-        Ok(desc.sdp)
+        self.set_local(offer, Duration::from_secs(5)).await
     }
 
     /// Applies the remote answer to our offer.
@@ -496,9 +488,19 @@ impl TestPeer {
             .set_remote_description(RTCSessionDescription::offer(sdp)?)
             .await?;
         let answer = self.pc.create_answer(None).await?;
+        self.set_local(answer, Duration::from_secs(2)).await
+    }
+
+    /// Sets `desc` as the local description and returns it, with its candidates, once ICE
+    /// gathering is complete or `wait` has passed.
+    async fn set_local(
+        &self,
+        desc: RTCSessionDescription,
+        wait: Duration,
+    ) -> anyhow::Result<String> {
         let gathered = self.shared.gathered.notified();
-        self.pc.set_local_description(answer).await?;
-        let _ = tokio::time::timeout(Duration::from_secs(2), gathered).await;
+        self.pc.set_local_description(desc).await?;
+        let _ = tokio::time::timeout(wait, gathered).await;
         let desc = self
             .pc
             .local_description()
