@@ -404,7 +404,16 @@ pub async fn page(
     let (sql, key_kinds) = sql::page(query, driver, linked, &cursor_keys);
     let mut columns = ROW_COLUMNS.to_vec();
     columns.extend(&key_kinds);
-    let rows = store.query(&sql.text, &sql.binds, &columns).await?;
+    // An accurate total counts every match; the count and the page are independent queries,
+    // so they run side by side (two pooled connections, or two SQLite readers): the answer
+    // waits for the longer of the two, not for both.
+    let counted = async {
+        match query.total {
+            Total::Accurate => count_planned(store, query, &plan).await.map(Some),
+            _ => Ok(None),
+        }
+    };
+    let (rows, counted) = tokio::try_join!(store.query(&sql.text, &sql.binds, &columns), counted)?;
     let mut matches = rows
         .into_iter()
         .map(found_from_row)
@@ -431,7 +440,7 @@ pub async fn page(
         )
     };
     let total = match query.total {
-        Total::Accurate => Some(count_planned(store, query, &plan).await?),
+        Total::Accurate => counted,
         Total::Cheap if query.cursor.is_none() && !more => {
             Some(i64::try_from(matches.len()).unwrap_or(i64::MAX))
         }
