@@ -36,8 +36,13 @@ use super::{
     plan_write,
 };
 
-/// The writer's page cache, in KiB as `PRAGMA cache_size` takes it when negative.
-const WRITER_CACHE_KIB: i64 = -64 * 1024;
+/// The writer's page cache, in KiB as `PRAGMA cache_size` takes it when negative: the pages
+/// it keeps between commits. Kept small, because some commits walk all of it: when a B-tree
+/// page splits, SQLite may swap two new pages' numbers through the number of the locking page
+/// (1 GiB into the file), and in a database smaller than that, the commit then drops the
+/// pages "beyond the end" by visiting every page in the cache. With 64 MiB this took a quarter
+/// of the writer's time under audited reads. Dirty pages are not bound by it (no spilling).
+const WRITER_CACHE_KIB: i64 = -8 * 1024;
 
 /// Most jobs committed together.
 const MAX_GROUP: usize = 256;
@@ -61,9 +66,10 @@ pub(super) fn spawn_writer(path: &Path) -> anyhow::Result<mpsc::Sender<WriteJob>
     connection.pragma_update(None, "foreign_keys", "ON")?;
     connection.busy_timeout(Duration::from_secs(10))?;
     tune(&connection)?;
-    // A group of transaction Bundles dirties thousands of pages of the indexes; with SQLite's
-    // default 2 MB cache they spill to the log before the commit and are read back.
+    // A group of transaction Bundles dirties thousands of pages of the indexes; spilled to the
+    // log before the commit, they would be read back: they stay in memory until it.
     connection.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
+    connection.pragma_update(None, "cache_spill", false)?;
     // The checkpointer thread copies the log back instead; left to the commit that crosses
     // the threshold, it took an eighth of the writer's time.
     connection.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -416,13 +422,27 @@ thread_local! {
     static READERS: RefCell<HashMap<Arc<Path>, Connection>> = RefCell::new(HashMap::new());
 }
 
-fn open(path: &Path) -> rusqlite::Result<Connection> {
+/// How a read-only connection reads the database file.
+#[derive(Clone, Copy)]
+enum Reading {
+    /// Through the memory map ([`MMAP_SIZE`]): for searches, which visit many pages.
+    Mapped,
+    /// With `pread` into the connection's own cache: for point reads, which visit a handful.
+    /// After every commit a reader drops its cache and, when mapped, unmaps the whole file, so
+    /// its next read maps it again and faults in each page it touches; while the audit trail
+    /// commits hundreds of times a second, that cost a mapped point read more than the read.
+    Unmapped,
+}
+
+fn open(path: &Path, reading: Reading) -> rusqlite::Result<Connection> {
     let connection = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     connection.busy_timeout(Duration::from_secs(10))?;
-    tune(&connection)?;
+    if let Reading::Mapped = reading {
+        tune(&connection)?;
+    }
     connection.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(connection)
 }
@@ -445,9 +465,12 @@ fn tune(connection: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Runs `f` with this thread's read-only connection to `path`, opening it the first time.
+/// Runs `f` with this thread's read-only connection to `path`, opening it the first time to
+/// read as `reading` says (a thread does one kind of reading: the runtime's threads point
+/// reads, the reader threads searches).
 fn with_reader<T>(
     path: &Arc<Path>,
+    reading: Reading,
     f: impl FnOnce(&Connection) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     READERS.with(|readers| {
@@ -455,7 +478,7 @@ fn with_reader<T>(
         let connection = match readers.get(path) {
             Some(connection) => connection,
             None => {
-                let connection = open(path).context("cannot open the SQLite database")?;
+                let connection = open(path, reading).context("cannot open the SQLite database")?;
                 readers.entry(path.clone()).or_insert(connection)
             }
         };
@@ -469,7 +492,7 @@ pub(super) fn read(
     rt: ResourceType,
     id: &str,
 ) -> anyhow::Result<Option<Version>> {
-    with_reader(path, |connection| {
+    with_reader(path, Reading::Unmapped, |connection| {
         let mut statement = connection.prepare_cached(READ_SQL)?;
         let row = statement
             .query_row((rt.as_str(), id), |row| {
@@ -518,7 +541,7 @@ pub(super) fn query(
     binds: &[Cell],
     columns: &[Kind],
 ) -> anyhow::Result<Vec<Vec<Cell>>> {
-    with_reader(path, |connection| {
+    with_reader(path, Reading::Mapped, |connection| {
         let mut statement = connection.prepare_cached(sql)?;
         let mut rows = statement.query(rusqlite::params_from_iter(binds))?;
         let mut out = Vec::new();
