@@ -453,7 +453,7 @@ fn open(path: &Path, reading: Reading) -> rusqlite::Result<Connection> {
 /// a search that visits a few thousand index and table pages at random takes half the time.
 const MMAP_SIZE: i64 = 1 << 40;
 
-/// The setting every connection shares: the memory map.
+/// The memory map, for every connection but the point readers ([`Reading::Unmapped`]).
 ///
 /// Readers also sort in memory (`temp_store`); writers must not. A write inside a savepoint —
 /// each job of a group is one — keeps a statement journal for as long as the savepoint lasts,
