@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use fhir_models::ResourceType;
+use fhir_models::search::SearchParameterDef;
 
 use super::query::{Cursor, Filter, Include, SearchQuery, Total};
 use super::sql::{self, ROW_COLUMNS, Sql};
@@ -203,6 +204,15 @@ impl Plan {
         Ok(Plan { rarest, linked })
     }
 
+    /// A plan that starts from filter `i` without counting its matches (so not known to be
+    /// empty).
+    fn starting_from(i: usize) -> Plan {
+        Plan {
+            rarest: Some((i, 1, i64::MAX)),
+            linked: Vec::new(),
+        }
+    }
+
     /// Whether a filter matches nothing, and so the search does.
     fn empty(&self) -> bool {
         self.rarest.is_some_and(|(_, n, _)| n == 0)
@@ -362,7 +372,12 @@ pub async fn page(
     sizes: &TypeSizes,
     query: &SearchQuery,
 ) -> Result<Page, FhirError> {
-    let plan = Plan::new(store, sizes, query).await?;
+    let value_order = sql::value_order(query);
+    let plan = match value_order {
+        // Read in its value's order, the one filter starts every page: no count chooses it.
+        Some(_) => Plan::starting_from(0),
+        None => Plan::new(store, sizes, query).await?,
+    };
     if plan.empty() {
         return Ok(Page {
             total: match query.total {
@@ -373,18 +388,27 @@ pub async fn page(
             ..Page::default()
         });
     }
-    let cursor_keys = match &query.cursor {
-        Some(cursor) if !query.sort.is_empty() => {
+    let not_a_cursor = || {
+        FhirError::BadRequest(vec![
+            crate::error::Issue::error(
+                "invalid",
+                "search parameter _cursor: is not a cursor this server gave",
+            )
+            .at("_cursor"),
+        ])
+    };
+    let cursor_keys = match (&query.cursor, value_order) {
+        (Some(cursor), Some((def, text))) => {
+            let key = value_key(store, def, text, cursor.rid)
+                .await?
+                .ok_or_else(not_a_cursor)?;
+            vec![Cell::Text(key)]
+        }
+        (Some(cursor), None) if !query.sort.is_empty() => {
             let (sql, kinds) = sql::sort_keys_of(query, cursor.rid);
             let mut rows = store.query(&sql.text, &sql.binds, &kinds).await?;
             if rows.is_empty() {
-                return Err(FhirError::BadRequest(vec![
-                    crate::error::Issue::error(
-                        "invalid",
-                        "search parameter _cursor: is not a cursor this server gave",
-                    )
-                    .at("_cursor"),
-                ]));
+                return Err(not_a_cursor());
             }
             rows.swap_remove(0)
         }
@@ -401,7 +425,16 @@ pub async fn page(
     } else {
         &[]
     };
-    let (sql, key_kinds) = sql::page(query, driver, linked, &cursor_keys);
+    let (sql, key_kinds) = match value_order {
+        Some((def, text)) => {
+            let key = match cursor_keys.first() {
+                Some(Cell::Text(key)) => Some(key.as_str()),
+                _ => None,
+            };
+            (sql::value_page(query, def, text, key), vec![Kind::Text])
+        }
+        None => sql::page(query, driver, linked, &cursor_keys),
+    };
     let mut columns = ROW_COLUMNS.to_vec();
     columns.extend(&key_kinds);
     // An accurate total counts every match; the count and the page are independent queries,
@@ -454,6 +487,58 @@ pub async fn page(
         next,
         previous,
     })
+}
+
+/// The value a page in [`sql::value_order`] of the string `text` of `def` continues from:
+/// that by which the cursor's resource `rid` matches, its least in the range. A resource
+/// changed or deleted since no longer matches; its newest version that did still marks the
+/// place, so that paging goes on where it was. `None` when no version ever matched.
+async fn value_key(
+    store: &Store,
+    def: &SearchParameterDef,
+    text: &str,
+    rid: i64,
+) -> Result<Option<String>, FhirError> {
+    let sql = sql::value_key(def, text, rid);
+    let rows = store.query(&sql.text, &sql.binds, &[Kind::Text]).await?;
+    if let Some(Cell::Text(key)) = rows
+        .into_iter()
+        .next()
+        .and_then(|row| row.into_iter().next())
+    {
+        return Ok(Some(key));
+    }
+    let sql = sql::versions_of(rid);
+    let rows = store
+        .query(&sql.text, &sql.binds, &[Kind::Text, Kind::Blob])
+        .await?;
+    for row in rows {
+        let mut cells = row.into_iter();
+        let (Some(Cell::Text(resource_type)), Some(body)) = (cells.next(), cells.next()) else {
+            continue;
+        };
+        let body = match body {
+            Cell::Blob(b) => b,
+            Cell::Text(t) => t.into_bytes(),
+            _ => continue,
+        };
+        let (Ok(rt), Ok(resource)) = (
+            ResourceType::from_str(&resource_type),
+            serde_json::from_slice::<serde_json::Value>(&body),
+        ) else {
+            continue;
+        };
+        let least = super::index::extract(rt, &resource, "")
+            .strings
+            .into_iter()
+            .filter(|row| row.param == def.code && sql::in_value_range(&row.normalized, text))
+            .map(|row| row.normalized)
+            .min();
+        if least.is_some() {
+            return Ok(least);
+        }
+    }
+    Ok(None)
 }
 
 fn cursor(backwards: bool, found: &Found) -> String {

@@ -7,9 +7,10 @@
 //! it tests one resource through the `(rid, param, value…)` index, and names no type so that no
 //! other index can serve it. A query uses at most one set, the filter [`super::execute`] found rarest, and
 //! probes for the rest; with no rare filter it walks the type's live resources in `rid` order
-//! and probes each, stopping when the page is full. Paging is keyset: rows come ordered by the
-//! sort keys and `rid`, and a page starts after the last row of the one before, so rows
-//! written meanwhile never shift a page.
+//! and probes each, stopping when the page is full. A search by one string alone is read in
+//! the order of its values instead ([`value_order`]), straight from the value index. Paging is
+//! keyset: rows come ordered by the sort keys (or the value) and `rid`, and a page starts after
+//! the last row of the one before, so rows written meanwhile never shift a page.
 
 use fhir_models::ResourceType;
 use fhir_models::search::{SearchParamType, SearchParameterDef};
@@ -191,6 +192,140 @@ pub fn page(
     sql.push(") p JOIN resource_versions v ON v.seq = p.seq")
         .push(&order("p."));
     (sql, keys.into_iter().map(|(kind, _)| kind).collect())
+}
+
+/// The filter whose values order a search's pages, when that is not `rid`: a search by one
+/// string, starts-with (`Patient?name=smi`, the patient picker), of one type, with nothing
+/// else to test and no `_sort`. Its matches come in the order of the value each matched by,
+/// its least matching one, then of `rid`, read straight from the value index: a page costs
+/// its own rows however many names start so. In `rid` order every match would be read and
+/// sorted first. The order follows from the query alone, so every page of it has the same.
+pub fn value_order(query: &SearchQuery) -> Option<(&'static SearchParameterDef, &str)> {
+    if !query.sort.is_empty() || query.types.len() != 1 {
+        return None;
+    }
+    match query.filters.as_slice() {
+        [
+            Filter::Param {
+                def,
+                modifier: Modifier::None,
+                values,
+            },
+        ] if def.kind == SearchParamType::String => match values.as_slice() {
+            [SearchValue::String(text)] => Some((*def, text.as_str())),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The query of one page in [`value_order`] (`count + 1` rows), its last column the value
+/// each resource is ordered by, which a cursor carries. Each resource is taken at its least
+/// matching row, the one no other of its rows in the range precedes (one probe of the
+/// `(rid, param, normalized)` index), and the range is read from the cursor's value on.
+pub fn value_page(
+    query: &SearchQuery,
+    def: &SearchParameterDef,
+    text: &str,
+    cursor_key: Option<&str>,
+) -> Sql {
+    let mut sql = Sql::default();
+    let backwards = query.cursor.as_ref().is_some_and(|c| c.backwards);
+    let direction = if backwards { " DESC" } else { "" };
+    let first = text;
+    let last = format!("{text}{ABOVE_ALL}");
+    sql.push(
+        "SELECT p.rid, v.seq, v.resource_type, v.id, v.version_id, v.last_updated, v.method, \
+         v.body, p.k0 FROM (SELECT d.rid, r.seq, d.k0 FROM (SELECT x.rid, x.normalized AS k0 \
+         FROM search_string x WHERE x.param = ",
+    )
+    .text(def.code)
+    .push(" AND ");
+    type_condition(&mut sql, "x.resource_type", &query.types);
+    // The range's bound on the cursor's side is the cursor's value, when it lies inside:
+    // one bound a side, so that the index is entered where the page starts.
+    match (&query.cursor, cursor_key) {
+        (Some(cursor), Some(key)) if !cursor.backwards => {
+            if key >= first {
+                sql.push(" AND x.normalized >= ").text(key);
+            } else {
+                sql.push(" AND x.normalized >= ").text(first);
+            }
+            sql.push(" AND x.normalized < ").text(&last);
+            sql.push(" AND (x.normalized > ")
+                .text(key)
+                .push(" OR x.rid > ")
+                .int(cursor.rid)
+                .push(")");
+        }
+        (Some(cursor), Some(key)) => {
+            sql.push(" AND x.normalized >= ").text(first);
+            if key < last.as_str() {
+                sql.push(" AND x.normalized <= ").text(key);
+            } else {
+                sql.push(" AND x.normalized < ").text(&last);
+            }
+            sql.push(" AND (x.normalized < ")
+                .text(key)
+                .push(" OR x.rid < ")
+                .int(cursor.rid)
+                .push(")");
+        }
+        _ => {
+            sql.push(" AND x.normalized >= ").text(first);
+            sql.push(" AND x.normalized < ").text(&last);
+        }
+    }
+    sql.push(" AND NOT EXISTS (SELECT 1 FROM search_string y WHERE y.rid = x.rid AND y.param = ")
+        .text(def.code)
+        .push(" AND y.normalized >= ")
+        .text(first)
+        .push(" AND y.normalized < x.normalized)");
+    // Two rows of a resource may hold the same value (a name's family and given): one is
+    // taken.
+    sql.push(&format!(
+        " GROUP BY x.normalized, x.rid ORDER BY x.normalized{direction}, x.rid{direction} LIMIT "
+    ))
+    .int(i64::from(query.count) + 1);
+    sql.push(
+        ") d CROSS JOIN resources r WHERE r.rid = d.rid AND r.deleted = FALSE) p \
+         JOIN resource_versions v ON v.seq = p.seq",
+    );
+    sql.push(&format!(" ORDER BY p.k0{direction}, p.rid{direction}"));
+    sql
+}
+
+/// Whether `value` lies in the range a starts-with search for `text` reads.
+pub fn in_value_range(value: &str, text: &str) -> bool {
+    value >= text && value < format!("{text}{ABOVE_ALL}").as_str()
+}
+
+/// The least value of `def` by which the resource `rid` matches a starts-with search for
+/// `text` (no row when none does).
+pub fn value_key(def: &SearchParameterDef, text: &str, rid: i64) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("SELECT MIN(x.normalized) FROM search_string x WHERE x.rid = ")
+        .int(rid)
+        .push(" AND x.param = ")
+        .text(def.code)
+        .push(" AND x.normalized >= ")
+        .text(text)
+        .push(" AND x.normalized < ")
+        .text(&format!("{text}{ABOVE_ALL}"));
+    sql
+}
+
+/// The type and body of each version of the resource `rid` that has one, newest first (the
+/// newest hundred).
+pub fn versions_of(rid: i64) -> Sql {
+    let mut sql = Sql::default();
+    sql.push(
+        "SELECT v.resource_type, v.body FROM resources r JOIN resource_versions v \
+         ON v.resource_type = r.resource_type AND v.id = r.id WHERE r.rid = ",
+    )
+    .int(rid)
+    .push(" AND v.body IS NOT NULL ORDER BY v.version_id DESC LIMIT 100");
+    sql
 }
 
 /// How many resources match, starting from the filter `driver`.
@@ -1224,19 +1359,20 @@ mod tests {
             .collect()
     }
 
-    fn observations(list: &[(&str, &str)]) -> SearchQuery {
+    fn search_of(rt: ResourceType, list: &[(&str, &str)]) -> SearchQuery {
         let limits = Limits {
             default_count: 10,
             max_count: 100,
         };
-        query::parse(
-            vec![ResourceType::Observation],
-            &pairs(list),
-            true,
-            BASE,
-            &limits,
-        )
-        .expect("the query parses")
+        query::parse(vec![rt], &pairs(list), true, BASE, &limits).expect("the query parses")
+    }
+
+    fn observations(list: &[(&str, &str)]) -> SearchQuery {
+        search_of(ResourceType::Observation, list)
+    }
+
+    fn patients(list: &[(&str, &str)]) -> SearchQuery {
+        search_of(ResourceType::Patient, list)
     }
 
     fn group(list: &[(&str, &str)]) -> Vec<Filter> {
@@ -1548,5 +1684,65 @@ mod tests {
                 .any(|s| s.starts_with("SCAN r") || s.contains("resources_type_live")),
             "{steps:#?}"
         );
+    }
+
+    #[test]
+    fn only_a_search_by_one_starts_with_string_pages_in_its_values_order() {
+        for (list, ordered) in [
+            (&[("name", "smi")][..], true),
+            (&[("family", "Smi")][..], true),
+            (&[("name:exact", "Smith")][..], false),
+            (&[("name", "smi,jo")][..], false),
+            (&[("name", "smi"), ("gender", "female")][..], false),
+            (&[("name", "smi"), ("_sort", "birthdate")][..], false),
+            (&[("gender", "female")][..], false),
+        ] {
+            assert_eq!(value_order(&patients(list)).is_some(), ordered, "{list:?}");
+        }
+    }
+
+    #[test]
+    fn sqlite_reads_a_page_in_values_order_from_the_value_index_without_sorting() {
+        let connection = database();
+        let mut query = patients(&[("name", "smi")]);
+        let (def, text) = value_order(&query)
+            .map(|(def, text)| (def, text.to_owned()))
+            .expect("a search in values order");
+        for cursor in [
+            None,
+            Some(Cursor {
+                backwards: false,
+                rid: 11,
+            }),
+            Some(Cursor {
+                backwards: true,
+                rid: 11,
+            }),
+        ] {
+            query.cursor = cursor;
+            let key = cursor.map(|_| "smith");
+            let steps = plan(&connection, &value_page(&query, def, &text, key));
+            assert!(
+                steps
+                    .iter()
+                    .any(|s| s.starts_with("SEARCH x USING COVERING INDEX search_string_value")),
+                "{steps:#?}"
+            );
+            assert!(
+                steps
+                    .iter()
+                    .any(|s| s.starts_with("SEARCH y USING COVERING INDEX search_string_rid")),
+                "{steps:#?}"
+            );
+            // Only the page's own rows are sorted, once read: after the scan of `d`.
+            let sorts: Vec<usize> = (0..steps.len())
+                .filter(|&i| steps[i].contains("TEMP B-TREE"))
+                .collect();
+            let page = steps.iter().position(|s| s == "SCAN d");
+            assert!(
+                sorts.len() <= 1 && sorts.iter().all(|&i| page.is_some_and(|p| i > p)),
+                "{steps:#?}"
+            );
+        }
     }
 }

@@ -375,6 +375,97 @@ async fn paging_is_stable_when_a_match_is_created_between_pages() {
     }
 }
 
+/// Every match of `query`, page by page through the `next` links, in order, and the pages.
+async fn every_page(app: &TestApp, query: &str) -> (Vec<String>, Vec<Value>) {
+    let mut seen = Vec::new();
+    let mut pages = Vec::new();
+    let mut url = format!("{}/{query}", app.base);
+    loop {
+        assert!(pages.len() < 20, "next links do not end");
+        let (status, bundle) = get_url(app, &url).await;
+        assert_eq!(status, 200, "{url}: {bundle}");
+        seen.extend(matches_in_order(&bundle));
+        let next = link(&bundle, "next").map(str::to_owned);
+        pages.push(bundle);
+        match next {
+            Some(next) => url = next,
+            None => break,
+        }
+    }
+    (seen, pages)
+}
+
+/// A search by one name pages in the order of the names matched (a patient by the first of
+/// its names that matches, once however many do), then of creation.
+#[tokio::test]
+async fn a_name_search_pages_in_the_order_of_the_names_it_matched() {
+    let app = spawn_app().await;
+    let [smoot_smith, smith, smalls, smith_smith, jones_smit] = created_in_order(
+        &app,
+        [
+            named("Smoot", "Smith"),
+            named("Smith", "Ann"),
+            named("Smalls", "Bo"),
+            named("Smith", "Smith"),
+            named("Jones", "Smit"),
+        ],
+    )
+    .await;
+    app.created(&named("Jones", "Ann")).await;
+    // "smalls" < "smit" < "smith" (three of them, in the order they were created).
+    let expected = [&smalls, &jones_smit, &smoot_smith, &smith, &smith_smith].map(key);
+    let (seen, pages) = every_page(&app, "Patient?name=sm&_count=2").await;
+    assert_eq!(seen, expected);
+    assert_eq!(pages.len(), 3);
+    // Back from the last page, one page at a time, to the first.
+    let mut back = Vec::new();
+    let mut page = pages.last().cloned().expect("a page");
+    while let Some(previous) = link(&page, "previous").map(str::to_owned) {
+        assert!(back.len() < 20, "previous links do not end");
+        let (status, bundle) = get_url(&app, &previous).await;
+        assert_eq!(status, 200, "{bundle}");
+        back.splice(0..0, matches_in_order(&bundle));
+        page = bundle;
+    }
+    assert_eq!(back, expected[..4]);
+}
+
+/// The resource a page ended with marks where the next starts, even when it no longer
+/// matches by then: renamed or deleted, it is where it was.
+#[tokio::test]
+async fn paging_by_name_goes_on_after_the_last_match_of_a_page_is_renamed_or_deleted() {
+    for change in ["rename", "delete"] {
+        let app = spawn_app().await;
+        let all = created_in_order(
+            &app,
+            ["Adams", "Abbott", "Ames", "Allen", "Avery"].map(|family| named(family, "Jo")),
+        )
+        .await;
+        // abbott, adams, allen | ames, avery
+        let first = search(&app, "Patient?name=a&_count=3").await;
+        assert_eq!(
+            matches_in_order(&first),
+            [&all[1], &all[0], &all[3]].map(key)
+        );
+        let next = link(&first, "next").expect("a next link").to_owned();
+        let allen = &all[3];
+        match change {
+            "rename" => {
+                let renamed = merged(allen.clone(), json!({"name": [{"family": "Zimmer"}]}));
+                assert_eq!(app.update(&renamed).await.status(), 200);
+            }
+            _ => assert_eq!(app.delete("Patient", id_of(allen)).await.status(), 200),
+        }
+        let (status, second) = get_url(&app, &next).await;
+        assert_eq!(status, 200, "{change}: {second}");
+        assert_eq!(
+            matches_in_order(&second),
+            [&all[2], &all[4]].map(key),
+            "{change}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_count_above_the_server_maximum_is_capped_not_rejected() {
     let app = spawn_app().await;
