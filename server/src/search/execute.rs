@@ -399,7 +399,7 @@ pub async fn page(
     };
     let cursor_keys = match (&query.cursor, value_order) {
         (Some(cursor), Some((def, text))) => {
-            let key = value_key(store, def, text, cursor.rid)
+            let key = value_key(store, def, text, cursor)
                 .await?
                 .ok_or_else(not_a_cursor)?;
             vec![Cell::Text(key)]
@@ -455,6 +455,15 @@ pub async fn page(
     let more = matches.len() > limit;
     matches.truncate(limit);
     let backwards = query.cursor.as_ref().is_some_and(|c| c.backwards);
+    // In a value's order the cursor names the version found, whose value marks the place.
+    let cursor = |backwards: bool, found: &Found| {
+        Cursor {
+            backwards,
+            rid: found.rid,
+            version: value_order.map(|_| found.version.version_id),
+        }
+        .encode()
+    };
     let (next, previous) = if backwards {
         matches.reverse();
         (
@@ -490,16 +499,18 @@ pub async fn page(
 }
 
 /// The value a page in [`sql::value_order`] of the string `text` of `def` continues from:
-/// that by which the cursor's resource `rid` matches, its least in the range. A resource
-/// changed or deleted since no longer matches; its newest version that did still marks the
-/// place, so that paging goes on where it was. `None` when no version ever matched.
+/// that by which the cursor's resource matched, its least in the range, in the version the
+/// cursor names. A resource changed or deleted since is read in that version, so that paging
+/// goes on where it was. A cursor without a version takes the newest that matched. `None`
+/// when that version never matched.
 async fn value_key(
     store: &Store,
     def: &SearchParameterDef,
     text: &str,
-    rid: i64,
+    cursor: &Cursor,
 ) -> Result<Option<String>, FhirError> {
-    let sql = sql::value_key(def, text, rid);
+    let (rid, version) = (cursor.rid, cursor.version);
+    let sql = sql::value_key(def, text, rid, version);
     let rows = store.query(&sql.text, &sql.binds, &[Kind::Text]).await?;
     if let Some(Cell::Text(key)) = rows
         .into_iter()
@@ -508,7 +519,7 @@ async fn value_key(
     {
         return Ok(Some(key));
     }
-    let sql = sql::versions_of(rid);
+    let sql = sql::versions_of(rid, version);
     let rows = store
         .query(&sql.text, &sql.binds, &[Kind::Text, Kind::Blob])
         .await?;
@@ -539,14 +550,6 @@ async fn value_key(
         }
     }
     Ok(None)
-}
-
-fn cursor(backwards: bool, found: &Found) -> String {
-    Cursor {
-        backwards,
-        rid: found.rid,
-    }
-    .encode()
 }
 
 fn found_from_row(row: Vec<Cell>) -> Result<Found, FhirError> {

@@ -199,16 +199,24 @@ pub enum Total {
 /// Where a page starts: after (or, going back, before) the resource `rid` in the search's
 /// order. The cursor names only the resource; its sort key values are looked up when the page
 /// is read, so a paging link never carries data from a resource (names, dates) in its URL.
+/// A page in the order of a value also names the resource's version it found, whose value
+/// marks the place even after the resource changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
     pub backwards: bool,
     pub rid: i64,
+    pub version: Option<i64>,
 }
 
 impl Cursor {
-    /// The `_cursor` value: `n123` (after 123) or `p123` (before 123).
+    /// The `_cursor` value: `n123` (after 123) or `p123` (before 123), with `v4` after it for
+    /// version 4.
     pub fn encode(self) -> String {
-        format!("{}{}", if self.backwards { 'p' } else { 'n' }, self.rid)
+        let direction = if self.backwards { 'p' } else { 'n' };
+        match self.version {
+            Some(version) => format!("{direction}{}v{version}", self.rid),
+            None => format!("{direction}{}", self.rid),
+        }
     }
 }
 
@@ -414,9 +422,14 @@ fn parse_cursor(value: &str) -> Option<Cursor> {
         "p" => true,
         _ => return None,
     };
+    let (rid, version) = match rest.split_once('v') {
+        Some((rid, version)) => (rid, Some(version.parse().ok()?)),
+        None => (rest, None),
+    };
     Some(Cursor {
         backwards,
-        rid: rest.parse().ok()?,
+        rid: rid.parse().ok()?,
+        version,
     })
 }
 
@@ -835,6 +848,27 @@ mod tests {
             (Prefix::Eq, "2024")
         );
         assert!(Prefix::split("xx2024").is_err());
+    }
+
+    #[test]
+    fn a_cursor_reads_back_as_it_was_written_and_nothing_else_reads() {
+        for cursor in [
+            Cursor {
+                backwards: false,
+                rid: 12,
+                version: None,
+            },
+            Cursor {
+                backwards: true,
+                rid: 7,
+                version: Some(3),
+            },
+        ] {
+            assert_eq!(parse_cursor(&cursor.encode()), Some(cursor));
+        }
+        for bad in ["", "n", "x12", "n12v", "n12vx", "nv3", "p-", "n1.5"] {
+            assert_eq!(parse_cursor(bad), None, "{bad}");
+        }
     }
 
     #[test]

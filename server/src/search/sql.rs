@@ -220,7 +220,7 @@ pub fn value_order(query: &SearchQuery) -> Option<(&'static SearchParameterDef, 
 }
 
 /// The query of one page in [`value_order`] (`count + 1` rows), its last column the value
-/// each resource is ordered by, which a cursor carries. Each resource is taken at its least
+/// each resource is ordered by. Each resource is taken at its least
 /// matching row, the one no other of its rows in the range precedes (one probe of the
 /// `(rid, param, normalized)` index), and the range is read from the cursor's value on.
 pub fn value_page(
@@ -301,12 +301,19 @@ pub fn in_value_range(value: &str, text: &str) -> bool {
 }
 
 /// The least value of `def` by which the resource `rid` matches a starts-with search for
-/// `text` (no row when none does).
-pub fn value_key(def: &SearchParameterDef, text: &str, rid: i64) -> Sql {
+/// `text` (NULL when none does), while its current version is `version` (if given).
+pub fn value_key(def: &SearchParameterDef, text: &str, rid: i64, version: Option<i64>) -> Sql {
     let mut sql = Sql::default();
     sql.push("SELECT MIN(x.normalized) FROM search_string x WHERE x.rid = ")
-        .int(rid)
-        .push(" AND x.param = ")
+        .int(rid);
+    if let Some(version) = version {
+        sql.push(" AND EXISTS (SELECT 1 FROM resources r WHERE r.rid = ")
+            .int(rid)
+            .push(" AND r.version_id = ")
+            .int(version)
+            .push(")");
+    }
+    sql.push(" AND x.param = ")
         .text(def.code)
         .push(" AND x.normalized >= ")
         .text(text)
@@ -315,16 +322,19 @@ pub fn value_key(def: &SearchParameterDef, text: &str, rid: i64) -> Sql {
     sql
 }
 
-/// The type and body of each version of the resource `rid` that has one, newest first (the
-/// newest hundred).
-pub fn versions_of(rid: i64) -> Sql {
+/// The type and body of the version `version` of the resource `rid`, or without one of each
+/// version that has a body, newest first (the newest hundred).
+pub fn versions_of(rid: i64, version: Option<i64>) -> Sql {
     let mut sql = Sql::default();
     sql.push(
         "SELECT v.resource_type, v.body FROM resources r JOIN resource_versions v \
          ON v.resource_type = r.resource_type AND v.id = r.id WHERE r.rid = ",
     )
-    .int(rid)
-    .push(" AND v.body IS NOT NULL ORDER BY v.version_id DESC LIMIT 100");
+    .int(rid);
+    if let Some(version) = version {
+        sql.push(" AND v.version_id = ").int(version);
+    }
+    sql.push(" AND v.body IS NOT NULL ORDER BY v.version_id DESC LIMIT 100");
     sql
 }
 
@@ -1713,10 +1723,12 @@ mod tests {
             Some(Cursor {
                 backwards: false,
                 rid: 11,
+                version: Some(1),
             }),
             Some(Cursor {
                 backwards: true,
                 rid: 11,
+                version: None,
             }),
         ] {
             query.cursor = cursor;
