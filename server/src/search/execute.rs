@@ -431,7 +431,7 @@ pub async fn page(
                 Some(Cell::Text(key)) => Some(key.as_str()),
                 _ => None,
             };
-            (sql::value_page(query, def, text, key), vec![Kind::Text])
+            (sql::value_page(query, def, text, key), Vec::new())
         }
         None => sql::page(query, driver, linked, &cursor_keys),
     };

@@ -219,8 +219,7 @@ pub fn value_order(query: &SearchQuery) -> Option<(&'static SearchParameterDef, 
     }
 }
 
-/// The query of one page in [`value_order`] (`count + 1` rows), its last column the value
-/// each resource is ordered by. Each resource is taken at its least
+/// The query of one page in [`value_order`] (`count + 1` rows, [`ROW_COLUMNS`]). Each resource is taken at its least
 /// matching row, the one no other of its rows in the range precedes (one probe of the
 /// `(rid, param, normalized)` index), and the range is read from the cursor's value on.
 pub fn value_page(
@@ -236,7 +235,7 @@ pub fn value_page(
     let last = format!("{text}{ABOVE_ALL}");
     sql.push(
         "SELECT p.rid, v.seq, v.resource_type, v.id, v.version_id, v.last_updated, v.method, \
-         v.body, p.k0 FROM (SELECT d.rid, r.seq, d.k0 FROM (SELECT x.rid, x.normalized AS k0 \
+         v.body FROM (SELECT d.rid, r.seq, d.k0 FROM (SELECT x.rid, x.normalized AS k0 \
          FROM search_string x WHERE x.param = ",
     )
     .text(def.code)
