@@ -525,13 +525,10 @@ async fn value_key(
         .await?;
     for row in rows {
         let mut cells = row.into_iter();
-        let (Some(Cell::Text(resource_type)), Some(body)) = (cells.next(), cells.next()) else {
+        let (Some(Cell::Text(resource_type)), Some(body)) =
+            (cells.next(), cells.next().and_then(body_of))
+        else {
             continue;
-        };
-        let body = match body {
-            Cell::Blob(b) => b,
-            Cell::Text(t) => t.into_bytes(),
-            _ => continue,
         };
         let (Ok(rt), Ok(resource)) = (
             ResourceType::from_str(&resource_type),
@@ -550,6 +547,16 @@ async fn value_key(
         }
     }
     Ok(None)
+}
+
+/// A resource body as stored (a blob, or text where a backend gives text); none for a
+/// delete.
+fn body_of(cell: Cell) -> Option<Vec<u8>> {
+    match cell {
+        Cell::Blob(b) => Some(b),
+        Cell::Text(t) => Some(t.into_bytes()),
+        _ => None,
+    }
 }
 
 fn found_from_row(row: Vec<Cell>) -> Result<Found, FhirError> {
@@ -574,11 +581,7 @@ fn found_from_row(row: Vec<Cell>) -> Result<Found, FhirError> {
     let version_id = int(next())?;
     let last_updated = int(next())?;
     let method = text(next())?;
-    let body = match next() {
-        Cell::Blob(b) => Some(b),
-        Cell::Text(t) => Some(t.into_bytes()),
-        _ => None,
-    };
+    let body = body_of(next());
     Ok(Found {
         rid,
         version: Version {

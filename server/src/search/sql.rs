@@ -219,9 +219,10 @@ pub fn value_order(query: &SearchQuery) -> Option<(&'static SearchParameterDef, 
     }
 }
 
-/// The query of one page in [`value_order`] (`count + 1` rows, [`ROW_COLUMNS`]). Each resource is taken at its least
-/// matching row, the one no other of its rows in the range precedes (one probe of the
-/// `(rid, param, normalized)` index), and the range is read from the cursor's value on.
+/// The query of one page in [`value_order`] (`count + 1` rows, [`ROW_COLUMNS`]). Each
+/// resource is taken at its least matching row, the one no other of its rows in the range
+/// precedes (one probe of the `(rid, param, normalized)` index), and the range is read from
+/// the cursor's value on.
 pub fn value_page(
     query: &SearchQuery,
     def: &SearchParameterDef,
@@ -312,12 +313,13 @@ pub fn value_key(def: &SearchParameterDef, text: &str, rid: i64, version: Option
             .int(version)
             .push(")");
     }
-    sql.push(" AND x.param = ")
-        .text(def.code)
-        .push(" AND x.normalized >= ")
-        .text(text)
-        .push(" AND x.normalized < ")
-        .text(&format!("{text}{ABOVE_ALL}"));
+    sql.push(" AND x.param = ").text(def.code).push(" AND ");
+    value_condition(
+        &mut sql,
+        def,
+        Modifier::None,
+        &SearchValue::String(text.to_owned()),
+    );
     sql
 }
 
