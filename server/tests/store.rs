@@ -8,7 +8,8 @@ mod stores;
 
 use serde_json::{Value, json};
 use stores::TestStore;
-use telemed_server::store::{Change, Precondition, Store, WriteOp, Written};
+use telemed_server::search::index;
+use telemed_server::store::{Cell, Change, Kind, Precondition, Store, WriteOp, Written};
 
 fn patient(id: &str, family: &str) -> Value {
     json!({"resourceType": "Patient", "id": id, "name": [{"family": family}]})
@@ -26,17 +27,14 @@ async fn referring(store: &Store, param: &str, target: &str) -> Vec<String> {
         .query(
             "SELECT r.id FROM search_reference x JOIN resources r ON r.rid = x.rid \
              WHERE x.param = $1 AND x.target_id = $2 AND NOT r.deleted ORDER BY r.id",
-            &[
-                telemed_server::store::Cell::Text(param.to_owned()),
-                telemed_server::store::Cell::Text(target.to_owned()),
-            ],
-            &[telemed_server::store::Kind::Text],
+            &[Cell::Text(param.to_owned()), Cell::Text(target.to_owned())],
+            &[Kind::Text],
         )
         .await
         .expect("the query");
     rows.into_iter()
         .filter_map(|row| match row.into_iter().next() {
-            Some(telemed_server::store::Cell::Text(id)) => Some(id),
+            Some(Cell::Text(id)) => Some(id),
             _ => None,
         })
         .collect()
@@ -175,4 +173,61 @@ async fn concurrent_transactions_stand_or_fall_alone() {
     if let Ok(store) = std::sync::Arc::try_unwrap(store) {
         store.drop_database().await;
     }
+}
+
+/// `telemed reindex`: resources stored without index rows (as by a version that did not index a
+/// parameter) get every row, and each reference row where it leads, whichever was written
+/// first.
+#[tokio::test]
+async fn reindex_gives_every_live_resource_its_rows_and_each_reference_its_target() {
+    let store = TestStore::new().await;
+    let unindexed = |resource: Value| {
+        let mut op = TestStore::create(resource);
+        if let Change::Put { index, .. } = &mut op.change {
+            **index = Default::default();
+        }
+        op
+    };
+    // The observation before the patient it refers to.
+    store
+        .store
+        .write_all(vec![
+            unindexed(observation("o1", "p1")),
+            unindexed(patient("p1", "Chalmers")),
+            unindexed(observation("o2", "p2")),
+        ])
+        .await
+        .expect("the writes");
+    assert!(referring(&store.store, "subject", "p1").await.is_empty());
+    let count = store
+        .store
+        .reindex(
+            2,
+            |rt, value| index::extract(rt, value, stores::BASE),
+            |_| {},
+        )
+        .await
+        .expect("the reindex");
+    assert_eq!(count, 3);
+    assert_eq!(referring(&store.store, "subject", "p1").await, ["o1"]);
+    // Where each reference leads: the patient that exists, and nothing for the one that does not.
+    let rows = store
+        .store
+        .query(
+            "SELECT x.target_id, COALESCE(t.id, '-') FROM search_reference x \
+             LEFT JOIN resources t ON t.rid = x.target_rid \
+             WHERE x.param = $1 ORDER BY x.target_id",
+            &[Cell::Text("subject".to_owned())],
+            &[Kind::Text, Kind::Text],
+        )
+        .await
+        .expect("the query");
+    assert_eq!(
+        rows,
+        [
+            vec![Cell::Text("p1".to_owned()), Cell::Text("p1".to_owned())],
+            vec![Cell::Text("p2".to_owned()), Cell::Text("-".to_owned())],
+        ]
+    );
+    store.drop_database().await;
 }

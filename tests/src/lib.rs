@@ -506,6 +506,17 @@ pub async fn get_url(app: &TestApp, url: &str) -> (u16, Value) {
     (status, response.json().await.expect("JSON"))
 }
 
+/// `POST {base}` of a batch or transaction Bundle.
+pub async fn post_bundle(app: &TestApp, bundle: &Value) -> Response {
+    app.client
+        .post(&app.base)
+        .header("content-type", "application/fhir+json")
+        .body(bundle.to_string())
+        .send()
+        .await
+        .expect("sent")
+}
+
 /// `GET {base}/{query}`; panics unless the answer is a 200 searchset Bundle.
 pub async fn search(app: &TestApp, query: &str) -> Value {
     let response = app.get(query).await;

@@ -134,8 +134,7 @@ fn referenced_sql(rids: &[i64], types: &[ResourceType]) -> Sql {
     let mut sql = Sql::default();
     sql.push("SELECT ").push(SELECT_ROW).push(
         " FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE r.deleted = FALSE \
-         AND r.rid IN (SELECT t.rid FROM search_reference x CROSS JOIN resources t \
-         WHERE x.rid IN (",
+         AND r.rid IN (SELECT x.target_rid FROM search_reference x WHERE x.rid IN (",
     );
     for (i, rid) in rids.iter().enumerate() {
         if i > 0 {
@@ -145,7 +144,7 @@ fn referenced_sql(rids: &[i64], types: &[ResourceType]) -> Sql {
     }
     sql.push(") AND ");
     type_condition(&mut sql, "x.target_type", types);
-    sql.push(" AND t.resource_type = x.target_type AND t.id = x.target_id) ORDER BY r.rid");
+    sql.push(") ORDER BY r.rid");
     sql
 }
 

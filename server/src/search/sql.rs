@@ -668,13 +668,8 @@ pub fn chain_estimate(
         sql.push(" m LIMIT ").int(CHAIN_SAMPLE).push(") b), ");
         sql.push("(SELECT COUNT(*) FROM (SELECT 1 FROM (SELECT m.rid FROM ");
         set_of(&mut sql, &[*target], filter);
-        sql.push(" m LIMIT ").int(CHAIN_SAMPLE).push(
-            ") s CROSS JOIN resources c CROSS JOIN search_reference x WHERE c.rid = s.rid AND ",
-        );
-        type_condition(&mut sql, "x.resource_type", &query.types);
-        sql.push(" AND x.target_type = ").text(target.as_str());
-        sql.push(" AND x.target_id = c.id AND x.param = ")
-            .text(def.code);
+        sql.push(" m LIMIT ").int(CHAIN_SAMPLE).push(") s");
+        referring_rows(&mut sql, "s", &query.types, def.code);
         sql.push(" LIMIT ").int(limit).push(") r) c");
     }
     Some((sql, targets.len()))
@@ -685,6 +680,20 @@ pub fn chain_estimate(
 fn filter_condition(
     sql: &mut Sql,
     alias: &str,
+    types: &[ResourceType],
+    filter: &Filter,
+    form: Form,
+) {
+    condition(sql, alias, &format!("{alias}.rid"), types, filter, form);
+}
+
+/// [`filter_condition`] on the resource whose rid is `rid`. Its row, `alias`, is read only by a
+/// filter that [`reads_the_row`]; for one that does not, `alias` need not exist, and only names
+/// what the condition joins.
+fn condition(
+    sql: &mut Sql,
+    alias: &str,
+    rid: &str,
     types: &[ResourceType],
     filter: &Filter,
     form: Form,
@@ -714,7 +723,7 @@ fn filter_condition(
             sql.push(")");
         }
         _ if form == Form::In => {
-            sql.push(&format!("{alias}.rid IN "));
+            sql.push(&format!("{rid} IN "));
             set_of(sql, types, filter);
         }
         Filter::Any(groups) => {
@@ -734,53 +743,61 @@ fn filter_condition(
                     if j > 0 {
                         sql.push(" AND ");
                     }
-                    filter_condition(sql, alias, types, filter, Form::Exists);
+                    condition(sql, alias, rid, types, filter, Form::Exists);
                 }
                 sql.push(")");
             }
             sql.push(")");
         }
         Filter::Missing { def, missing } => {
-            rows_probe(sql, alias, table_of(def.kind), def.code);
+            rows_probe(sql, rid, table_of(def.kind), def.code);
             sql.push(probe_end(*missing));
         }
         Filter::Param { def, modifier, .. } => {
             let (table, param) = param_rows(def, *modifier);
-            rows_probe(sql, alias, table, &param);
+            rows_probe(sql, rid, table, &param);
             param_values(sql, filter);
             sql.push(probe_end(*modifier == Modifier::Not));
         }
         Filter::Chain { def, targets } if form == Form::Linked => {
-            let inner = chain_head(sql, alias, def.code);
+            // The linked resources are live: where a reference leads is all there is to test.
+            let link = references_of(sql, alias, rid, def.code, None);
             for (i, (target, filter)) in targets.iter().enumerate() {
                 if i > 0 {
                     sql.push(" OR ");
                 }
-                sql.push("(x.target_type = ").text(target.as_str());
+                sql.push(&format!("({link}.target_type = "))
+                    .text(target.as_str());
                 // Inside a function the set is a subquery of its own, which both databases
                 // compute once and look each candidate up in (PostgreSQL's hashed SubPlan,
                 // SQLite's list subquery); a plain `IN` PostgreSQL joins again per candidate.
-                sql.push(&format!(" AND COALESCE({inner}.rid IN "));
+                sql.push(&format!(" AND COALESCE({link}.target_rid IN "));
                 set_of(sql, &[*target], filter);
                 sql.push(", FALSE))");
             }
             sql.push(")").push(PER_ROW_PROBE);
         }
         Filter::Chain { def, targets } => {
-            // Followed from the resource: its reference, the resource referred to, and that
-            // one's own test, a few index probes per candidate and no set built (see
-            // PER_ROW_PROBE for its form).
-            let inner = chain_head(sql, alias, def.code);
+            // Followed from the resource: its reference, and the test of the resource referred
+            // to, a few index probes per candidate and no set built (see PER_ROW_PROBE for its
+            // form). That resource's row is read only when its test needs more than its rid
+            // (only a live resource has index rows).
+            let inner = format!("{alias}c");
+            let rows_alone = targets.iter().all(|(_, filter)| on_rows_alone(filter));
+            let joined = (!rows_alone).then_some(inner.as_str());
+            let link = references_of(sql, alias, rid, def.code, joined);
+            let target_rid = format!("{link}.target_rid");
             for (i, (target, filter)) in targets.iter().enumerate() {
                 if i > 0 {
                     sql.push(" OR ");
                 }
-                sql.push("(x.target_type = ").text(target.as_str());
+                sql.push(&format!("({link}.target_type = "))
+                    .text(target.as_str());
                 sql.push(" AND ");
                 if !needs_its_rows(filter) {
                     sql.push(&format!("{inner}.deleted = FALSE AND "));
                 }
-                filter_condition(sql, &inner, &[*target], filter, Form::Exists);
+                condition(sql, &inner, &target_rid, &[*target], filter, Form::Exists);
                 sql.push(")");
             }
             sql.push(")").push(PER_ROW_PROBE);
@@ -794,16 +811,19 @@ fn filter_condition(
             let inner = format!("{alias}h");
             sql.push(&format!(
                 "(SELECT 1 FROM search_reference y JOIN resources {inner} \
-                 ON {inner}.rid = y.rid WHERE y.resource_type = "
-            ));
-            sql.text(source.as_str());
-            sql.push(&format!(
-                " AND y.target_type = {alias}.resource_type AND y.target_id = {alias}.id \
-                 AND y.param = "
+                 ON {inner}.rid = y.rid WHERE y.target_rid = {rid} AND y.param = "
             ));
             sql.text(param.code);
+            sql.push(" AND y.resource_type = ").text(source.as_str());
             sql.push(&format!(" AND {inner}.deleted = FALSE AND "));
-            filter_condition(sql, &inner, &[*source], filter, Form::Exists);
+            condition(
+                sql,
+                &inner,
+                &format!("{inner}.rid"),
+                &[*source],
+                filter,
+                Form::Exists,
+            );
             sql.push(PER_ROW_PROBE);
         }
     }
@@ -816,6 +836,24 @@ fn filter_condition(
 /// chained references they always are. A scalar subquery with a `LIMIT` is never flattened:
 /// both backends test it row by row, as a probe is meant to be tested.
 const PER_ROW_PROBE: &str = " LIMIT 1) IS NOT NULL";
+
+/// Whether `filter` tests a resource by its index rows alone and holds only for a live one:
+/// its test needs the resource's rid, not its row.
+fn on_rows_alone(filter: &Filter) -> bool {
+    needs_its_rows(filter) && !reads_the_row(filter)
+}
+
+/// Whether `filter` tests a column of the resource's row (its id, when it was last updated).
+fn reads_the_row(filter: &Filter) -> bool {
+    match filter {
+        Filter::Id(_) | Filter::LastUpdated(_) => true,
+        Filter::Any(groups) => groups.iter().flatten().any(reads_the_row),
+        Filter::Param { .. }
+        | Filter::Missing { .. }
+        | Filter::Chain { .. }
+        | Filter::Has { .. } => false,
+    }
+}
 
 /// Whether `filter` holds only for a resource with index rows of its own, which only a live
 /// resource has; for such a filter a resource need not be checked for deletion.
@@ -887,14 +925,8 @@ fn set_of(sql: &mut Sql, types: &[ResourceType], filter: &Filter) {
                 }
                 sql.push("SELECT x.rid FROM ");
                 set_of(sql, &[*target], filter);
-                sql.push(
-                    " s CROSS JOIN resources c CROSS JOIN search_reference x \
-                     WHERE c.rid = s.rid AND ",
-                );
-                type_condition(sql, "x.resource_type", types);
-                sql.push(" AND x.target_type = ").text(target.as_str());
-                sql.push(" AND x.target_id = c.id AND x.param = ")
-                    .text(def.code);
+                sql.push(" s");
+                referring_rows(sql, "s", types, def.code);
             }
             sql.push(")");
         }
@@ -905,14 +937,14 @@ fn set_of(sql: &mut Sql, types: &[ResourceType], filter: &Filter) {
         } => {
             sql.push("(SELECT t.rid FROM ");
             set_of(sql, &[*source], filter);
-            sql.push(" s CROSS JOIN search_reference y CROSS JOIN resources t WHERE y.rid = s.rid AND y.param = ")
-                .text(param.code);
+            sql.push(
+                " s CROSS JOIN search_reference y CROSS JOIN resources t \
+                 WHERE y.rid = s.rid AND y.param = ",
+            )
+            .text(param.code);
             sql.push(" AND ");
             type_condition(sql, "y.target_type", types);
-            sql.push(
-                " AND t.resource_type = y.target_type AND t.id = y.target_id \
-                 AND t.deleted = FALSE)",
-            );
+            sql.push(" AND t.rid = y.target_rid AND t.deleted = FALSE)");
         }
         Filter::Any(groups) if can_drive(filter) => {
             // The union of the groups' sets (a resource may be in several: every use of a set
@@ -965,12 +997,12 @@ fn rows_set(sql: &mut Sql, types: &[ResourceType], table: &str, param: &str) {
     type_condition(sql, "x.resource_type", types);
 }
 
-/// `(SELECT 1 FROM table x WHERE x.rid = alias.rid AND x.param = …`: the rows of parameter
-/// `param` of the resource `alias`. It names no type, so only the `(rid, param, …)` index can
-/// serve it: one probe. The caller adds conditions and closes it with [`probe_end`].
-fn rows_probe(sql: &mut Sql, alias: &str, table: &str, param: &str) {
+/// `(SELECT 1 FROM table x WHERE x.rid = rid AND x.param = …`: the rows of parameter `param`
+/// of the resource whose rid is `rid`. It names no type, so only the `(rid, param, …)` index
+/// can serve it: one probe. The caller adds conditions and closes it with [`probe_end`].
+fn rows_probe(sql: &mut Sql, rid: &str, table: &str, param: &str) {
     sql.push(&format!(
-        "(SELECT 1 FROM {table} x WHERE x.rid = {alias}.rid AND x.param = "
+        "(SELECT 1 FROM {table} x WHERE x.rid = {rid} AND x.param = "
     ));
     sql.text(param);
 }
@@ -1343,18 +1375,39 @@ fn referring_types(targets: impl Iterator<Item = ResourceType> + Clone) -> Vec<R
         .collect()
 }
 
-/// Opens a chain's probe from the candidate `alias`: its references through `code`, joined to
-/// the resources they name (aliased as the returned name), up to the list of target tests.
-fn chain_head(sql: &mut Sql, alias: &str, code: &str) -> String {
-    let inner = format!("{alias}c");
-    sql.push(&format!(
-        "(SELECT 1 FROM search_reference x JOIN resources {inner} \
-         ON {inner}.resource_type = x.target_type AND {inner}.id = x.target_id \
-         WHERE x.rid = {alias}.rid AND x.param = "
-    ));
+/// `(SELECT 1 FROM search_reference … WHERE … AND (`: the references through `code` of the
+/// resource whose rid is `rid`, aliased as the returned name (its own, for the tests of where
+/// they lead may nest probes of their own), joined to the resource each leads to as `joined`
+/// if given, up to the tests of where they lead, which the caller closes.
+fn references_of(
+    sql: &mut Sql,
+    alias: &str,
+    rid: &str,
+    code: &str,
+    joined: Option<&str>,
+) -> String {
+    let link = format!("{alias}x");
+    sql.push(&format!("(SELECT 1 FROM search_reference {link} "));
+    if let Some(joined) = joined {
+        sql.push(&format!(
+            "JOIN resources {joined} ON {joined}.rid = {link}.target_rid "
+        ));
+    }
+    sql.push(&format!("WHERE {link}.rid = {rid} AND {link}.param = "));
     sql.text(code);
     sql.push(" AND (");
-    inner
+    link
+}
+
+/// ` CROSS JOIN search_reference x WHERE …`: the reference rows of resources of `types` that
+/// refer through `code` to the resources `set.rid`, found by where they lead.
+fn referring_rows(sql: &mut Sql, set: &str, types: &[ResourceType], code: &str) {
+    sql.push(&format!(
+        " CROSS JOIN search_reference x WHERE x.target_rid = {set}.rid AND x.param = "
+    ));
+    sql.text(code);
+    sql.push(" AND ");
+    type_condition(sql, "x.resource_type", types);
 }
 
 #[cfg(test)]
@@ -1491,6 +1544,15 @@ mod tests {
                 )
                 .expect("a name row");
         }
+        // Where each reference leads, as the writes of the patients would have filled it in.
+        connection
+            .execute(
+                "UPDATE search_reference SET target_rid = (SELECT r.rid FROM resources r \
+                 WHERE r.resource_type = search_reference.target_type \
+                 AND r.id = search_reference.target_id)",
+                (),
+            )
+            .expect("the references resolved");
         connection
     }
 
@@ -1693,6 +1755,54 @@ mod tests {
             !steps
                 .iter()
                 .any(|s| s.starts_with("SCAN r") || s.contains("resources_type_live")),
+            "{steps:#?}"
+        );
+    }
+
+    #[test]
+    fn sqlite_follows_chains_and_has_by_where_references_lead() {
+        let connection = database();
+        let chain = observations(&[("subject:Patient.name", "ali")]);
+        let has = patients(&[("_has:Observation:subject:status", "final")]);
+        for (sql, steps_by_target) in [
+            // From the patients named to the references that lead to them.
+            (page(&chain, Some(0), &[], &[]).0, 1),
+            (chain_estimate(&chain, 0, 100, 100).expect("a chain").0, 1),
+            // From each patient to the observations that refer to it.
+            (page(&has, None, &[], &[]).0, 1),
+        ] {
+            let steps = plan(&connection, &sql);
+            let by_target = steps
+                .iter()
+                .filter(|s| s.contains("USING COVERING INDEX search_reference_target_rid"))
+                .count();
+            assert_eq!(by_target, steps_by_target, "{steps:#?}");
+            // No resource is looked up by type and id on the way.
+            assert!(
+                !steps
+                    .iter()
+                    .any(|s| s.contains("sqlite_autoindex_resources")
+                        || s.contains("resources_type_id")),
+                "{steps:#?}"
+            );
+        }
+        assert_eq!(run(&connection, &page(&chain, Some(0), &[], &[]).0), [1, 4]);
+        // Walked, each candidate's chain is followed by its reference rows alone: no resource
+        // on the way is read.
+        let two_levels = observations(&[(
+            "subject:Patient.general-practitioner:Practitioner.name",
+            "house",
+        )]);
+        let steps = plan(&connection, &page(&two_levels, None, &[], &[]).0);
+        let links = steps
+            .iter()
+            .filter(|s| s.contains("USING COVERING INDEX search_reference_rid"))
+            .count();
+        assert_eq!(links, 2, "{steps:#?}");
+        assert!(
+            !steps
+                .iter()
+                .any(|s| s.starts_with("SEARCH rc ") || s.starts_with("SEARCH rcc ")),
             "{steps:#?}"
         );
     }

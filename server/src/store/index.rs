@@ -62,9 +62,13 @@ pub(super) fn replace_sqlite(
         }
     }
     if !rows.references.is_empty() {
+        // With the rid of the resource referred to, if it exists (SQLite has one writer at a
+        // time, so a target created later finds this row in `fill_in_sqlite`).
         let mut insert = connection.prepare_cached(
-            "INSERT INTO search_reference (rid, resource_type, param, target_type, target_id, url) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO search_reference \
+             (rid, resource_type, param, target_type, target_id, url, target_rid) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, \
+             (SELECT t.rid FROM resources t WHERE t.resource_type = ?4 AND t.id = ?5))",
         )?;
         for row in &rows.references {
             insert.execute((
@@ -123,13 +127,43 @@ pub(super) fn replace_sqlite(
     Ok(())
 }
 
+/// Gives the rows that refer to `rt/id`, written before it existed, its `rid`: to be called
+/// when a resource gets its rid, in the transaction that creates it.
+pub(super) fn fill_in_sqlite(
+    connection: &Connection,
+    rid: i64,
+    rt: &str,
+    id: &str,
+) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached(
+            "UPDATE search_reference SET target_rid = ?1 \
+             WHERE target_type = ?2 AND target_id = ?3 \
+             AND target_rid IS NULL AND target_id IS NOT NULL",
+        )?
+        .execute((rid, rt, id))?;
+    Ok(())
+}
+
 /// The index rows of one resource, for [`replace_postgres`].
 pub(super) struct Indexed<'a> {
     pub rid: i64,
     pub rt: &'a str,
+    pub id: &'a str,
     pub rows: &'a IndexRows,
-    /// Whether it may have rows already, to be deleted first.
+    /// Whether it may have rows already, to be deleted first. One that did not is new: the
+    /// rows that refer to it, written before it existed, are given its rid.
     pub existed: bool,
+}
+
+/// The lock on a resource's type and id that orders its creation with the writes of rows
+/// referring to it on PostgreSQL, for a key written as `{rt} || '/' || {id}`: a transaction
+/// creating the resource takes it exclusively before it fills in the rows that wait for it, and
+/// one that wrote rows referring to a resource not found takes it shared before looking again.
+/// So whichever of the two commits last sees the other's work: no row is left without the rid
+/// of a resource that exists. Held until the transaction ends.
+pub(super) fn postgres_lock_key(rt: &str, id: &str) -> String {
+    format!("hashtextextended({rt} || '/' || {id}, 0)")
 }
 
 /// Replaces the rows of `resources` on PostgreSQL in one statement, however many there are:
@@ -145,7 +179,7 @@ pub(super) async fn replace_postgres(
         .filter(|r| r.existed)
         .map(|r| r.rid)
         .collect();
-    if deleted.is_empty() && resources.iter().all(|r| r.rows.is_empty()) {
+    if deleted.is_empty() && resources.iter().all(|r| r.existed && r.rows.is_empty()) {
         return Ok(());
     }
     let mut parts: Vec<String> = Vec::new();
@@ -159,8 +193,9 @@ pub(super) async fn replace_postgres(
             ));
         }
     }
-    let mut unnest = |table: &str, columns: &str, types: &[&str]| {
-        let arrays = ["int8", "text"]
+    // `$n::type[], …`: the arrays of one table's rows, a rid and a type and then `types`.
+    let mut arrays = |types: &[&str]| {
+        ["int8", "text"]
             .iter()
             .chain(types)
             .map(|ty| {
@@ -169,11 +204,13 @@ pub(super) async fn replace_postgres(
                 p
             })
             .collect::<Vec<_>>()
-            .join(", ");
-        parts.push(format!(
+            .join(", ")
+    };
+    let insert = |table: &str, columns: &str, arrays: String| {
+        format!(
             "i_{table} AS (INSERT INTO {table} (rid, resource_type, {columns}) \
              SELECT * FROM UNNEST({arrays}))"
-        ));
+        )
     };
     // Each table's rows, with the rid and type of the resource they belong to.
     fn rows_of<'a, T>(
@@ -194,46 +231,91 @@ pub(super) async fn replace_postgres(
     let uris = rows_of(resources, |r| &r.uris);
     let positions = rows_of(resources, |r| &r.positions);
     if !tokens.is_empty() {
-        unnest("search_token", "param, system, code, text", &["text"; 4]);
+        parts.push(insert(
+            "search_token",
+            "param, system, code, text",
+            arrays(&["text"; 4]),
+        ));
     }
     if !strings.is_empty() {
-        unnest("search_string", "param, normalized, exact", &["text"; 3]);
+        parts.push(insert(
+            "search_string",
+            "param, normalized, exact",
+            arrays(&["text"; 3]),
+        ));
     }
     if !dates.is_empty() {
-        unnest("search_date", "param, low, high", &["text", "int8", "int8"]);
+        parts.push(insert(
+            "search_date",
+            "param, low, high",
+            arrays(&["text", "int8", "int8"]),
+        ));
     }
     if !references.is_empty() {
-        unnest(
-            "search_reference",
-            "param, target_type, target_id, url",
-            &["text"; 4],
-        );
+        // With the rid of the resource referred to, when it is there to be seen; the rows
+        // it is not are counted, to be looked at again under a lock (see `postgres_lock_key`).
+        let references = arrays(&["text"; 4]);
+        parts.push(format!(
+            "i_search_reference AS (INSERT INTO search_reference \
+             (rid, resource_type, param, target_type, target_id, url, target_rid) \
+             SELECT u.*, t.rid FROM UNNEST({references}) \
+             AS u (rid, resource_type, param, target_type, target_id, url) \
+             LEFT JOIN resources t ON t.resource_type = u.target_type COLLATE \"C\" \
+             AND t.id = u.target_id COLLATE \"C\" \
+             RETURNING target_rid, target_id, target_type)"
+        ));
     }
     if !numbers.is_empty() {
-        unnest(
+        parts.push(insert(
             "search_number",
             "param, low, high",
-            &["text", "float8", "float8"],
-        );
+            arrays(&["text", "float8", "float8"]),
+        ));
     }
     if !quantities.is_empty() {
-        unnest(
+        parts.push(insert(
             "search_quantity",
             "param, low, high, system, code",
-            &["text", "float8", "float8", "text", "text"],
-        );
+            arrays(&["text", "float8", "float8", "text", "text"]),
+        ));
     }
     if !uris.is_empty() {
-        unnest("search_uri", "param, uri", &["text", "text"]);
+        parts.push(insert(
+            "search_uri",
+            "param, uri",
+            arrays(&["text", "text"]),
+        ));
     }
     if !positions.is_empty() {
-        unnest(
+        parts.push(insert(
             "search_position",
             "param, latitude, longitude",
-            &["text", "float8", "float8"],
-        );
+            arrays(&["text", "float8", "float8"]),
+        ));
     }
-    let sql = format!("WITH {} SELECT 1", parts.join(", "));
+    let created: Vec<&Indexed<'_>> = resources.iter().filter(|r| !r.existed).collect();
+    if !created.is_empty() {
+        // The rows that were waiting for the resources created here. The lock each creation
+        // took (see `postgres_lock_key`) was taken by an earlier statement, so this one sees
+        // every such row committed before it.
+        parts.push(format!(
+            "f AS (UPDATE search_reference x SET target_rid = n.rid \
+             FROM UNNEST(${}::text[], ${}::text[], ${}::int8[]) AS n (resource_type, id, rid) \
+             WHERE x.target_type = n.resource_type COLLATE \"C\" \
+             AND x.target_id = n.id COLLATE \"C\" \
+             AND x.target_rid IS NULL AND x.target_id IS NOT NULL)",
+            next,
+            next + 1,
+            next + 2
+        ));
+    }
+    let unresolved = if references.is_empty() {
+        "0::int8"
+    } else {
+        "(SELECT COUNT(*) FROM i_search_reference \
+         WHERE target_rid IS NULL AND target_id IS NOT NULL AND target_type IS NOT NULL)"
+    };
+    let sql = format!("WITH {} SELECT {unresolved}", parts.join(", "));
     let mut query = sqlx::query(&sql);
     if !deleted.is_empty() {
         query = query.bind(deleted);
@@ -423,6 +505,44 @@ pub(super) async fn replace_postgres(
                     .collect::<Vec<_>>(),
             );
     }
-    query.execute(connection).await?;
+    if !created.is_empty() {
+        query = query
+            .bind(created.iter().map(|r| r.rt).collect::<Vec<_>>())
+            .bind(created.iter().map(|r| r.id).collect::<Vec<_>>())
+            .bind(created.iter().map(|r| r.rid).collect::<Vec<_>>());
+    }
+    let unresolved: i64 = sqlx::Row::try_get(&query.fetch_one(&mut *connection).await?, 0)?;
+    if unresolved > 0 {
+        resolve_postgres(connection, resources).await?;
+    }
+    Ok(())
+}
+
+/// Gives the reference rows of `resources` that found no resource where they lead the rid of
+/// that resource, if one has been created since: under the lock of each such target (see
+/// [`postgres_lock_key`]), in a statement that starts once every lock is held.
+async fn resolve_postgres(
+    connection: &mut PgConnection,
+    resources: &[Indexed<'_>],
+) -> Result<(), sqlx::Error> {
+    let rids: Vec<i64> = resources.iter().map(|r| r.rid).collect();
+    // In one order, so that two writers waiting for the same targets cannot deadlock.
+    sqlx::query(&format!(
+        "SELECT COUNT(pg_advisory_xact_lock_shared(k)) FROM (SELECT DISTINCT {} AS k \
+         FROM search_reference WHERE rid = ANY($1::int8[]) AND target_rid IS NULL \
+         AND target_id IS NOT NULL AND target_type IS NOT NULL ORDER BY k) AS keys",
+        postgres_lock_key("target_type", "target_id")
+    ))
+    .bind(&rids)
+    .execute(&mut *connection)
+    .await?;
+    sqlx::query(
+        "UPDATE search_reference x SET target_rid = t.rid FROM resources t \
+         WHERE x.rid = ANY($1::int8[]) AND x.target_rid IS NULL \
+         AND t.resource_type = x.target_type AND t.id = x.target_id",
+    )
+    .bind(&rids)
+    .execute(&mut *connection)
+    .await?;
     Ok(())
 }

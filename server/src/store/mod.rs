@@ -17,7 +17,7 @@ mod sqlite;
 
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -547,7 +547,7 @@ impl Store {
         extract: impl Fn(ResourceType, &Value) -> IndexRows,
         mut progress: impl FnMut(u64),
     ) -> anyhow::Result<u64> {
-        const PAGE: &str = "SELECT r.rid, r.resource_type, v.body FROM resources r \
+        const PAGE: &str = "SELECT r.rid, r.resource_type, r.id, v.body FROM resources r \
             JOIN resource_versions v ON v.seq = r.seq \
             WHERE NOT r.deleted AND r.rid > $1 ORDER BY r.rid LIMIT $2";
         let mut after = 0i64;
@@ -557,7 +557,7 @@ impl Store {
                 .query(
                     PAGE,
                     &[Cell::Int(after), Cell::Int(i64::from(batch))],
-                    &[Kind::Int, Kind::Text, Kind::Blob],
+                    &[Kind::Int, Kind::Text, Kind::Text, Kind::Blob],
                 )
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot read resources to reindex: {e:?}"))?;
@@ -566,8 +566,12 @@ impl Store {
             }
             let mut work = Vec::with_capacity(rows.len());
             for row in rows {
-                let [Cell::Int(rid), Cell::Text(rt), Cell::Blob(body)] =
-                    <[Cell; 3]>::try_from(row).map_err(|_| anyhow::anyhow!("unexpected row"))?
+                let [
+                    Cell::Int(rid),
+                    Cell::Text(rt),
+                    Cell::Text(id),
+                    Cell::Blob(body),
+                ] = <[Cell; 4]>::try_from(row).map_err(|_| anyhow::anyhow!("unexpected row"))?
                 else {
                     anyhow::bail!("unexpected row while reindexing");
                 };
@@ -576,7 +580,7 @@ impl Store {
                     .map_err(|_| anyhow::anyhow!("unknown resource type {rt:?} in storage"))?;
                 let value: Value = serde_json::from_slice(&body)
                     .with_context(|| format!("stored {rt} (rid {rid}) is not JSON"))?;
-                work.push((rid, rt, extract(rt, &value)));
+                work.push((rid, rt, id, extract(rt, &value)));
                 after = rid;
             }
             let indexed = u64::try_from(work.len()).unwrap_or(u64::MAX);
@@ -589,9 +593,10 @@ impl Store {
                     let mut tx = pool.begin().await?;
                     let resources: Vec<index::Indexed<'_>> = work
                         .iter()
-                        .map(|(rid, rt, rows)| index::Indexed {
+                        .map(|(rid, rt, id, rows)| index::Indexed {
                             rid: *rid,
                             rt: rt.as_str(),
+                            id,
                             rows,
                             existed: true,
                         })
@@ -782,7 +787,7 @@ impl PreparedOp {
 
     /// The search index rows the write stores: none for a delete.
     fn index(&self) -> &IndexRows {
-        static NONE: std::sync::LazyLock<IndexRows> = std::sync::LazyLock::new(IndexRows::default);
+        static NONE: LazyLock<IndexRows> = LazyLock::new(IndexRows::default);
         match &self.change {
             PreparedChange::Put { index, .. } => index,
             PreparedChange::Delete => &NONE,
@@ -926,6 +931,33 @@ async fn write_postgres_all(
     Ok(written.into_iter().flatten().collect())
 }
 
+/// The versions and current rows of the creates of [`create_postgres`], each taking its lock
+/// (see `index::postgres_lock_key`) for its index rows to see every row that waits for it.
+static CREATE_ALL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH input AS (\
+           SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::bytea[]) \
+           WITH ORDINALITY AS u (resource_type, id, last_updated, method, body, n)), \
+         version AS (\
+           INSERT INTO resource_versions \
+           (resource_type, id, version_id, last_updated, method, body) \
+           SELECT resource_type, id, 1, last_updated, method, body FROM input ORDER BY n \
+           RETURNING seq, resource_type, id), \
+         current AS (\
+           INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, seq) \
+           SELECT i.resource_type, i.id, 1, i.last_updated, FALSE, v.seq FROM input i \
+           JOIN version v ON v.resource_type = i.resource_type AND v.id = i.id ORDER BY i.n \
+           RETURNING seq, rid), \
+         locked AS (\
+           SELECT COUNT(pg_advisory_xact_lock(k)) AS n FROM (\
+             SELECT {key} AS k FROM input ORDER BY k) AS keys) \
+         SELECT i.n, c.seq, c.rid FROM current c JOIN version v ON v.seq = c.seq \
+         JOIN input i ON i.resource_type = v.resource_type AND i.id = v.id \
+         WHERE (SELECT n FROM locked) >= 0",
+        key = index::postgres_lock_key("resource_type", "id")
+    )
+});
+
 /// The creates `creates` of `ops` on PostgreSQL: their versions and current rows in one
 /// statement, their index rows in another.
 async fn create_postgres(
@@ -940,50 +972,34 @@ async fn create_postgres(
             FhirError::Internal(anyhow::anyhow!("a create planned nothing to write"))
         })?);
     }
-    let rows = sqlx::query(
-        "WITH input AS (\
-           SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::bytea[]) \
-           WITH ORDINALITY AS u (resource_type, id, last_updated, method, body, n)), \
-         version AS (\
-           INSERT INTO resource_versions \
-           (resource_type, id, version_id, last_updated, method, body) \
-           SELECT resource_type, id, 1, last_updated, method, body FROM input ORDER BY n \
-           RETURNING seq, resource_type, id), \
-         current AS (\
-           INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, seq) \
-           SELECT i.resource_type, i.id, 1, i.last_updated, FALSE, v.seq FROM input i \
-           JOIN version v ON v.resource_type = i.resource_type AND v.id = i.id ORDER BY i.n \
-           RETURNING seq, rid) \
-         SELECT i.n, c.seq, c.rid FROM current c JOIN version v ON v.seq = c.seq \
-         JOIN input i ON i.resource_type = v.resource_type AND i.id = v.id",
-    )
-    .bind(
-        creates
-            .iter()
-            .map(|&i| ops[i].rt.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        creates
-            .iter()
-            .map(|&i| ops[i].id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(planned.iter().map(|p| p.last_updated.0).collect::<Vec<_>>())
-    .bind(
-        planned
-            .iter()
-            .map(|p| p.method.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        planned
-            .iter()
-            .map(|p| p.body.as_deref().unwrap_or_default())
-            .collect::<Vec<_>>(),
-    )
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = sqlx::query(&CREATE_ALL)
+        .bind(
+            creates
+                .iter()
+                .map(|&i| ops[i].rt.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            creates
+                .iter()
+                .map(|&i| ops[i].id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(planned.iter().map(|p| p.last_updated.0).collect::<Vec<_>>())
+        .bind(
+            planned
+                .iter()
+                .map(|p| p.method.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            planned
+                .iter()
+                .map(|p| p.body.as_deref().unwrap_or_default())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *conn)
+        .await?;
     // `n` counts from 1, in the order of `creates`.
     let mut keys = vec![None; creates.len()];
     for row in rows {
@@ -1004,6 +1020,7 @@ async fn create_postgres(
         .map(|(&i, &(_, rid))| index::Indexed {
             rid,
             rt: ops[i].rt.as_str(),
+            id: &ops[i].id,
             rows: ops[i].index(),
             existed: false,
         })
@@ -1015,6 +1032,32 @@ async fn create_postgres(
         .map(|(planned, (&i, (seq, _)))| planned.into_written(ops[i].rt, &ops[i].id, seq))
         .collect())
 }
+
+/// The version and the current row of a write on PostgreSQL, from `FROM version` on.
+fn write_current(from: &str) -> String {
+    format!(
+        "WITH version AS (\
+           INSERT INTO resource_versions \
+           (resource_type, id, version_id, last_updated, method, body) \
+           VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq) \
+         INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, seq) \
+         SELECT $1, $2, $3, $4, $7, seq FROM {from} \
+         ON CONFLICT (resource_type, id) DO UPDATE SET version_id = EXCLUDED.version_id, \
+           last_updated = EXCLUDED.last_updated, deleted = EXCLUDED.deleted, seq = EXCLUDED.seq \
+         RETURNING seq, rid"
+    )
+}
+
+/// [`write_current`] of a resource that exists.
+static WRITE_CURRENT: LazyLock<String> = LazyLock::new(|| write_current("version"));
+
+/// [`write_current`] of a resource new to the database, with its lock.
+static CREATE_CURRENT: LazyLock<String> = LazyLock::new(|| {
+    write_current(&format!(
+        "version, (SELECT pg_advisory_xact_lock({})) AS locked",
+        index::postgres_lock_key("$1::text", "$2::text")
+    ))
+});
 
 /// A write on PostgreSQL, inside the caller's transaction.
 async fn write_postgres(conn: &mut PgConnection, op: &PreparedOp) -> Result<Written, FhirError> {
@@ -1042,38 +1085,35 @@ async fn write_postgres(conn: &mut PgConnection, op: &PreparedOp) -> Result<Writ
     let Some(planned) = plan_write(op, current)? else {
         return Ok(Written::NothingToDelete);
     };
-    // One round trip for the version and the current row, one for the index rows.
-    let row = sqlx::query(
-        "WITH version AS (\
-           INSERT INTO resource_versions \
-           (resource_type, id, version_id, last_updated, method, body) \
-           VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq) \
-         INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, seq) \
-         SELECT $1, $2, $3, $4, $7, seq FROM version \
-         ON CONFLICT (resource_type, id) DO UPDATE SET version_id = EXCLUDED.version_id, \
-           last_updated = EXCLUDED.last_updated, deleted = EXCLUDED.deleted, seq = EXCLUDED.seq \
-         RETURNING seq, rid",
-    )
-    .bind(rt.as_str())
-    .bind(id)
-    .bind(planned.version_id)
-    .bind(planned.last_updated.0)
-    .bind(planned.method.as_str())
-    .bind(planned.body.as_deref())
-    .bind(planned.body.is_none())
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(|e| match precondition {
-        Precondition::Absent if is_unique_violation(&e) => {
-            FhirError::Conflict(format!("{rt}/{id} already exists"))
-        }
-        _ => conflict_on_unique(e, rt, id),
-    })?;
+    // One round trip for the version and the current row, one for the index rows. A resource
+    // new to the database takes its lock (see `index::postgres_lock_key`) as it is written.
+    let sql = if current.is_some() {
+        &*WRITE_CURRENT
+    } else {
+        &*CREATE_CURRENT
+    };
+    let row = sqlx::query(sql)
+        .bind(rt.as_str())
+        .bind(id)
+        .bind(planned.version_id)
+        .bind(planned.last_updated.0)
+        .bind(planned.method.as_str())
+        .bind(planned.body.as_deref())
+        .bind(planned.body.is_none())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| match precondition {
+            Precondition::Absent if is_unique_violation(&e) => {
+                FhirError::Conflict(format!("{rt}/{id} already exists"))
+            }
+            _ => conflict_on_unique(e, rt, id),
+        })?;
     let seq: i64 = row.try_get(0)?;
     let rid: i64 = row.try_get(1)?;
     let indexed = index::Indexed {
         rid,
         rt: rt.as_str(),
+        id,
         rows: op.index(),
         existed: current.is_some(),
     };

@@ -257,6 +257,9 @@ fn write_one(connection: &Connection, op: &PreparedOp) -> Result<Written, FhirEr
             }),
     }
     .map_err(|e| conflict_on_constraint(e, rt, id))?;
+    if current.is_none() {
+        super::index::fill_in_sqlite(connection, rid, rt.as_str(), id).map_err(internal)?;
+    }
     super::index::replace_sqlite(connection, rid, rt.as_str(), op.index(), current.is_some())
         .map_err(internal)?;
     Ok(planned.into_written(rt, id, seq))
@@ -332,14 +335,14 @@ fn spawn_checkpointer(path: &Path) -> anyhow::Result<Checkpointer> {
 /// its own (`telemed reindex` runs beside or instead of a server; SQLite serialises writers).
 pub(super) fn reindex(
     path: &Path,
-    work: &[(i64, ResourceType, crate::search::index::IndexRows)],
+    work: &[(i64, ResourceType, String, crate::search::index::IndexRows)],
 ) -> anyhow::Result<()> {
     let mut connection = Connection::open(path)?;
     connection.busy_timeout(Duration::from_secs(30))?;
     connection.pragma_update(None, "synchronous", "FULL")?;
     tune(&connection)?;
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    for (rid, rt, rows) in work {
+    for (rid, rt, _, rows) in work {
         super::index::replace_sqlite(&tx, *rid, rt.as_str(), rows, true)?;
     }
     tx.commit()?;

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use telemed_server::audit::{Verified, verify};
 use telemed_server::store::Store;
-use telemed_tests::{TestApp, id_of, search, spawn_app};
+use telemed_tests::{TestApp, id_of, post_bundle, search, spawn_app};
 
 /// The AuditEvents of `GET AuditEvent?{query}`.
 async fn audit_events(app: &TestApp, query: &str) -> Vec<Value> {
@@ -161,14 +161,7 @@ async fn the_audit_trail_cannot_be_written() {
         "type": "transaction",
         "entry": [{"resource": event, "request": {"method": "POST", "url": "AuditEvent"}}],
     });
-    let response = app
-        .client
-        .post(&app.base)
-        .header("content-type", "application/fhir+json")
-        .body(bundle.to_string())
-        .send()
-        .await
-        .expect("sent");
+    let response = post_bundle(&app, &bundle).await;
     assert_eq!(response.status(), 405);
     assert_eq!(app.read_json("AuditEvent", &id).await, some[0]);
 }

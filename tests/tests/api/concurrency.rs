@@ -2,7 +2,7 @@
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use telemed_tests::spawn_app;
+use telemed_tests::{get_url, link, spawn_app};
 
 const WRITERS: usize = 20;
 
@@ -180,4 +180,71 @@ async fn racing_patches_lose_nothing() {
         Some(1 + successes),
         "{read}"
     );
+}
+
+/// A reference written while the resource it names is being created, each by its own request
+/// at the same moment, is followed by a chain all the same, however the two interleave: no
+/// reference is left not knowing where it leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn references_raced_with_the_creation_of_their_targets_are_followed() {
+    const PAIRS: usize = 60;
+    let app = spawn_app().await;
+    let put = |resource: Value| {
+        let path = format!(
+            "{}/{}",
+            resource["resourceType"].as_str().unwrap_or_default(),
+            resource["id"].as_str().unwrap_or_default()
+        );
+        app.request(Method::PUT, &path)
+            .header("content-type", "application/fhir+json")
+            .body(resource.to_string())
+    };
+    let mut tasks = Vec::new();
+    for i in 0..PAIRS {
+        let encounter = json!({"resourceType": "Encounter", "id": format!("raced-{i}"),
+            "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "VR"},
+            "subject": {"reference": format!("Patient/raced-{i}")}});
+        let patient = json!({"resourceType": "Patient", "id": format!("raced-{i}"),
+                             "name": [{"family": "Raced"}]});
+        // The two in either order, so that each side is sometimes first.
+        let (first, second) = if i % 2 == 0 {
+            (encounter, patient)
+        } else {
+            (patient, encounter)
+        };
+        for request in [put(first), put(second)] {
+            tasks.push(tokio::spawn(async move {
+                request.send().await.expect("sent").status().as_u16()
+            }));
+        }
+    }
+    for task in tasks {
+        assert_eq!(task.await.expect("task"), 201);
+    }
+    let mut found = Vec::new();
+    let mut url = format!(
+        "{}/Encounter?subject:Patient.family=raced&_count=100&_elements=id",
+        app.base
+    );
+    loop {
+        let (status, bundle) = get_url(&app, &url).await;
+        assert_eq!(status, 200, "{bundle}");
+        for entry in bundle["entry"].as_array().into_iter().flatten() {
+            found.push(
+                entry["resource"]["id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+        match link(&bundle, "next") {
+            Some(next) => url = next.to_owned(),
+            None => break,
+        }
+    }
+    found.sort();
+    let mut expected: Vec<String> = (0..PAIRS).map(|i| format!("raced-{i}")).collect();
+    expected.sort();
+    assert_eq!(found, expected);
 }

@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use telemed_tests::{
     TestApp, assert_operation_outcome, entries, get_url, id_of, included, key, keys, link, matches,
-    matches_in_order, search, search_error, search_ids, spawn_app,
+    matches_in_order, post_bundle, search, search_error, search_ids, spawn_app,
 };
 
 const MRN: &str = "http://example.org/mrn";
@@ -2029,6 +2029,63 @@ async fn has_matches_resources_referred_to_by_matching_resources() {
         .await,
         keys(&[&anna])
     );
+}
+
+/// A reference may be written before the resource it names exists. Chains and `_has` follow it
+/// once that resource is created, whether later, or later in the same transaction, and again
+/// after it is deleted and created anew.
+#[tokio::test]
+async fn chains_and_has_follow_references_written_before_what_they_name() {
+    let app = spawn_app().await;
+    let coded = observation(json!({"subject": {"reference": "Patient/later"},
+                                   "code": {"coding": [{"system": LOINC, "code": "1234-5"}]}}));
+    let observation = app.created(&coded).await;
+    let chain = "Observation?subject:Patient.general-practitioner:Practitioner.family=late";
+    let has = format!("Patient?_has:Observation:patient:code={LOINC}|1234-5");
+    assert_eq!(search_ids(&app, chain).await, Vec::<String>::new());
+    // The patient, then its practitioner, in one transaction.
+    let put = |resource: Value| {
+        let url = format!(
+            "{}/{}",
+            resource["resourceType"].as_str().unwrap_or_default(),
+            resource["id"].as_str().unwrap_or_default()
+        );
+        json!({"resource": resource, "request": {"method": "PUT", "url": url}})
+    };
+    let doctor = json!({"resourceType": "Practitioner", "id": "late-doctor",
+                        "name": [{"family": "Late"}]});
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        put(patient(json!({"id": "later",
+                           "generalPractitioner": [{"reference": "Practitioner/late-doctor"}]}))),
+        put(doctor.clone()),
+    ]});
+    let response = post_bundle(&app, &bundle).await;
+    assert_eq!(
+        response.status(),
+        200,
+        "{}",
+        response.text().await.unwrap_or_default()
+    );
+    assert_eq!(search_ids(&app, chain).await, keys(&[&observation]));
+    assert_eq!(
+        search_ids(&app, &has).await,
+        vec!["Patient/later".to_owned()]
+    );
+    assert_eq!(
+        search_ids(
+            &app,
+            "Practitioner?_has:Patient:general-practitioner:_id=later"
+        )
+        .await,
+        vec!["Practitioner/late-doctor".to_owned()]
+    );
+    assert_eq!(
+        app.delete("Practitioner", "late-doctor").await.status(),
+        200
+    );
+    assert_eq!(search_ids(&app, chain).await, Vec::<String>::new());
+    assert_eq!(app.update(&doctor).await.status(), 201);
+    assert_eq!(search_ids(&app, chain).await, keys(&[&observation]));
 }
 
 // ---------------------------------------------------------------------------------------------
