@@ -179,7 +179,9 @@ pub(super) async fn replace_postgres(
         .filter(|r| r.existed)
         .map(|r| r.rid)
         .collect();
-    if deleted.is_empty() && resources.iter().all(|r| r.existed && r.rows.is_empty()) {
+    // A resource that existed has rows to delete, and a new one may have rows waiting for it:
+    // every resource here gives the statement work.
+    if resources.is_empty() {
         return Ok(());
     }
     let mut parts: Vec<String> = Vec::new();

@@ -932,7 +932,10 @@ async fn write_postgres_all(
 }
 
 /// The versions and current rows of the creates of [`create_postgres`], each taking its lock
-/// (see `index::postgres_lock_key`) for its index rows to see every row that waits for it.
+/// (see `index::postgres_lock_key`) for its index rows to see every row that waits for it. The
+/// locks are taken in one order, so that two such transactions cannot deadlock; the final
+/// `WHERE` reads the `locked` query because PostgreSQL runs a plain `SELECT` in `WITH` only
+/// when something reads it.
 static CREATE_ALL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH input AS (\
