@@ -6,22 +6,24 @@
 //! through a channel.
 
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
+use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::debug;
 
 use crate::ice::IceConfig;
-use crate::sfu::stats::RoomStats;
+use crate::sfu::stats::{DelayHistogram, RoomStats};
 use crate::sfu::{ConnId, Output, RoomEvent, Sfu, SfuConfig};
 use crate::signaling::ServerMessage;
 use crate::token::MediaTokenKey;
@@ -37,6 +39,15 @@ const METRICS_REFRESH: Duration = Duration::from_secs(1);
 const PING_INTERVAL: Duration = Duration::from_secs(20);
 /// Largest UDP datagram read.
 const DATAGRAM_MAX: usize = 2048;
+/// Datagrams read by one system call (`recvmmsg`). All of them are handled before what they
+/// produce is sent, so a larger batch saves system calls but holds the first datagram's
+/// forwarding back while the others are handled.
+const RECV_BATCH: usize = 8;
+/// A receive slot when the kernel may coalesce datagrams of one sender (UDP GRO): the largest
+/// UDP payload.
+const GRO_SLOT: usize = 65_535;
+/// Largest train of datagrams handed to the kernel in one send (UDP GSO), in bytes.
+const GSO_MAX_BYTES: usize = 60_000;
 
 /// Configuration of the media server.
 pub struct MediaConfig {
@@ -90,6 +101,9 @@ enum Command {
         encounter: String,
         reply: oneshot::Sender<()>,
     },
+    ForwardDelay {
+        reply: oneshot::Sender<DelayHistogram>,
+    },
 }
 
 /// A running media server. Cloning it gives another handle to the same server; the server
@@ -138,9 +152,21 @@ impl MediaServer {
         let (commands, rx) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let metrics = Arc::new(Mutex::new(String::new()));
+        let udp = UdpSocketState::new(UdpSockRef::from(&socket))?;
+        let slot = if udp.gro_segments() > 1 {
+            GRO_SLOT
+        } else {
+            DATAGRAM_MAX
+        };
         let task = Driver {
             sfu,
             socket,
+            udp,
+            slot,
+            recv_buf: vec![0; slot * RECV_BATCH],
+            metas: [RecvMeta::default(); RECV_BATCH],
+            sends: Vec::new(),
+            send_buf: Vec::new(),
             commands: rx,
             conns: HashMap::new(),
             events: events.clone(),
@@ -193,6 +219,22 @@ impl MediaServer {
             })
             .ok()?;
         rx.await.ok().flatten()
+    }
+
+    /// Forwarding delays since the server started: from a media packet's arrival at the host
+    /// (the kernel's receive timestamp) to the send of each forwarded copy. Subtract an
+    /// earlier copy ([`DelayHistogram::since`]) for a window.
+    pub async fn forward_delay(&self) -> DelayHistogram {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .inner
+            .commands
+            .send(Command::ForwardDelay { reply })
+            .is_err()
+        {
+            return DelayHistogram::default();
+        }
+        rx.await.unwrap_or_default()
     }
 
     /// Prometheus text exposition of the server (refreshed every second).
@@ -282,6 +324,18 @@ async fn run_socket(server: MediaServer, mut socket: WebSocket) {
 struct Driver {
     sfu: Sfu,
     socket: UdpSocket,
+    /// Batched I/O on `socket`: `recvmmsg`, GRO and GSO where the kernel has them.
+    udp: UdpSocketState,
+    /// Bytes per receive slot.
+    slot: usize,
+    /// `RECV_BATCH` receive slots.
+    recv_buf: Vec<u8>,
+    metas: [RecvMeta; RECV_BATCH],
+    /// Datagrams to send once the core has nothing more to say, with the arrival of the media
+    /// each forwards.
+    sends: Vec<(SocketAddr, Vec<u8>, Option<Instant>)>,
+    /// A train of datagrams for one GSO send.
+    send_buf: Vec<u8>,
     commands: mpsc::UnboundedReceiver<Command>,
     conns: HashMap<ConnId, mpsc::UnboundedSender<Option<ServerMessage>>>,
     events: broadcast::Sender<RoomEvent>,
@@ -291,7 +345,7 @@ struct Driver {
 
 impl Driver {
     async fn run(mut self) {
-        let mut buf = vec![0u8; DATAGRAM_MAX];
+        let mut timer = Box::pin(tokio::time::sleep_until(self.next_metrics.into()));
         loop {
             self.flush().await;
             let now = Instant::now();
@@ -302,25 +356,73 @@ impl Driver {
                     *m = text;
                 }
             }
-            let deadline = self.sfu.poll_timeout().min(self.next_metrics);
+            // One timer, moved only when the deadline changes, rather than a new one registered
+            // on every turn.
+            let deadline =
+                tokio::time::Instant::from_std(self.sfu.poll_timeout().min(self.next_metrics));
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             tokio::select! {
-                r = self.socket.recv_from(&mut buf) => match r {
-                    Ok((n, source)) => {
-                        if let Some(data) = buf.get(..n) {
-                            self.sfu.handle_udp(Instant::now(), source, data);
-                        }
-                    }
-                    // ICMP errors from a peer that went away surface here on some systems.
-                    Err(e) => debug!("udp receive: {e}"),
+                ready = self.socket.readable() => match ready {
+                    Ok(()) => self.receive(),
+                    Err(e) => debug!("udp socket: {e}"),
                 },
                 cmd = self.commands.recv() => match cmd {
                     Some(cmd) => self.command(cmd),
                     // Every handle is gone: stop.
                     None => return,
                 },
-                () = tokio::time::sleep_until(deadline.into()) => {
+                () = &mut timer => {
                     self.sfu.handle_timeout(Instant::now());
                 }
+            }
+        }
+    }
+
+    /// Read one batch of datagrams and hand each to the core.
+    fn receive(&mut self) {
+        let Driver {
+            sfu,
+            socket,
+            udp,
+            slot,
+            recv_buf,
+            metas,
+            ..
+        } = self;
+        let mut slots: Vec<IoSliceMut<'_>> =
+            recv_buf.chunks_mut(*slot).map(IoSliceMut::new).collect();
+        let got = socket.try_io(Interest::READABLE, || {
+            udp.recv(UdpSockRef::from(&*socket), &mut slots, metas)
+        });
+        drop(slots);
+        let n = match got {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            // ICMP errors from a peer that went away surface here on some systems.
+            Err(e) => {
+                debug!("udp receive: {e}");
+                return;
+            }
+        };
+        let now = Instant::now();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        for (meta, buf) in metas.iter().take(n).zip(recv_buf.chunks(*slot)) {
+            let Some(data) = buf.get(..meta.len) else {
+                continue;
+            };
+            // The kernel's receive timestamp (wall clock) as an `Instant`: the time the
+            // datagram waited in the socket counts as the server's.
+            let received = meta
+                .timestamp
+                .and_then(|at| now.checked_sub(wall.saturating_sub(at)))
+                .unwrap_or(now);
+            // Datagrams the kernel coalesced (GRO) are `stride` bytes apart.
+            for datagram in data.chunks(meta.stride.max(1)) {
+                sfu.handle_udp(now, received, meta.addr, datagram);
             }
         }
     }
@@ -346,6 +448,9 @@ impl Driver {
                 self.sfu.close_room(now, &encounter);
                 let _ = reply.send(());
             }
+            Command::ForwardDelay { reply } => {
+                let _ = reply.send(self.sfu.forward_delay().clone());
+            }
         }
     }
 
@@ -355,18 +460,8 @@ impl Driver {
                 Output::Transmit {
                     destination,
                     contents,
-                } => {
-                    // Try without waiting first: the socket is almost always writable.
-                    match self.socket.try_send_to(&contents, destination) {
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            if let Err(e) = self.socket.send_to(&contents, destination).await {
-                                debug!(%destination, "udp send: {e}");
-                            }
-                        }
-                        Err(e) => debug!(%destination, "udp send: {e}"),
-                    }
-                }
+                    forwards,
+                } => self.sends.push((destination, contents, forwards)),
                 Output::Signal { conn, msg } => {
                     if let Some(tx) = self.conns.get(&conn) {
                         let _ = tx.send(Some(msg));
@@ -382,6 +477,100 @@ impl Driver {
                     if self.events.send(e).is_err() {
                         debug!("room event without subscribers");
                     }
+                }
+            }
+        }
+        self.send_all().await;
+    }
+
+    /// Send the queued datagrams. Datagrams to one peer keep their order (datagrams to
+    /// different peers need none); a run of them of one size (the last may be shorter) leaves
+    /// in one system call where the kernel can segment it (UDP GSO).
+    async fn send_all(&mut self) {
+        if self.sends.is_empty() {
+            return;
+        }
+        let mut sends = std::mem::take(&mut self.sends);
+        sends.sort_by_key(|(destination, _, _)| *destination);
+        let max_segments = self.udp.max_gso_segments().max(1);
+        let mut rest = sends.as_slice();
+        while let Some(((destination, first, _), _)) = rest.split_first() {
+            let size = first.len();
+            let mut bytes = size;
+            let mut run = 1;
+            while let Some((d, next, _)) = rest.get(run) {
+                let previous_full = rest.get(run - 1).is_some_and(|(_, p, _)| p.len() == size);
+                if d != destination
+                    || !previous_full
+                    || next.len() > size
+                    || next.is_empty()
+                    || run >= max_segments
+                    || bytes + next.len() > GSO_MAX_BYTES
+                {
+                    break;
+                }
+                bytes += next.len();
+                run += 1;
+            }
+            let (train, after) = rest.split_at(run);
+            rest = after;
+            if run == 1 {
+                self.send(*destination, first, None).await;
+            } else {
+                self.send_buf.clear();
+                for (_, datagram, _) in train {
+                    self.send_buf.extend_from_slice(datagram);
+                }
+                let contents = std::mem::take(&mut self.send_buf);
+                if !self.send(*destination, &contents, Some(size)).await {
+                    // The kernel refused the train (a device without segmentation offload
+                    // turns it off for later sends): send its datagrams one by one.
+                    for (_, datagram, _) in train {
+                        self.send(*destination, datagram, None).await;
+                    }
+                }
+                self.send_buf = contents;
+            }
+            let sent = Instant::now();
+            for at in train.iter().filter_map(|(_, _, forwards)| *forwards) {
+                self.sfu
+                    .record_forward_delay(sent.saturating_duration_since(at));
+            }
+        }
+        sends.clear();
+        self.sends = sends;
+    }
+
+    /// Send one datagram, or a train of `segment_size` datagrams, waiting while the socket's
+    /// buffer is full. False when the kernel refused it.
+    async fn send(
+        &self,
+        destination: SocketAddr,
+        contents: &[u8],
+        segment_size: Option<usize>,
+    ) -> bool {
+        let transmit = Transmit {
+            destination,
+            ecn: None,
+            contents,
+            segment_size,
+            src_ip: None,
+        };
+        loop {
+            // Try without waiting first: the socket is almost always writable.
+            match self.socket.try_io(Interest::WRITABLE, || {
+                self.udp.try_send(UdpSockRef::from(&self.socket), &transmit)
+            }) {
+                Ok(()) => return true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = self.socket.writable().await {
+                        debug!(%destination, "udp send: {e}");
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    debug!(%destination, "udp send: {e}");
+                    return false;
                 }
             }
         }

@@ -230,6 +230,29 @@ async fn audio_flows_over_loopback_and_the_owner_sees_the_room() {
     .await;
     assert!(metrics.contains("# TYPE media_rooms gauge"), "{metrics}");
 
+    // Every packet bob received left the server's socket with a measured forwarding delay,
+    // short on an idle loopback.
+    let received = bob.lock().expect("lock").rtp_packets;
+    let delay = server.media.forward_delay().await;
+    assert!(
+        delay.count() >= received,
+        "{} delays for {received} packets",
+        delay.count()
+    );
+    assert!(
+        delay.quantile(0.5) < Duration::from_millis(100),
+        "{:?}",
+        delay.quantile(0.5)
+    );
+    wait_for("the delay in the metrics", || {
+        server
+            .media
+            .metrics_text()
+            .lines()
+            .any(|l| l.starts_with("media_forward_delay_seconds_count ") && !l.ends_with(" 0"))
+    })
+    .await;
+
     server.media.close_room("enc-9").await;
     wait_for("both are told", || {
         [&alice, &bob].iter().all(|c| {

@@ -91,13 +91,25 @@ fn server(args: &[String]) -> anyhow::Result<()> {
         tokio::spawn(async move { axum::serve(listener, app).await });
         println!("ADDR ws://{http}/media/signal {}", media.udp_addr());
         std::io::stdout().flush()?;
-        // Commands on stdin: `sample` prints CPU and memory; end of input stops the server.
+        // Commands on stdin: `sample` prints CPU, memory and the forwarding delays since the
+        // previous sample; end of input stops the server.
         let mut lines =
             tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
+        let mut previous = media.forward_delay().await;
         while let Some(line) = lines.next_line().await? {
             if line.trim() == "sample" {
                 let (cpu, rss) = self_usage()?;
-                println!("SAMPLE {cpu} {rss}");
+                let delays = media.forward_delay().await;
+                let window = delays.since(&previous);
+                previous = delays;
+                let us = |q: f64| window.quantile(q).as_micros();
+                println!(
+                    "SAMPLE {cpu} {rss} {} {} {} {}",
+                    window.count(),
+                    us(0.5),
+                    us(0.99),
+                    us(1.0)
+                );
                 std::io::stdout().flush()?;
             }
         }
@@ -244,14 +256,21 @@ impl Proc {
         }
     }
 
-    fn sample(&mut self) -> anyhow::Result<(f64, u64)> {
+    /// The server's CPU seconds, resident KiB, and the forwarding delays since the previous
+    /// sample: count, p50, p99 and max in microseconds.
+    fn sample(&mut self) -> anyhow::Result<(f64, u64, [u64; 4])> {
         let stdin = self.stdin.as_mut().context("stdin")?;
         writeln!(stdin, "sample")?;
         stdin.flush()?;
         let words = self.expect("SAMPLE")?;
+        let mut delays = [0; 4];
+        for (i, d) in delays.iter_mut().enumerate() {
+            *d = words.get(2 + i).context("delays")?.parse()?;
+        }
         Ok((
             words.first().context("cpu")?.parse()?,
             words.get(1).context("rss")?.parse()?,
+            delays,
         ))
     }
 }
@@ -278,6 +297,10 @@ struct Row {
     p50_us: f64,
     p99_us: f64,
     max_us: f64,
+    /// Through the server alone: kernel receive timestamp to the forwarded copy's send.
+    sfu_p50_us: u64,
+    sfu_p99_us: u64,
+    sfu_max_us: u64,
     kib_per_participant: f64,
 }
 
@@ -299,7 +322,7 @@ fn orchestrate(args: &[String]) -> anyhow::Result<()> {
         let addr = server.expect("ADDR")?;
         let url = addr.first().context("url")?.clone();
         let _udp: SocketAddr = addr.get(1).context("udp")?.parse()?;
-        let (_, rss_idle) = server.sample()?;
+        let (_, rss_idle, _) = server.sample()?;
         let mut gen_args = vec![
             "--loadgen".into(),
             "--url".into(),
@@ -318,10 +341,10 @@ fn orchestrate(args: &[String]) -> anyhow::Result<()> {
         }
         let mut load = Proc::spawn(&gen_args)?;
         load.expect("MEASURE_START")?;
-        let (cpu0, rss_loaded) = server.sample()?;
+        let (cpu0, rss_loaded, _) = server.sample()?;
         let t0 = Instant::now();
         load.expect("MEASURE_END")?;
-        let (cpu1, _) = server.sample()?;
+        let (cpu1, _, [_, sfu_p50, sfu_p99, sfu_max]) = server.sample()?;
         let wall = t0.elapsed().as_secs_f64();
         let r = load.expect("RESULT")?;
         let num = |i: usize| -> anyhow::Result<f64> {
@@ -362,6 +385,9 @@ fn orchestrate(args: &[String]) -> anyhow::Result<()> {
             p50_us: num(7)?,
             p99_us: num(8)?,
             max_us: num(9)?,
+            sfu_p50_us: sfu_p50,
+            sfu_p99_us: sfu_p99,
+            sfu_max_us: sfu_max,
             kib_per_participant: rss_loaded.saturating_sub(rss_idle) as f64 / clients,
         });
         drop(load);
@@ -369,7 +395,7 @@ fn orchestrate(args: &[String]) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "{:>5} {:>9} {:>10} {:>6} {:>10} {:>9} {:>8} {:>14} {:>11} {:>8} {:>8} {:>8} {:>10}",
+        "{:>5} {:>9} {:>10} {:>6} {:>10} {:>9} {:>8} {:>14} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
         "rooms",
         "receiving",
         "sent pkt/s",
@@ -379,14 +405,17 @@ fn orchestrate(args: &[String]) -> anyhow::Result<()> {
         "SFU CPU",
         "CPU/stream",
         "visits/core",
-        "p50 us",
-        "p99 us",
-        "max us",
+        "e2e p50",
+        "e2e p99",
+        "e2e max",
+        "SFU p50",
+        "SFU p99",
+        "SFU max",
         "KiB/part."
     );
     for r in &rows {
         println!(
-            "{:>5} {:>9} {:>10.0} {:>5.0}% {:>10.0} {:>9.1} {:>7.1}% {:>11.1} us/s {:>11.0} {:>8.0} {:>8.0} {:>8.0} {:>10.0}",
+            "{:>5} {:>9} {:>10.0} {:>5.0}% {:>10.0} {:>9.1} {:>7.1}% {:>11.1} us/s {:>11.0} {:>8.0} {:>8.0} {:>8.0} {:>8} {:>8} {:>8} {:>10.0}",
             r.rooms,
             r.connected,
             r.sent_pps,
@@ -399,12 +428,18 @@ fn orchestrate(args: &[String]) -> anyhow::Result<()> {
             r.p50_us,
             r.p99_us,
             r.max_us,
+            r.sfu_p50_us,
+            r.sfu_p99_us,
+            r.sfu_max_us,
             r.kib_per_participant,
         );
     }
     println!(
-        "\nDelay: publisher's clock before its stack to the receiver's kernel timestamp, through \
-         two loopback hops and the SFU. CPU/stream: server CPU time per second per forwarded \
+        "\nDelays in microseconds. e2e: publisher's clock before its stack to the receiver's \
+         kernel timestamp, through two loopback hops, the SFU and the scheduling of both \
+         processes on shared cores. SFU: the server's own added delay, from the kernel's receive \
+         timestamp of a media packet to the send of each forwarded copy (str0m's pacer \
+         included), at 6% resolution. CPU/stream: server CPU time per second per forwarded \
          stream (4 per room). visits/core: rooms / server CPU share (the server runs on one \
          thread). \"of due\": packets sent over what the clients should send (below 100% the \
          load generator did not keep up; with --pause-unneeded it is lower by design)."

@@ -37,7 +37,7 @@ use crate::token::{MediaClaims, MediaTokenKey, Role, TokenError};
 
 use forward::{Decision, Forwarder, LayerFrames, PacketMeta, Request};
 use layers::{Allocator, TrackNeed};
-use stats::{ParticipantStats, RateMeter, RoomStats, Totals};
+use stats::{DelayHistogram, ParticipantStats, RateMeter, RoomStats, Totals};
 
 /// How often the core looks at rooms, layers and timers when nothing else happens.
 const TICK: Duration = Duration::from_millis(250);
@@ -55,9 +55,18 @@ const NOMINAL_AUDIO_BPS: u64 = 40_000;
 const PLI_INTERVAL: Duration = Duration::from_millis(300);
 /// The BWE starts from this estimate: enough for the lowest layer, under the highest.
 const INITIAL_ESTIMATE: Bitrate = Bitrate::kbps(800);
+/// Packets a receiver's `Rtc` may hold (its pacer queue) that are followed for the
+/// forwarding delay, and for how long; the rest are forgotten (str0m drops what waits too
+/// long, and a paused stream drops what it is given).
+const IN_FLIGHT_MAX: usize = 512;
+const IN_FLIGHT_MAX_AGE: Duration = Duration::from_secs(3);
 /// RTP header extension id of frame marking in the server's offers (the ids str0m uses by
 /// default are 1-4, 10, 11 and 13).
 const FRAME_MARKING_EXT_ID: u8 = 9;
+/// Timers of one `Rtc` already due that a drain runs in place before it leaves the rest to
+/// [`Sfu::handle_timeout`] (str0m's pacer asks for an immediate timeout after each packet it
+/// releases, so a video frame of several packets needs as many rounds).
+const DUE_ROUNDS_PER_DRAIN: u32 = 64;
 
 /// Identifies a signaling connection (one WebSocket) to the core.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -167,6 +176,10 @@ pub enum Output {
         destination: SocketAddr,
         /// The datagram.
         contents: Vec<u8>,
+        /// When the media packet this datagram forwards reached the host (`received` of
+        /// [`Sfu::handle_udp`]); `None` for anything else (RTCP, STUN, DTLS, retransmissions).
+        /// The driver reports the time to the send as the forwarding delay.
+        forwards: Option<Instant>,
     },
     /// Send a message on a signaling connection.
     Signal {
@@ -278,6 +291,9 @@ struct Peer {
     stats: ParticipantStats,
     rate_in: RateMeter,
     rate_out: RateMeter,
+    /// Packets written to this receiver's `Rtc` and not yet seen leaving it: (SSRC, sequence
+    /// number, arrival of the media), oldest first.
+    in_flight: VecDeque<(u32, u16, Instant)>,
 }
 
 /// A room: the participants of one Encounter.
@@ -311,11 +327,14 @@ pub struct Sfu {
     next_key: u64,
     next_tick: Instant,
     totals: Totals,
+    forward_delay: DelayHistogram,
     /// Every participant's next `Rtc` timeout, ordered: the driver asks for the earliest after
     /// every input, and a scan of all participants there would cost O(participants) per packet.
     timers: BTreeSet<(Instant, PeerKey)>,
     /// Reused list of a packet's receivers (no allocation per forwarded packet).
     scratch: Vec<PeerKey>,
+    /// When the datagram being handled reached the host, inside [`Sfu::handle_udp`].
+    received: Option<Instant>,
 }
 
 impl Sfu {
@@ -334,8 +353,10 @@ impl Sfu {
             next_key: 1,
             next_tick: now + TICK,
             totals: Totals::default(),
+            forward_delay: DelayHistogram::default(),
             timers: BTreeSet::new(),
             scratch: Vec::new(),
+            received: None,
         }
     }
 
@@ -572,6 +593,7 @@ impl Sfu {
             stats: ParticipantStats::new(claims.participant.clone(), claims.role),
             rate_in: RateMeter::default(),
             rate_out: RateMeter::default(),
+            in_flight: VecDeque::new(),
         };
         self.peers.insert(k, peer);
         self.timers.insert((now, k));
@@ -1039,8 +1061,16 @@ impl Sfu {
 
     // ------------------------------------------------------------------- media
 
-    /// A datagram that arrived on the server's UDP socket from `source`.
-    pub fn handle_udp(&mut self, now: Instant, source: SocketAddr, contents: &[u8]) {
+    /// A datagram that arrived on the server's UDP socket from `source`. `received` is when it
+    /// reached the host (the kernel's receive timestamp, where the driver has one; else `now`):
+    /// the forwarding delay of the media it carries counts from there.
+    pub fn handle_udp(
+        &mut self,
+        now: Instant,
+        received: Instant,
+        source: SocketAddr,
+        contents: &[u8],
+    ) {
         let len = contents.len();
         let first_byte = contents.first().copied().unwrap_or(u8::MAX);
         let Ok(contents) = contents.try_into() else {
@@ -1090,7 +1120,9 @@ impl Sfu {
             debug!(participant = %peer.participant, "input refused: {e}");
         }
         self.drain(now, k);
+        self.received = Some(received.min(now));
         self.process_events(now);
+        self.received = None;
     }
 
     /// Drive timers: participants' `Rtc`s, layer choice, idle rooms, silent participants.
@@ -1116,13 +1148,22 @@ impl Sfu {
         }
     }
 
-    /// Drain an `Rtc` to its timeout: datagrams go out, events are queued.
+    /// Drain an `Rtc` to its next timeout: datagrams go out, events are queued. Timers that
+    /// are already due run here, so a frame the pacer releases packet by packet leaves in one
+    /// go rather than one packet per turn of the driver.
     fn drain(&mut self, now: Instant, k: PeerKey) {
         let Some(peer) = self.peers.get_mut(&k) else {
             return;
         };
+        let mut due_rounds = 0;
         loop {
             match peer.rtc.poll_output() {
+                Ok(RtcOutput::Timeout(t)) if t <= now && due_rounds < DUE_ROUNDS_PER_DRAIN => {
+                    due_rounds += 1;
+                    if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                        debug!(participant = %peer.participant, "timeout: {e}");
+                    }
+                }
                 Ok(RtcOutput::Timeout(t)) => {
                     retime(&mut self.timers, k, &mut peer.rtc_timeout, t);
                     break;
@@ -1130,9 +1171,17 @@ impl Sfu {
                 Ok(RtcOutput::Transmit(t)) => {
                     peer.rate_out.add(now, t.contents.len());
                     peer.stats.bytes_out += t.contents.len() as u64;
+                    let forwards = rtp_id(&t.contents).and_then(|(ssrc, seq)| {
+                        let i = peer
+                            .in_flight
+                            .iter()
+                            .position(|(s, q, _)| *s == ssrc && *q == seq)?;
+                        peer.in_flight.remove(i).map(|(_, _, at)| at)
+                    });
                     self.out.push_back(Output::Transmit {
                         destination: t.destination,
                         contents: t.contents.into(),
+                        forwards,
                     });
                 }
                 Ok(RtcOutput::Event(e)) => self.events.push_back((k, e)),
@@ -1289,7 +1338,7 @@ impl Sfu {
                 ..ExtensionValues::default()
             },
             payload: p.payload.clone(),
-            at: now,
+            at: self.received.unwrap_or(now),
         };
         let mut receivers = std::mem::take(&mut self.scratch);
         receivers.clear();
@@ -1368,6 +1417,15 @@ impl Sfu {
             // is useless.
             .nackable(video);
         tx.write_rtp(write);
+        while rp.in_flight.len() >= IN_FLIGHT_MAX
+            || rp
+                .in_flight
+                .front()
+                .is_some_and(|(_, _, at)| now.saturating_duration_since(*at) > IN_FLIGHT_MAX_AGE)
+        {
+            rp.in_flight.pop_front();
+        }
+        rp.in_flight.push_back((*tx_ssrc, rw.seq as u16, h.at));
         self.totals.packets_forwarded += 1;
         self.totals.bytes_forwarded += h.payload.len() as u64;
         self.drain(now, r);
@@ -1870,12 +1928,23 @@ impl Sfu {
             .iter()
             .filter_map(|e| self.room_stats(now, e))
             .collect();
-        stats::render_metrics(&self.totals, &rooms)
+        stats::render_metrics(&self.totals, &self.forward_delay, &rooms)
     }
 
     /// Counters since start (for tests and the benchmark).
     pub fn totals(&self) -> &Totals {
         &self.totals
+    }
+
+    /// Count the forwarding delay of one packet: from when its media reached the host to when
+    /// the driver handed its forwarded copy to the kernel.
+    pub fn record_forward_delay(&mut self, delay: Duration) {
+        self.forward_delay.record(delay);
+    }
+
+    /// Forwarding delays since start.
+    pub fn forward_delay(&self) -> &DelayHistogram {
+        &self.forward_delay
     }
 }
 
@@ -1908,6 +1977,19 @@ fn retime(timers: &mut BTreeSet<(Instant, PeerKey)>, k: PeerKey, at: &mut Instan
         *at = t;
     }
     timers.insert((t, k));
+}
+
+/// The SSRC and sequence number of an RTP packet (SRTP leaves the header in clear); `None` for
+/// RTCP (packet types 192-223 share the second byte's range, RFC 5761), STUN and DTLS.
+fn rtp_id(datagram: &[u8]) -> Option<(u32, u16)> {
+    let header: &[u8; 12] = datagram.get(..12)?.try_into().ok()?;
+    let version = header[0] >> 6;
+    if version != 2 || (192..=223).contains(&header[1]) {
+        return None;
+    }
+    let seq = u16::from_be_bytes([header[2], header[3]]);
+    let ssrc = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+    Some((ssrc, seq))
 }
 
 /// Order of the usual RID names, lowest quality first.

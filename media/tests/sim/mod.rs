@@ -493,7 +493,13 @@ impl Sim {
                 Output::Transmit {
                     destination,
                     contents,
+                    forwards,
                 } => {
+                    // As the driver does when the datagram leaves.
+                    if let Some(at) = forwards {
+                        self.sfu
+                            .record_forward_delay(self.now.saturating_duration_since(at));
+                    }
                     let Some(i) = self.clients.iter().position(|c| c.addr == destination) else {
                         continue;
                     };
@@ -734,7 +740,7 @@ impl Sim {
             };
             match dest {
                 Dest::Sfu => {
-                    self.sfu.handle_udp(now, from, &data);
+                    self.sfu.handle_udp(now, now, from, &data);
                     self.pump();
                 }
                 Dest::Client(i) => {
