@@ -20,7 +20,7 @@ use std::collections::HashSet;
 use fhir_models::{ResourceType, patient_compartment_params};
 
 use super::execute::{Found, Page, fetch};
-use super::sql::{SELECT_ROW, Sql, type_condition};
+use super::sql::{self, Sql};
 use crate::error::FhirError;
 use crate::store::{Cell, Kind, Micros, Store};
 
@@ -129,25 +129,6 @@ fn count_sql(query: &CompartmentQuery<'_>) -> Sql {
     sql
 }
 
-/// The live resources of `types` that the resources `rids` refer to.
-fn referenced_sql(rids: &[i64], types: &[ResourceType]) -> Sql {
-    let mut sql = Sql::default();
-    sql.push("SELECT ").push(SELECT_ROW).push(
-        " FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE r.deleted = FALSE \
-         AND r.rid IN (SELECT x.target_rid FROM search_reference x WHERE x.rid IN (",
-    );
-    for (i, rid) in rids.iter().enumerate() {
-        if i > 0 {
-            sql.push(", ");
-        }
-        sql.int(*rid);
-    }
-    sql.push(") AND ");
-    type_condition(&mut sql, "x.target_type", types);
-    sql.push(") ORDER BY r.rid");
-    sql
-}
-
 /// One page of the compartment, its includes, the total and the cursor of the next page.
 pub async fn page(store: &Store, query: &CompartmentQuery<'_>) -> Result<Page, FhirError> {
     if query.member_types().next().is_none() {
@@ -199,7 +180,7 @@ async fn referenced(
         return Ok(Vec::new());
     }
     let rids: Vec<i64> = matches.iter().map(|f| f.rid).collect();
-    let found = fetch(store, referenced_sql(&rids, &types)).await?;
+    let found = fetch(store, sql::referenced(&rids, None, &types)).await?;
     // The members are of compartment types and the includes are not, so they never overlap;
     // one resource referred to from several members comes back once from `IN`.
     let mut seen = HashSet::new();
@@ -320,7 +301,11 @@ mod tests {
 
     #[test]
     fn sqlite_finds_includes_from_the_page_rids() {
-        let plan = sqlite_plan(&referenced_sql(&[1, 2], &[ResourceType::Practitioner]));
+        let plan = sqlite_plan(&sql::referenced(
+            &[1, 2],
+            None,
+            &[ResourceType::Practitioner],
+        ));
         assert!(
             plan.iter()
                 .any(|step| step.starts_with("SEARCH x USING COVERING INDEX search_reference_rid")),

@@ -647,23 +647,11 @@ async fn forward(
         .filter(|f| include.source.is_none_or(|s| s == f.version.resource_type))
         .map(|f| f.rid)
         .collect();
-    if rids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let sql = sql::include_targets(&rids, include.param.map(|p| p.code), include.target);
-    let rows = store
-        .query(&sql.text, &sql.binds, &[Kind::Text, Kind::Text])
-        .await?;
-    let targets: Vec<(String, String)> = rows
-        .into_iter()
-        .filter_map(|row| match <[Cell; 2]>::try_from(row) {
-            Ok([Cell::Text(rt), Cell::Text(id)]) => Some((rt, id)),
-            _ => None,
-        })
-        .collect();
+    let targets: Vec<ResourceType> = include.target.into_iter().collect();
     let mut out = Vec::new();
-    for batch in targets.chunks(INCLUDE_BATCH) {
-        out.extend(fetch(store, sql::resources_by_id(batch)).await?);
+    for batch in rids.chunks(INCLUDE_BATCH) {
+        let sql = sql::referenced(batch, include.param.map(|p| p.code), &targets);
+        out.extend(fetch(store, sql).await?);
     }
     Ok(out)
 }
@@ -673,13 +661,13 @@ async fn reverse(
     include: &Include,
     sources: &[Found],
 ) -> Result<Vec<Found>, FhirError> {
-    let targets: Vec<(ResourceType, String)> = sources
+    let rids: Vec<i64> = sources
         .iter()
         .filter(|f| include.target.is_none_or(|t| t == f.version.resource_type))
-        .map(|f| (f.version.resource_type, f.version.id.clone()))
+        .map(|f| f.rid)
         .collect();
     let mut out = Vec::new();
-    for batch in targets.chunks(INCLUDE_BATCH) {
+    for batch in rids.chunks(INCLUDE_BATCH) {
         let sql = sql::referring(batch, include.source, include.param.map(|p| p.code));
         out.extend(fetch(store, sql).await?);
     }

@@ -1273,24 +1273,58 @@ fn number_condition(sql: &mut Sql, prefix: Prefix, number: &SearchNumber) {
     }
 }
 
-/// The references from the resources `rids` through `include` (`_include`): target type and id.
-pub fn include_targets(rids: &[i64], param: Option<&str>, target: Option<ResourceType>) -> Sql {
+/// The live resources that the resources `rids` refer to (`_include`, and the includes of a
+/// compartment's page), through `param` (any when `None`), of the types `targets` (any when
+/// empty): one seek per rid in `search_reference_rid`, which carries the rid each reference
+/// leads to.
+pub fn referenced(rids: &[i64], param: Option<&str>, targets: &[ResourceType]) -> Sql {
     let mut sql = Sql::default();
-    sql.push("SELECT DISTINCT x.target_type, x.target_id FROM search_reference x WHERE x.rid IN (");
+    sql.push("SELECT ").push(SELECT_ROW).push(
+        " FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE r.deleted = FALSE \
+         AND r.rid IN (SELECT x.target_rid FROM search_reference x WHERE ",
+    );
+    rid_list(&mut sql, "x.rid", rids);
+    if let Some(param) = param {
+        sql.push(" AND x.param = ").text(param);
+    }
+    if !targets.is_empty() {
+        sql.push(" AND ");
+        type_condition(&mut sql, "x.target_type", targets);
+    }
+    sql.push(") ORDER BY r.rid");
+    sql
+}
+
+/// The live resources that refer to any of the resources `rids` (`_revinclude`), from `source`
+/// through `param` (any of each when `None`): one seek per rid in
+/// `search_reference_target_rid`.
+pub fn referring(rids: &[i64], source: Option<ResourceType>, param: Option<&str>) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("SELECT ").push(SELECT_ROW).push(
+        " FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE r.deleted = FALSE \
+         AND r.rid IN (SELECT x.rid FROM search_reference x WHERE ",
+    );
+    rid_list(&mut sql, "x.target_rid", rids);
+    if let Some(param) = param {
+        sql.push(" AND x.param = ").text(param);
+    }
+    if let Some(source) = source {
+        sql.push(" AND x.resource_type = ").text(source.as_str());
+    }
+    sql.push(") ORDER BY r.rid");
+    sql
+}
+
+/// `column IN (rids…)`.
+fn rid_list(sql: &mut Sql, column: &str, rids: &[i64]) {
+    sql.push(column).push(" IN (");
     for (i, rid) in rids.iter().enumerate() {
         if i > 0 {
             sql.push(", ");
         }
         sql.int(*rid);
     }
-    sql.push(") AND x.target_id IS NOT NULL AND x.target_type IS NOT NULL");
-    if let Some(param) = param {
-        sql.push(" AND x.param = ").text(param);
-    }
-    if let Some(target) = target {
-        sql.push(" AND x.target_type = ").text(target.as_str());
-    }
-    sql
+    sql.push(")");
 }
 
 /// How many live resources of type `rt` there are (one range of the `(type, deleted, rid)`
@@ -1301,78 +1335,6 @@ pub fn type_size(rt: ResourceType) -> Sql {
         .text(rt.as_str());
     sql.push(" AND r.deleted = FALSE");
     sql
-}
-
-/// The live resources named by `(type, id)` pairs.
-pub fn resources_by_id(targets: &[(String, String)]) -> Sql {
-    let mut sql = Sql::default();
-    sql.push("SELECT ").push(SELECT_ROW).push(
-        " FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE NOT r.deleted AND (",
-    );
-    for (i, (rt, id)) in targets.iter().enumerate() {
-        if i > 0 {
-            sql.push(" OR ");
-        }
-        sql.push("(r.resource_type = ").text(rt);
-        sql.push(" AND r.id = ").text(id);
-        sql.push(")");
-    }
-    sql.push(")");
-    sql
-}
-
-/// The live resources that refer to any of `targets` (`_revinclude`), from `source` through
-/// `param` (any of each when `None`).
-pub fn referring(
-    targets: &[(ResourceType, String)],
-    source: Option<ResourceType>,
-    param: Option<&str>,
-) -> Sql {
-    let mut sql = Sql::default();
-    sql.push("SELECT ").push(SELECT_ROW).push(
-        " FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE NOT r.deleted \
-         AND r.rid IN (SELECT x.rid FROM search_reference x WHERE ",
-    );
-    // The referring type leads the index: without a source, every type with a reference
-    // parameter that can point at the targets.
-    let sources = match source {
-        Some(source) => vec![source],
-        None => referring_types(targets.iter().map(|(rt, _)| *rt)),
-    };
-    if sources.is_empty() {
-        sql.push("1 = 0");
-    } else {
-        type_condition(&mut sql, "x.resource_type", &sources);
-    }
-    sql.push(" AND (");
-    for (i, (rt, id)) in targets.iter().enumerate() {
-        if i > 0 {
-            sql.push(" OR ");
-        }
-        sql.push("(x.target_type = ").text(rt.as_str());
-        sql.push(" AND x.target_id = ").text(id);
-        sql.push(")");
-    }
-    sql.push(")");
-    if let Some(param) = param {
-        sql.push(" AND x.param = ").text(param);
-    }
-    sql.push(")");
-    sql
-}
-
-/// The types with a reference search parameter that can point at any of `targets`.
-fn referring_types(targets: impl Iterator<Item = ResourceType> + Clone) -> Vec<ResourceType> {
-    ResourceType::ALL
-        .iter()
-        .copied()
-        .filter(|&rt| {
-            fhir_models::search_parameters(rt).iter().any(|def| {
-                def.kind == SearchParamType::Reference
-                    && (def.targets.is_empty() || targets.clone().any(|t| def.targets.contains(&t)))
-            })
-        })
-        .collect()
 }
 
 /// `(SELECT 1 FROM search_reference … WHERE … AND (`: the references through `code` of the
@@ -1805,6 +1767,50 @@ mod tests {
                 .any(|s| s.starts_with("SEARCH rc ") || s.starts_with("SEARCH rcc ")),
             "{steps:#?}"
         );
+    }
+
+    #[test]
+    fn sqlite_includes_go_by_the_rid_each_reference_leads_to() {
+        let connection = database();
+        // `_include`: from observations 1-4 to the patients they name, through one parameter
+        // or any; observation 5 is deleted and has no rows.
+        let subjects = referenced(&[1, 2, 3, 4, 5], Some("subject"), &[ResourceType::Patient]);
+        assert_eq!(run(&connection, &subjects), [11, 12]);
+        assert_eq!(run(&connection, &referenced(&[2], None, &[])), [11]);
+        assert_eq!(
+            run(
+                &connection,
+                &referenced(&[1, 2], None, &[ResourceType::Practitioner])
+            ),
+            Vec::<i64>::new()
+        );
+        // `_revinclude`: from the patients to the live observations that name them.
+        let referrers = referring(&[11], Some(ResourceType::Observation), Some("subject"));
+        assert_eq!(run(&connection, &referrers), [1, 4]);
+        assert_eq!(
+            run(&connection, &referring(&[11, 12], None, None)),
+            [1, 2, 3, 4]
+        );
+        assert_eq!(
+            run(
+                &connection,
+                &referring(&[11], Some(ResourceType::Encounter), None)
+            ),
+            Vec::<i64>::new()
+        );
+        for (sql, index) in [
+            (&subjects, "search_reference_rid"),
+            (&referrers, "search_reference_target_rid"),
+        ] {
+            let steps = plan(&connection, sql);
+            assert!(
+                steps
+                    .iter()
+                    .any(|s| s.starts_with(&format!("SEARCH x USING COVERING INDEX {index}"))),
+                "{steps:#?}"
+            );
+            assert!(!steps.iter().any(|s| s.starts_with("SCAN")), "{steps:#?}");
+        }
     }
 
     #[test]

@@ -2035,7 +2035,7 @@ async fn has_matches_resources_referred_to_by_matching_resources() {
 /// once that resource is created, whether later, or later in the same transaction, and again
 /// after it is deleted and created anew.
 #[tokio::test]
-async fn chains_and_has_follow_references_written_before_what_they_name() {
+async fn chains_has_and_includes_follow_references_written_before_what_they_name() {
     let app = spawn_app().await;
     let coded = observation(json!({"subject": {"reference": "Patient/later"},
                                    "code": {"coding": [{"system": LOINC, "code": "1234-5"}]}}));
@@ -2079,6 +2079,21 @@ async fn chains_and_has_follow_references_written_before_what_they_name() {
         .await,
         vec!["Practitioner/late-doctor".to_owned()]
     );
+    // `_include` and `_revinclude` follow the same references.
+    let included_patient = search(
+        &app,
+        &format!(
+            "Observation?_id={}&_include=Observation:subject",
+            id_of(&observation)
+        ),
+    )
+    .await;
+    assert_eq!(
+        included(&included_patient),
+        vec!["Patient/later".to_owned()]
+    );
+    let referrers = search(&app, "Patient?_id=later&_revinclude=Observation:subject").await;
+    assert_eq!(included(&referrers), keys(&[&observation]));
     assert_eq!(
         app.delete("Practitioner", "late-doctor").await.status(),
         200
