@@ -208,33 +208,31 @@ impl MediaServer {
         self.inner.events.subscribe()
     }
 
+    /// Send the server task a command that carries a reply channel, and wait for the reply;
+    /// `None` once the task has stopped.
+    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        self.inner.commands.send(command(reply)).ok()?;
+        rx.await.ok()
+    }
+
     /// Statistics of an open room.
     pub async fn stats(&self, encounter: &str) -> Option<RoomStats> {
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .commands
-            .send(Command::Stats {
-                encounter: encounter.to_owned(),
-                reply,
-            })
-            .ok()?;
-        rx.await.ok().flatten()
+        self.ask(|reply| Command::Stats {
+            encounter: encounter.to_owned(),
+            reply,
+        })
+        .await
+        .flatten()
     }
 
     /// Forwarding delays since the server started: from a media packet's arrival at the host
     /// (the kernel's receive timestamp) to the send of each forwarded copy. Subtract an
     /// earlier copy ([`DelayHistogram::since`]) for a window.
     pub async fn forward_delay(&self) -> DelayHistogram {
-        let (reply, rx) = oneshot::channel();
-        if self
-            .inner
-            .commands
-            .send(Command::ForwardDelay { reply })
-            .is_err()
-        {
-            return DelayHistogram::default();
-        }
-        rx.await.unwrap_or_default()
+        self.ask(|reply| Command::ForwardDelay { reply })
+            .await
+            .unwrap_or_default()
     }
 
     /// Prometheus text exposition of the server (refreshed every second).
@@ -249,18 +247,13 @@ impl MediaServer {
     /// The Encounter is finished: its participants are sent away, its room closes, and tokens
     /// for it are refused from now on.
     pub async fn close_room(&self, encounter: &str) {
-        let (reply, rx) = oneshot::channel();
-        if self
-            .inner
-            .commands
-            .send(Command::CloseRoom {
+        // A stopped server has no room left to close.
+        let _ = self
+            .ask(|reply| Command::CloseRoom {
                 encounter: encounter.to_owned(),
                 reply,
             })
-            .is_ok()
-        {
-            let _ = rx.await;
-        }
+            .await;
     }
 }
 
@@ -271,16 +264,7 @@ async fn signal(State(server): State<MediaServer>, ws: WebSocketUpgrade) -> Resp
 }
 
 async fn run_socket(server: MediaServer, mut socket: WebSocket) {
-    let (reply, rx) = oneshot::channel();
-    if server
-        .inner
-        .commands
-        .send(Command::Connect { reply })
-        .is_err()
-    {
-        return;
-    }
-    let Ok((conn, mut outgoing)) = rx.await else {
+    let Some((conn, mut outgoing)) = server.ask(|reply| Command::Connect { reply }).await else {
         return;
     };
     let mut ping =
