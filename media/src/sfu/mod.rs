@@ -63,10 +63,6 @@ const IN_FLIGHT_MAX_AGE: Duration = Duration::from_secs(3);
 /// RTP header extension id of frame marking in the server's offers (the ids str0m uses by
 /// default are 1-4, 10, 11 and 13).
 const FRAME_MARKING_EXT_ID: u8 = 9;
-/// Timers of one `Rtc` already due that a drain runs in place before it leaves the rest to
-/// [`Sfu::handle_timeout`] (str0m's pacer asks for an immediate timeout after each packet it
-/// releases, so a video frame of several packets needs as many rounds).
-const DUE_ROUNDS_PER_DRAIN: u32 = 64;
 
 /// Identifies a signaling connection (one WebSocket) to the core.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -1148,22 +1144,13 @@ impl Sfu {
         }
     }
 
-    /// Drain an `Rtc` to its next timeout: datagrams go out, events are queued. Timers that
-    /// are already due run here, so a frame the pacer releases packet by packet leaves in one
-    /// go rather than one packet per turn of the driver.
+    /// Drain an `Rtc` to its timeout: datagrams go out, events are queued.
     fn drain(&mut self, now: Instant, k: PeerKey) {
         let Some(peer) = self.peers.get_mut(&k) else {
             return;
         };
-        let mut due_rounds = 0;
         loop {
             match peer.rtc.poll_output() {
-                Ok(RtcOutput::Timeout(t)) if t <= now && due_rounds < DUE_ROUNDS_PER_DRAIN => {
-                    due_rounds += 1;
-                    if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
-                        debug!(participant = %peer.participant, "timeout: {e}");
-                    }
-                }
                 Ok(RtcOutput::Timeout(t)) => {
                     retime(&mut self.timers, k, &mut peer.rtc_timeout, t);
                     break;
