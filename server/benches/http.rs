@@ -43,6 +43,9 @@ enum Workload {
     CreateInvalid,
     Read,
     Update,
+    /// `PUT /fhir/Patient?identifier=…` of one of 1,000 identifiers of its own, as an EHR keeps
+    /// its patients in step: the first write of an identifier creates, the later ones update.
+    ConditionalUpdate,
     /// 3 in 16 create, 10 in 16 read, 3 in 16 update.
     Mix,
 }
@@ -54,6 +57,7 @@ impl Workload {
             Self::CreateInvalid => "create invalid (400)",
             Self::Read => "read by id",
             Self::Update => "update",
+            Self::ConditionalUpdate => "conditional update",
             Self::Mix => "mix 19c/62r/19u",
         }
     }
@@ -120,6 +124,21 @@ fn generator(
                     ),
                     StatusCode::BAD_REQUEST,
                 )
+            }
+            Workload::ConditionalUpdate => {
+                let k = rng.below(1000);
+                let mut body = patient(k);
+                let identifier = format!("SYNC{k:05}");
+                body["identifier"][0]["value"] = json!(identifier);
+                Call::new(authorized(
+                    client
+                        .put(format!(
+                            "{base}/fhir/Patient?identifier=urn:oid:1.2.36.146.595.217.0.1|{identifier}"
+                        ))
+                        .header("content-type", "application/fhir+json")
+                        .header("prefer", "return=minimal")
+                        .body(body.to_string()),
+                ))
             }
             Workload::Update | Workload::Mix => {
                 let mut body = patient(i);
@@ -287,6 +306,7 @@ fn main() -> anyhow::Result<()> {
                     Workload::CreateInvalid,
                     Workload::Read,
                     Workload::Update,
+                    Workload::ConditionalUpdate,
                     Workload::Mix,
                 ] {
                     if let Some(only) = &only

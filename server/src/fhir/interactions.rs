@@ -21,7 +21,7 @@ use crate::audit;
 use crate::error::{FhirError, FhirResult, Issue, operation_outcome};
 use crate::search;
 use crate::store::{
-    Change, HistoryQuery, HistoryScope, Precondition, Version, WriteMethod, Written,
+    Change, HistoryQuery, HistoryScope, Precondition, Version, WriteMethod, Written, condition_key,
 };
 use smart_auth::scope::Permission;
 
@@ -171,18 +171,34 @@ pub async fn create(
     let shape = Shape::from_request(&query, &headers)?;
     format::check_resource_content_type(&headers)?;
     let value = parse_resource(&state, rt, &body)?;
-    if let Some(condition) = headers.get("if-none-exist") {
-        // http://hl7.org/fhir/R4/http.html#ccreate: one match → 200 with it, none → create,
-        // several → 412.
-        let pairs = condition
-            .to_str()
-            .ok()
-            .and_then(condition_pairs)
-            .ok_or_else(|| {
-                FhirError::bad_request("invalid", "If-None-Exist must be a query string")
-            })?;
+    // http://hl7.org/fhir/R4/http.html#ccreate: one match → 200 with it, none → create,
+    // several → 412.
+    let condition = headers
+        .get("if-none-exist")
+        .map(|condition| {
+            condition
+                .to_str()
+                .ok()
+                .and_then(condition_pairs)
+                .ok_or_else(|| {
+                    FhirError::bad_request("invalid", "If-None-Exist must be a query string")
+                })
+        })
+        .transpose()?;
+    // Held from the search until the write has committed, so that copies of this request
+    // sent at once create one resource.
+    let _held = match &condition {
+        Some(pairs) => Some(
+            state
+                .store
+                .lock_conditions(vec![condition_key(rt, pairs)])
+                .await?,
+        ),
+        None => None,
+    };
+    if let Some(pairs) = &condition {
         let found =
-            super::search::conditional_matches(&state, &reach, rt, &pairs, 2, "If-None-Exist")
+            super::search::conditional_matches(&state, &reach, rt, pairs, 2, "If-None-Exist")
                 .await?;
         match found.as_slice() {
             [] => {}
@@ -447,6 +463,12 @@ pub async fn conditional_update(
     let if_match = headers::if_match(&headers)?;
     let mut value = parse_resource(&state, rt, &body)?;
     let reach = access.reach(&state, rt, Permission::Update).await?;
+    // Held until the write has committed: copies of this request sent at once, finding no
+    // match, create one resource.
+    let _held = state
+        .store
+        .lock_conditions(vec![condition_key(rt, &query)])
+        .await?;
     let found =
         super::search::conditional_matches(&state, &reach, rt, &query, 2, "a conditional update")
             .await?;

@@ -41,7 +41,9 @@ use super::interactions::{
 use crate::access::{Access, Reach, outside_reach};
 use crate::app::AppState;
 use crate::error::{FhirError, FhirResult, Issue, operation_outcome};
-use crate::store::{Change, Precondition, Version, WriteFailed, WriteMethod, WriteOp, Written};
+use crate::store::{
+    Change, Precondition, Version, WriteFailed, WriteMethod, WriteOp, Written, condition_key,
+};
 use smart_auth::scope::Permission;
 
 /// Batch entries that run at once (each waits mostly on the database).
@@ -611,6 +613,12 @@ async fn transaction(
     prefer: Return,
 ) -> FhirResult<Vec<ResponseEntry>> {
     let order = processing_order(&entries);
+    // The conditions of its conditional creates and updates are held from their searches
+    // until the transaction has committed, as for the same requests made one by one.
+    let _held = state
+        .store
+        .lock_conditions(condition_keys(state, &entries))
+        .await?;
     let mut claims = Claims::default();
     let mut links = Links::default();
     let mut actions: Vec<Option<Action>> = entries.iter().map(|_| None).collect();
@@ -722,6 +730,25 @@ async fn transaction(
         responses[i] = Some(response);
     }
     Ok(responses.into_iter().flatten().collect())
+}
+
+/// The conditions of the entries that create or update by a search: a POST's `ifNoneExist`
+/// and a PUT's `Type?search` (see [`crate::store::ConditionGuard`]). An entry whose condition
+/// cannot be read has none here; resolving it reports the error.
+fn condition_keys(state: &AppState, entries: &[Entry]) -> Vec<i64> {
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let (path, query) = entry.target(state);
+            let condition = match entry.method.as_str() {
+                "POST" => entry.if_none_exist.as_deref()?,
+                "PUT" => query?,
+                _ => return None,
+            };
+            let rt = resource_type(path).ok()?;
+            Some(condition_key(rt, &condition_pairs(condition)?))
+        })
+        .collect()
 }
 
 /// Whether `access` may make this write: the resource there now (if any) and the one that

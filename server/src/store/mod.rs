@@ -12,6 +12,7 @@
 //! queue in the process instead of spinning on `SQLITE_BUSY`, and reads use their own pool.
 
 mod audit;
+mod conditions;
 mod index;
 mod sqlite;
 
@@ -34,6 +35,7 @@ use crate::error::FhirError;
 use crate::search::index::IndexRows;
 
 pub use audit::Auditor;
+pub use conditions::{ConditionGuard, condition_key};
 
 /// A point in time as stored: microseconds since the Unix epoch, UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -259,6 +261,8 @@ enum Backend {
 /// The resource store.
 pub struct Store {
     backend: Backend,
+    /// The conditions of the conditional writes under way (see [`conditions`]).
+    conditions: Arc<conditions::ConditionLocks>,
 }
 
 /// Runs `$body` with `$pool` bound to the backend's concrete read pool, so a query is written
@@ -355,7 +359,21 @@ impl Store {
         } else {
             anyhow::bail!("DATABASE_URL must start with sqlite:// or postgres://");
         };
-        Ok(Self { backend })
+        let conditions = conditions::ConditionLocks::new(match &backend {
+            Backend::Postgres(pool) => Some((pool.clone(), max_connections)),
+            Backend::Sqlite { .. } => None,
+        });
+        Ok(Self {
+            backend,
+            conditions: Arc::new(conditions),
+        })
+    }
+
+    /// Holds the conditions `keys` (from [`condition_key`]) against every other conditional
+    /// write of this database until the guard is released or dropped: a conditional write
+    /// takes them before its search and keeps them until its write has committed.
+    pub async fn lock_conditions(&self, keys: Vec<i64>) -> Result<ConditionGuard, FhirError> {
+        self.conditions.lock(keys).await
     }
 
     /// An appender of audit records to this database (see [`crate::audit`]).

@@ -2,7 +2,7 @@
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use telemed_tests::{get_url, link, spawn_app};
+use telemed_tests::{TestApp, get_url, id_of, link, search_ids, spawn_app};
 
 const WRITERS: usize = 20;
 
@@ -247,4 +247,161 @@ async fn references_raced_with_the_creation_of_their_targets_are_followed() {
     let mut expected: Vec<String> = (0..PAIRS).map(|i| format!("raced-{i}")).collect();
     expected.sort();
     assert_eq!(found, expected);
+}
+
+/// Sends `WRITERS` copies of one request at once; their statuses and bodies.
+async fn race(request: impl Fn() -> reqwest::RequestBuilder) -> Vec<(u16, Value)> {
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            let request = request();
+            tokio::spawn(async move {
+                let response = request.send().await.expect("sent");
+                let status = response.status().as_u16();
+                (status, response.json().await.expect("JSON"))
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.expect("task"));
+    }
+    answers
+}
+
+/// [`race`] for a request answered with a resource, 200 or 201: the statuses and the ids.
+async fn race_resources(request: impl Fn() -> reqwest::RequestBuilder) -> Vec<(u16, String)> {
+    race(request)
+        .await
+        .into_iter()
+        .map(|(status, body)| {
+            assert!([200, 201].contains(&status), "{status}: {body}");
+            (status, id_of(&body).to_owned())
+        })
+        .collect()
+}
+
+const RETRIED: &str = "identifier=http://example.org/mrn|retried";
+
+fn retried_patient() -> String {
+    json!({"resourceType": "Patient",
+        "identifier": [{"system": "http://example.org/mrn", "value": "retried"}]})
+    .to_string()
+}
+
+/// Of the answers to copies of one conditional request that found nothing, exactly one
+/// created; the others found what it created: the id of each answer is the one Patient's.
+async fn assert_one_patient_created(app: &TestApp, answers: &[(u16, String)], created: u16) {
+    let ids = search_ids(app, &format!("Patient?{RETRIED}")).await;
+    assert_eq!(ids.len(), 1, "{ids:?} {answers:?}");
+    assert_eq!(
+        answers
+            .iter()
+            .filter(|(status, _)| *status == created)
+            .count(),
+        1,
+        "{answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|(_, id)| format!("Patient/{id}") == ids[0]),
+        "{answers:?}"
+    );
+}
+
+/// Clients retry a conditional create when its answer is slow to come, so one `If-None-Exist`
+/// often arrives several times at once: exactly one copy creates, and the others answer with
+/// what it created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_conditional_creates_with_one_condition_create_one_resource() {
+    let app = spawn_app().await;
+    let answers = race_resources(|| {
+        app.request(Method::POST, "Patient")
+            .header("content-type", "application/fhir+json")
+            .header("if-none-exist", RETRIED)
+            .body(retried_patient())
+    })
+    .await;
+    assert_one_patient_created(&app, &answers, 201).await;
+    assert_eq!(app.history_total("Patient").await, 1);
+}
+
+/// The same for a conditional update that matches nothing yet: one copy creates, the others
+/// update what it created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_conditional_updates_that_find_nothing_create_one_resource() {
+    let app = spawn_app().await;
+    let answers = race_resources(|| {
+        app.request(Method::PUT, &format!("Patient?{RETRIED}"))
+            .header("content-type", "application/fhir+json")
+            .body(retried_patient())
+    })
+    .await;
+    assert_one_patient_created(&app, &answers, 201).await;
+}
+
+/// And for transactions whose entry creates with `ifNoneExist`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_transactions_with_one_if_none_exist_create_one_resource() {
+    let app = spawn_app().await;
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "fullUrl": "urn:uuid:0b8f4c55-6c3d-4a2e-9f43-1f8e3c1a7d10",
+        "resource": serde_json::from_str::<Value>(&retried_patient()).expect("JSON"),
+        "request": {"method": "POST", "url": "Patient", "ifNoneExist": RETRIED}}]});
+    let answers = race(|| {
+        app.client
+            .post(&app.base)
+            .header("content-type", "application/fhir+json")
+            .body(bundle.to_string())
+    })
+    .await;
+    let answers: Vec<(u16, String)> = answers
+        .into_iter()
+        .map(|(status, body)| {
+            assert_eq!(status, 200, "{body}");
+            let response = &body["entry"][0]["response"];
+            let status = response["status"].as_str().unwrap_or_default();
+            let id = response["location"]
+                .as_str()
+                .and_then(|l| l.split('/').skip_while(|s| *s != "Patient").nth(1))
+                .unwrap_or_default();
+            (status[..3].parse().unwrap_or(0), id.to_owned())
+        })
+        .collect();
+    assert_one_patient_created(&app, &answers, 201).await;
+    assert_eq!(app.history_total("Patient").await, 1);
+}
+
+/// Several servers may share one PostgreSQL database: a condition one of them holds is held
+/// against the others too, until it lets go. (A SQLite database has one server.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn servers_sharing_a_postgresql_database_hold_a_condition_against_each_other() {
+    use telemed_server::store::{Store, condition_key};
+    let app = spawn_app().await;
+    if !app.config.database_url.starts_with("postgres") {
+        return;
+    }
+    let one = Store::open(&app.config.database_url, 4)
+        .await
+        .expect("open");
+    let other = Store::open(&app.config.database_url, 4)
+        .await
+        .expect("open");
+    let key = condition_key(
+        fhir_models::ResourceType::Patient,
+        &[("identifier".to_owned(), "x|1".to_owned())],
+    );
+    let held = one.lock_conditions(vec![key]).await.expect("locked");
+    let waiting = tokio::spawn(async move {
+        let guard = other.lock_conditions(vec![key]).await.map(drop);
+        (guard, other)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the other server took a condition that was held"
+    );
+    drop(held);
+    let (guard, _other) = waiting.await.expect("task");
+    guard.expect("locked once released");
 }
