@@ -43,6 +43,8 @@ const DATAGRAM_MAX: usize = 2048;
 /// produce is sent, so a larger batch saves system calls but holds the first datagram's
 /// forwarding back while the others are handled.
 const RECV_BATCH: usize = 8;
+/// Most rounds of due timers the driver runs before it looks at the socket again.
+const DUE_ROUNDS: usize = 64;
 /// A receive slot when the kernel may coalesce datagrams of one sender (UDP GRO): the largest
 /// UDP payload.
 const GRO_SLOT: usize = 65_535;
@@ -331,6 +333,17 @@ impl Driver {
     async fn run(mut self) {
         let mut timer = Box::pin(tokio::time::sleep_until(self.next_metrics.into()));
         loop {
+            // Timers already due run at once. tokio's timer fires on millisecond ticks, and
+            // str0m's pacer asks for a timeout at `now` after each packet it releases: through
+            // the timer, each packet of a frame after the first would wait for the next tick.
+            // A bounded number of rounds, so that the socket and the commands get their turn.
+            for _ in 0..DUE_ROUNDS {
+                let now = Instant::now();
+                if self.sfu.poll_timeout() > now {
+                    break;
+                }
+                self.sfu.handle_timeout(now);
+            }
             self.flush().await;
             let now = Instant::now();
             if now >= self.next_metrics {
