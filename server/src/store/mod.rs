@@ -369,9 +369,10 @@ impl Store {
         })
     }
 
-    /// Holds the conditions `keys` (from [`condition_key`]) against every other conditional
-    /// write of this database until the guard is released or dropped: a conditional write
-    /// takes them before its search and keeps them until its write has committed.
+    /// Holds the conditions `keys` (from [`condition_key`]) until the guard is dropped,
+    /// against the other conditional writes of this server, and on PostgreSQL of every server
+    /// of the database: a conditional write takes them before its search and keeps them until
+    /// its write has committed.
     pub async fn lock_conditions(&self, keys: Vec<i64>) -> Result<ConditionGuard, FhirError> {
         self.conditions.lock(keys).await
     }
