@@ -57,8 +57,8 @@ pub(super) struct ConditionLocks {
 /// Held conditions; dropping it releases them.
 pub struct ConditionGuard {
     locks: Arc<ConditionLocks>,
-    keys: Vec<i64>,
-    local: Vec<OwnedMutexGuard<()>>,
+    /// Each condition with its mutex, held.
+    local: Vec<(i64, OwnedMutexGuard<()>)>,
     /// The transaction that holds the advisory locks, and its share of the pool.
     postgres: Option<(Transaction<'static, Postgres>, OwnedSemaphorePermit)>,
 }
@@ -84,7 +84,6 @@ impl ConditionLocks {
         keys.dedup();
         let mut guard = ConditionGuard {
             locks: Arc::clone(self),
-            keys: Vec::with_capacity(keys.len()),
             local: Vec::with_capacity(keys.len()),
             postgres: None,
         };
@@ -96,8 +95,7 @@ impl ConditionLocks {
                 let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
                 Arc::clone(held.entry(key).or_default())
             };
-            guard.local.push(mutex.lock_owned().await);
-            guard.keys.push(key);
+            guard.local.push((key, mutex.lock_owned().await));
         }
         if let Some((pool, holders)) = &self.postgres {
             let permit = Arc::clone(holders)
@@ -123,14 +121,14 @@ impl Drop for ConditionGuard {
         // An abandoned transaction is rolled back when its connection goes back to the pool.
         self.postgres = None;
         let mut held = self.locks.held.lock().unwrap_or_else(|p| p.into_inner());
-        for (key, local) in self.keys.iter().zip(self.local.drain(..)) {
+        for (key, local) in self.local.drain(..) {
             drop(local);
             // The map's own reference is the last one: nobody waits for this condition.
             if held
-                .get(key)
+                .get(&key)
                 .is_some_and(|mutex| Arc::strong_count(mutex) == 1)
             {
-                held.remove(key);
+                held.remove(&key);
             }
         }
     }
