@@ -1,6 +1,7 @@
 //! `telemed import DIR`: loads every Bundle file (`*.json`, batch or transaction — Synthea's
 //! output, say) under a folder through exactly what `POST /fhir` does: the same parsing,
-//! validation, reference resolution and indexing, each transaction all or nothing.
+//! validation, reference resolution and indexing, each transaction all or nothing, and the
+//! same audit records, made out to the command and the user running it.
 //!
 //! Files load a few at a time. A transaction whose conditional references match nothing yet
 //! (412) is tried once more after every other file, so a record that points at practitioners
@@ -16,6 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::access::Access;
 use crate::app::AppState;
+use crate::audit;
 use crate::error::FhirError;
 use crate::fhir::transaction;
 
@@ -139,7 +141,29 @@ async fn load(state: &AppState, path: &Path, headers: &HeaderMap) -> Loaded {
             };
         }
     };
-    match transaction::process(state, &Access::Open, &body, headers).await {
+    // Audited as a Bundle posted to the base URL by the user running the command.
+    let processed = audit::record_local(
+        state,
+        audit::Local::command("telemed import"),
+        ("transaction", "E"),
+        transaction::process(state, &Access::Open, &body, headers),
+        |processed| match processed {
+            Ok(processed) if processed.failed == 0 => "0",
+            Ok(_) => "4",
+            Err(error) => audit::outcome(error.status()),
+        },
+    )
+    .await;
+    let processed = match processed {
+        Ok(processed) => processed,
+        Err(error) => {
+            return Loaded::Failed {
+                why: format!("{error:#}"),
+                retry: false,
+            };
+        }
+    };
+    match processed {
         Ok(processed) if processed.failed == 0 => Loaded::All(processed.entries as u64),
         Ok(processed) => Loaded::Partly {
             stored: (processed.entries - processed.failed) as u64,

@@ -8,7 +8,8 @@
 //!   and who made it; handlers add the patients and resources they touched through [`note`];
 //!   when the handler is done it appends one record per patient (IHE: one AuditEvent per
 //!   patient), unless a write committed them already, and the response leaves only once they
-//!   are durable.
+//!   are durable. Commands that write through the same code on the server's machine
+//!   (`telemed import`) are audited alike by [`record_local`], as the command and its user.
 //! - [`Auditor`] appends records in groups, one transaction and one fsync per group: on SQLite
 //!   through the store's writer, where a write's records commit in the write's own
 //!   transaction ([`records_for_write`]) and a read's join the next group; on PostgreSQL on a
@@ -27,6 +28,7 @@ mod render;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use anyhow::Context as _;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
@@ -176,6 +178,8 @@ pub struct Note {
     query: Option<String>,
     /// Where the request came from.
     address: Option<String>,
+    /// Who runs the command, for work done on the server's machine rather than over HTTP.
+    local: Option<Arc<Local>>,
     /// Where the authentication leaves who made the request.
     access: Arc<Mutex<Option<Access>>>,
     /// The patients whose data the request reached or tried to reach.
@@ -191,13 +195,18 @@ impl Note {
     /// per patient), or one about no patient.
     fn records(&self, outcome: &'static str) -> Vec<AuditRecord> {
         let access = self.access.lock().ok().and_then(|slot| slot.clone());
-        let who = access.as_ref().map_or_else(
-            || Who {
+        let who = match (&access, &self.local) {
+            (Some(access @ Access::Token(_)), _) => Who::of(access, self.address.clone()),
+            (_, Some(local)) => Who {
+                agent: Some(local.agent.clone()),
+                user_name: local.user_name.clone(),
+                ..Who::default()
+            },
+            _ => Who {
                 address: self.address.clone(),
                 ..Who::default()
             },
-            |access| Who::of(access, self.address.clone()),
-        );
+        };
         let mut patients = self.patients.clone();
         if patients.is_empty()
             && let Some(patient) = &who.patient
@@ -214,7 +223,7 @@ impl Note {
             outcome,
             patient,
             agent: who.agent.clone(),
-            user_name: None,
+            user_name: who.user_name.clone(),
             client_id: who.client_id.clone(),
             address: who.address.clone(),
             entity: self.entity.clone(),
@@ -345,7 +354,7 @@ fn interaction(method: &Method, route: &str) -> (&'static str, &'static str) {
 }
 
 /// The AuditEvent outcome of an HTTP status.
-fn outcome(status: axum::http::StatusCode) -> &'static str {
+pub(crate) fn outcome(status: axum::http::StatusCode) -> &'static str {
     if status.is_server_error() {
         "8"
     } else if status.is_client_error() {
@@ -360,6 +369,8 @@ fn outcome(status: axum::http::StatusCode) -> &'static str {
 pub struct Who {
     /// A fhirUser reference, a username or `client/{id}`.
     pub agent: Option<String>,
+    /// The operating system's user, for a command run on the server's machine.
+    pub user_name: Option<String>,
     pub client_id: Option<String>,
     /// The patient in the token's context.
     pub patient: Option<String>,
@@ -389,6 +400,7 @@ impl Who {
                     patient: claims.patient.clone(),
                     break_glass: token.break_glass.clone(),
                     address,
+                    user_name: None,
                 }
             }
         }
@@ -416,37 +428,37 @@ pub async fn record_requests(
         .extensions()
         .get::<axum::extract::OriginalUri>()
         .map_or_else(|| request.uri().clone(), |original| original.0.clone());
-    // A batch entry runs inside the Bundle's request: it comes from the same address.
+    // A batch entry runs inside the Bundle's request (or command): it comes from the same
+    // address, or the same local user.
+    let origin = ORIGIN.try_with(Clone::clone).unwrap_or_default();
     let address = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip().to_string())
-        .or_else(|| ADDRESS.try_with(Clone::clone).ok().flatten());
+        .or(origin.address);
+    let local = origin.local;
     let access = Arc::new(Mutex::new(None::<Access>));
-    let note = Arc::new(Mutex::new(Note {
+    let origin = Origin {
+        address: address.clone(),
+        local: local.clone(),
+    };
+    let note = Note {
         recorded: Micros::now(),
         subtype,
         action,
         entity: instance_of(uri.path()),
         query: uri.query().map(str::to_owned),
-        address: address.clone(),
+        address,
+        local,
         access: access.clone(),
         patients: Vec::new(),
         entities: Vec::new(),
         recorded_with_write: false,
-    }));
+    };
     let mut request = request;
     request.extensions_mut().insert(AccessSlot(access));
-    let response = ADDRESS
-        .scope(address, NOTE.scope(note.clone(), next.run(request)))
-        .await;
-    let records = match note.lock() {
-        // A write that stood committed its records with it.
-        Ok(note) if note.recorded_with_write => return response,
-        Ok(note) => note.records(outcome(response.status())),
-        Err(poisoned) => poisoned.into_inner().records(outcome(response.status())),
-    };
-    match auditor.append(records).await {
+    let (response, note) = with_note(note, origin, next.run(request)).await;
+    match finish(&auditor, &note, outcome(response.status())).await {
         Ok(()) => response,
         // The response must not leave without its record: the request fails instead.
         Err(error) => {
@@ -455,9 +467,110 @@ pub async fn record_requests(
     }
 }
 
+/// Runs `work` as the audited request `note` describes, coming from `origin`; returns what it
+/// gave and the note as the work left it.
+async fn with_note<F: Future>(
+    note: Note,
+    origin: Origin,
+    work: F,
+) -> (F::Output, Arc<Mutex<Note>>) {
+    let note = Arc::new(Mutex::new(note));
+    let output = ORIGIN.scope(origin, NOTE.scope(note.clone(), work)).await;
+    (output, note)
+}
+
+/// Appends the records of `note` with `outcome` and returns once they are durable; nothing
+/// when a write committed them already.
+async fn finish(
+    auditor: &Auditor,
+    note: &Mutex<Note>,
+    outcome: &'static str,
+) -> anyhow::Result<()> {
+    let records = match note.lock() {
+        // A write that stood committed its records with it.
+        Ok(note) if note.recorded_with_write => return Ok(()),
+        Ok(note) => note.records(outcome),
+        Err(poisoned) => poisoned.into_inner().records(outcome),
+    };
+    auditor.append(records).await
+}
+
+/// Who runs a command on the server's own machine (`telemed import`) rather than over HTTP.
+#[derive(Debug, Clone)]
+pub struct Local {
+    /// The command, as the audit trail names the agent.
+    pub agent: String,
+    /// The operating system's user running it.
+    pub user_name: Option<String>,
+}
+
+impl Local {
+    /// The command `agent`, run by the operating system's user of this process (`USER`, else
+    /// `LOGNAME`).
+    pub fn command(agent: &str) -> Self {
+        Self {
+            agent: agent.to_owned(),
+            user_name: std::env::var("USER")
+                .or_else(|_| std::env::var("LOGNAME"))
+                .ok()
+                .filter(|name| !name.is_empty()),
+        }
+    }
+}
+
+/// Audits `work`, done on this machine by `local` as the interaction `subtype` with `action`
+/// (see [`interaction`]), the way [`record_requests`] audits a request: the writes it makes
+/// commit their records with them, the batch entries it runs through the router are recorded
+/// as `local`'s, and otherwise one record per patient it reached is appended, with the
+/// outcome `outcome_of` gives its result. Returns once they are durable; an error if they
+/// could not be made so. Nothing is recorded when authorization, and so the audit, is off.
+pub async fn record_local<T>(
+    state: &AppState,
+    local: Local,
+    (subtype, action): (&'static str, &'static str),
+    work: impl Future<Output = T>,
+    outcome_of: impl FnOnce(&T) -> &'static str,
+) -> anyhow::Result<T> {
+    let Some(auditor) = state.auditor.clone() else {
+        return Ok(work.await);
+    };
+    let local = Some(Arc::new(local));
+    let note = Note {
+        recorded: Micros::now(),
+        subtype,
+        action,
+        entity: None,
+        query: None,
+        address: None,
+        local: local.clone(),
+        access: Arc::new(Mutex::new(None)),
+        patients: Vec::new(),
+        entities: Vec::new(),
+        recorded_with_write: false,
+    };
+    let origin = Origin {
+        address: None,
+        local,
+    };
+    let (output, note) = with_note(note, origin, work).await;
+    finish(&auditor, &note, outcome_of(&output))
+        .await
+        .context("cannot record the audit event")?;
+    Ok(output)
+}
+
+/// Where the work being audited comes from, for the batch entries it runs through the router.
+#[derive(Clone, Default)]
+struct Origin {
+    /// The client's address, for a request over HTTP.
+    address: Option<String>,
+    /// Who runs it, for work done on the server's machine.
+    local: Option<Arc<Local>>,
+}
+
 tokio::task_local! {
-    /// The client address of the request being audited, for the batch entries it runs.
-    static ADDRESS: Option<String>;
+    /// Where the request being audited comes from, for the batch entries it runs.
+    static ORIGIN: Origin;
 }
 
 /// Where the authentication middleware leaves the request's [`Access`] for the audit.

@@ -98,7 +98,10 @@ fn agents(record: &AuditRecord, authentication: bool) -> Vec<Value> {
             if let Some(agent) = agent.as_deref().filter(|a| a.contains('/')) {
                 who.insert("reference".to_owned(), json!(agent));
             }
-            if let Some(name) = name.as_deref().or(agent.as_deref()) {
+            // An agent that is no reference is a name itself (a username, or a command run
+            // on the server's machine, whose user is then the altId).
+            let named = agent.as_deref().filter(|a| !a.contains('/'));
+            if let Some(name) = named.or(name.as_deref()) {
                 who.insert("display".to_owned(), json!(name));
             }
             let mut user = json!({ "who": who, "requestor": true });

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 use telemed_server::import::import;
 use telemed_server::startup::offline_state;
-use telemed_tests::{search_total, spawn_app};
+use telemed_tests::{search, search_total, spawn_app};
 
 /// A folder of its own under the system's temporary directory, removed when dropped.
 struct Folder(PathBuf);
@@ -130,5 +130,120 @@ async fn a_folder_of_bundles_loads_beside_the_server_and_failures_are_named() {
         )
         .await,
         5
+    );
+}
+
+/// The AuditEvents of `GET AuditEvent?{query}`.
+async fn audit_events(app: &telemed_tests::TestApp, query: &str) -> Vec<Value> {
+    let bundle = search(app, &format!("AuditEvent?{query}")).await;
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|entry| entry["resource"].clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_import_is_audited_as_the_command_and_its_user() {
+    let app = spawn_app().await;
+    let folder = Folder::new();
+    folder.write(
+        "patient-a.json",
+        &patient_record("Audited-A", 2).to_string(),
+    );
+    folder.write(
+        "practitioners.json",
+        &json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"resource": {"resourceType": "Practitioner",
+                          "identifier": [{"system": NPI, "value": "1234567893"}]},
+             "request": {"method": "POST", "url": "Practitioner"}}]})
+        .to_string(),
+    );
+    folder.write("broken.json", "{ not json");
+
+    let state = offline_state(app.config.clone())
+        .await
+        .expect("the database opens");
+    let report = import(&state, &folder.0, 1, indicatif::ProgressBar::hidden())
+        .await
+        .expect("the import runs");
+    state.store.close().await;
+    assert_eq!(report.loaded, 2, "{:?}", report.failures);
+
+    let found = search(&app, "Patient?identifier=http://example.org/mrn|Audited-A").await;
+    let patient = found["entry"][0]["resource"]["id"]
+        .as_str()
+        .expect("the imported patient")
+        .to_owned();
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|name| !name.is_empty());
+    let is_the_import = |event: &Value| {
+        let who = &event["agent"][0];
+        who["who"]["display"] == "telemed import"
+            && who["requestor"] == true
+            && user
+                .as_ref()
+                .map_or(who.get("altId").is_none(), |user| who["altId"] == *user)
+            && who.get("network").is_none()
+    };
+
+    // The transaction: one record, about the patient it wrote, with every version it stored.
+    let events = audit_events(&app, &format!("patient={patient}&subtype=transaction")).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = &events[0];
+    assert!(is_the_import(event), "{event}");
+    assert_eq!(event["action"], "E");
+    assert_eq!(event["outcome"], "0");
+    let written: Vec<&str> = event["entity"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entity| entity["what"]["reference"].as_str())
+        .collect();
+    assert!(
+        written.contains(&format!("Patient/{patient}").as_str()),
+        "{written:?}"
+    );
+    assert_eq!(
+        written
+            .iter()
+            .filter(|r| r.starts_with("Observation/"))
+            .count(),
+        2,
+        "{written:?}"
+    );
+
+    // The batch's entry runs through the router: recorded as the command's create.
+    let creates = audit_events(&app, "subtype=create").await;
+    assert!(
+        creates.iter().any(|event| is_the_import(event)
+            && event["entity"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|entity| entity["what"]["reference"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("Practitioner/")))),
+        "{creates:?}"
+    );
+
+    // The file that is no Bundle: a failed attempt, the client's fault.
+    let failed = audit_events(&app, "subtype=transaction&outcome=4").await;
+    assert!(failed.iter().any(is_the_import), "{failed:?}");
+
+    // The trail stays one unbroken chain with the server's own records.
+    let store = telemed_server::store::Store::open(&app.config.database_url, 2)
+        .await
+        .expect("the store");
+    let verdict = telemed_server::audit::verify(&store)
+        .await
+        .expect("verified");
+    store.close().await;
+    assert!(
+        matches!(verdict, telemed_server::audit::Verified::Intact(_)),
+        "{verdict:?}"
     );
 }
