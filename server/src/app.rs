@@ -10,6 +10,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use tower::util::MapRequest;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
@@ -62,7 +63,30 @@ impl App {
     }
 }
 
-/// The whole HTTP surface.
+/// The whole HTTP surface as the listener serves it: [`router`], with the trailing slash of
+/// the base URL itself taken off before routing (`POST {base}/`, `GET {base}/?_type=…`, which
+/// clients that join paths by `/` send), since a router's own middleware runs too late to.
+pub fn service(state: AppState) -> MapRequest<Router, fn(Request) -> Request> {
+    MapRequest::new(router(state), without_base_slash)
+}
+
+/// `/fhir/` (with its query) as `/fhir`; any other request unchanged.
+fn without_base_slash(mut request: Request) -> Request {
+    if request.uri().path() == "/fhir/" {
+        let path_and_query = match request.uri().query() {
+            Some(query) => format!("/fhir?{query}"),
+            None => "/fhir".to_owned(),
+        };
+        let mut parts = request.uri().clone().into_parts();
+        parts.path_and_query = path_and_query.parse().ok();
+        if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
+    request
+}
+
+/// The whole HTTP surface, routed.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     let fhir = crate::fhir::router(state.clone()).layer(middleware::from_fn_with_state(

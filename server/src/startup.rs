@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use fhir_models::ResourceType;
 use tokio::net::TcpListener;
 
-use crate::app::{App, AppState, router};
+use crate::app::{App, AppState, service};
 use crate::audit::AuthTrail;
 use crate::config::{AuthMode, Config};
 use crate::directory::FhirDirectory;
@@ -81,7 +81,9 @@ impl Application {
         let state = self.state.clone();
         // The client's address reaches the handlers, for the audit trail.
         let service =
-            router(self.state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                std::net::SocketAddr,
+            >(service(self.state));
         let result = axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown)
             .await;

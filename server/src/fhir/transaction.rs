@@ -402,9 +402,15 @@ fn entry_request(
         // A Bundle inside a Bundle is stored with POST Bundle, never processed.
         return Err(bad_url(entry, "an entry cannot write to the base URL"));
     }
+    // The base itself is `/fhir`: the router has no `/fhir/`.
+    let path = if path.is_empty() {
+        String::new()
+    } else {
+        format!("/{path}")
+    };
     let uri = match query {
-        Some(query) => format!("/fhir/{path}?{query}"),
-        None => format!("/fhir/{path}"),
+        Some(query) => format!("/fhir{path}?{query}"),
+        None => format!("/fhir{path}"),
     };
     let mut request = Request::builder().method(entry.method.clone()).uri(uri);
     for (name, value) in [

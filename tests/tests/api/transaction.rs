@@ -495,3 +495,54 @@ async fn batch_entries_succeed_or_fail_on_their_own() {
         "the good POST stands"
     );
 }
+
+#[tokio::test]
+async fn the_base_url_with_a_trailing_slash_takes_bundles_and_system_searches() {
+    let app = spawn_app().await;
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "name": [{"family": "Slash"}]},
+         "request": {"method": "POST", "url": "Patient"}}]});
+    let response = app
+        .client
+        .post(format!("{}/", app.base))
+        .header("content-type", "application/fhir+json")
+        .body(bundle.to_string())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.expect("JSON");
+    assert_eq!(answer["type"], "transaction-response", "{answer}");
+    assert!(
+        answer["entry"][0]["response"]["status"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("201")),
+        "{answer}"
+    );
+
+    let response = app
+        .client
+        .get(format!("{}/?_type=Patient&name=Slash", app.base))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    let found: Value = response.json().await.expect("JSON");
+    assert_eq!(found["type"], "searchset", "{found}");
+    assert_eq!(found["entry"].as_array().map(Vec::len), Some(1), "{found}");
+
+    // A batch entry can search the whole system too: its URL is the base's query.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "?_type=Patient&name=Slash"}},
+        {"request": {"method": "GET", "url": format!("{}/?_type=Patient&name=Slash", app.base)}}]});
+    let answer = processed(&app, &batch).await;
+    for entry in answer["entry"].as_array().expect("entries") {
+        assert_eq!(entry["response"]["status"], "200 OK", "{answer}");
+        assert_eq!(entry["resource"]["type"], "searchset", "{answer}");
+        assert_eq!(
+            entry["resource"]["entry"].as_array().map(Vec::len),
+            Some(1),
+            "{answer}"
+        );
+    }
+}
