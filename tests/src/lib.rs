@@ -528,6 +528,17 @@ pub async fn search(app: &TestApp, query: &str) -> Value {
     bundle
 }
 
+/// The AuditEvents of `GET {base}/AuditEvent?{query}`.
+pub async fn audit_events(app: &TestApp, query: &str) -> Vec<Value> {
+    let bundle = search(app, &format!("AuditEvent?{query}")).await;
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|entry| entry["resource"].clone())
+        .collect()
+}
+
 /// How many resources `GET {base}/{query}` matches, asked as `_summary=count` with
 /// `_total=accurate`; `query` already has a `?`.
 pub async fn search_total(app: &TestApp, query: &str) -> i64 {

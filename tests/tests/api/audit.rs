@@ -4,18 +4,7 @@
 use serde_json::{Value, json};
 use telemed_server::audit::{Verified, verify};
 use telemed_server::store::Store;
-use telemed_tests::{TestApp, id_of, post_bundle, search, spawn_app};
-
-/// The AuditEvents of `GET AuditEvent?{query}`.
-async fn audit_events(app: &TestApp, query: &str) -> Vec<Value> {
-    let bundle = search(app, &format!("AuditEvent?{query}")).await;
-    bundle["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|entry| entry["resource"].clone())
-        .collect()
-}
+use telemed_tests::{TestApp, audit_events, id_of, post_bundle, search, spawn_app};
 
 /// A patient and an observation about them.
 async fn patient_with_observation(app: &TestApp) -> (String, String) {

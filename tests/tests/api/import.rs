@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 use telemed_server::import::import;
 use telemed_server::startup::offline_state;
-use telemed_tests::{search, search_total, spawn_app};
+use telemed_tests::{audit_events, search, search_total, spawn_app};
 
 /// A folder of its own under the system's temporary directory, removed when dropped.
 struct Folder(PathBuf);
@@ -131,17 +131,6 @@ async fn a_folder_of_bundles_loads_beside_the_server_and_failures_are_named() {
         .await,
         5
     );
-}
-
-/// The AuditEvents of `GET AuditEvent?{query}`.
-async fn audit_events(app: &telemed_tests::TestApp, query: &str) -> Vec<Value> {
-    let bundle = search(app, &format!("AuditEvent?{query}")).await;
-    bundle["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|entry| entry["resource"].clone())
-        .collect()
 }
 
 #[tokio::test]
