@@ -231,3 +231,85 @@ async fn reindex_gives_every_live_resource_its_rows_and_each_reference_its_targe
     );
     store.drop_database().await;
 }
+
+/// Runs `sql` (several statements) on the database at `url`, outside the store.
+async fn execute(url: &str, sql: &str) {
+    use sqlx::{Connection as _, Executor as _};
+    if url.starts_with("sqlite:") {
+        let mut connection = sqlx::SqliteConnection::connect(url)
+            .await
+            .expect("the database");
+        connection.execute(sql).await.expect("the statements");
+        connection.close().await.expect("closed");
+    } else {
+        let mut connection = sqlx::PgConnection::connect(url)
+            .await
+            .expect("the database");
+        connection.execute(sql).await.expect("the statements");
+        connection.close().await.expect("closed");
+    }
+}
+
+#[tokio::test]
+async fn migration_0011_gives_the_references_already_stored_their_target() {
+    let mut store = TestStore::new().await;
+    store
+        .store
+        .write_all(vec![
+            TestStore::create(patient("p1", "Chalmers")),
+            TestStore::create(observation("o1", "p1")),
+            TestStore::create(observation("o2", "p2")),
+        ])
+        .await
+        .expect("the writes");
+    // The database as a server before 0011 left it: no target_rid, the index it replaced, and
+    // 0011 not applied.
+    store.store.close().await;
+    execute(
+        &store.url,
+        "DROP INDEX search_reference_target_rid;
+         DROP INDEX search_reference_unresolved;
+         DROP INDEX search_reference_rid;
+         ALTER TABLE search_reference DROP COLUMN target_rid;
+         CREATE INDEX search_reference_rid
+             ON search_reference (rid, param, target_type, target_id);
+         DELETE FROM _sqlx_migrations WHERE version = 11;",
+    )
+    .await;
+
+    // Opening it migrates it: each stored reference now leads to its target, if it exists.
+    store.store = Store::open(&store.url, 4).await.expect("the store opens");
+    let rows = store
+        .store
+        .query(
+            "SELECT x.target_id, COALESCE(t.id, '-') FROM search_reference x \
+             LEFT JOIN resources t ON t.rid = x.target_rid \
+             WHERE x.param = $1 ORDER BY x.target_id",
+            &[Cell::Text("subject".to_owned())],
+            &[Kind::Text, Kind::Text],
+        )
+        .await
+        .expect("the query");
+    assert_eq!(
+        rows,
+        [
+            vec![Cell::Text("p1".to_owned()), Cell::Text("p1".to_owned())],
+            vec![Cell::Text("p2".to_owned()), Cell::Text("-".to_owned())],
+        ]
+    );
+    // And the reference still unresolved is resolved when its target is created.
+    store.put(patient("p2", "Windsor")).await;
+    assert_eq!(
+        store
+            .store
+            .query(
+                "SELECT COUNT(*) FROM search_reference WHERE param = $1 AND target_rid IS NULL",
+                &[Cell::Text("subject".to_owned())],
+                &[Kind::Int],
+            )
+            .await
+            .expect("the query"),
+        [vec![Cell::Int(0)]]
+    );
+    store.drop_database().await;
+}

@@ -12,7 +12,7 @@ pub const BASE: &str = "http://localhost/fhir";
 /// set), removed by [`TestStore::drop_database`].
 pub struct TestStore {
     pub store: Store,
-    url: String,
+    pub url: String,
 }
 
 impl TestStore {
