@@ -63,12 +63,16 @@ impl App {
     }
 }
 
-/// The whole HTTP surface as the listener serves it: [`router`], with the trailing slash of
+/// The whole HTTP surface as the listener (and a batch entry) sees it: [`router`], with the
+/// trailing slash of
 /// the base URL itself taken off before routing (`POST {base}/`, `GET {base}/?_type=…`, which
 /// clients that join paths by `/` send), since a router's own middleware runs too late to.
-pub fn service(state: AppState) -> MapRequest<Router, fn(Request) -> Request> {
+pub fn service(state: AppState) -> Service {
     MapRequest::new(router(state), without_base_slash)
 }
+
+/// What [`service`] gives: the router behind the base URL's rewriting.
+pub type Service = MapRequest<Router, fn(Request) -> Request>;
 
 /// `/fhir/` (with its query) as `/fhir`; any other request unchanged.
 fn without_base_slash(mut request: Request) -> Request {

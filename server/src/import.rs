@@ -154,24 +154,20 @@ async fn load(state: &AppState, path: &Path, headers: &HeaderMap) -> Loaded {
         },
     )
     .await;
-    let processed = match processed {
-        Ok(processed) => processed,
-        Err(error) => {
-            return Loaded::Failed {
-                why: format!("{error:#}"),
-                retry: false,
-            };
-        }
-    };
     match processed {
-        Ok(processed) if processed.failed == 0 => Loaded::All(processed.entries as u64),
-        Ok(processed) => Loaded::Partly {
+        Ok(Ok(processed)) if processed.failed == 0 => Loaded::All(processed.entries as u64),
+        Ok(Ok(processed)) => Loaded::Partly {
             stored: (processed.entries - processed.failed) as u64,
             failed: processed.failed,
         },
-        Err(error) => Loaded::Failed {
+        Ok(Err(error)) => Loaded::Failed {
             retry: error.status() == StatusCode::PRECONDITION_FAILED,
             why: describe(&error),
+        },
+        // Its audit record could not be made durable.
+        Err(error) => Loaded::Failed {
+            why: format!("{error:#}"),
+            retry: false,
         },
     }
 }

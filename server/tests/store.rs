@@ -1,5 +1,6 @@
 //! Writes of many resources in one transaction (`Store::write_all`, what a transaction Bundle
-//! does): each answered in order with its version, all stored with their index rows, or none.
+//! does): each answered in order with its version, all stored with their index rows, or none;
+//! and the index rows rebuilt (`telemed reindex`) or migrated (0011) where they lead.
 //!
 //! Runs on SQLite by default, on PostgreSQL when `TELEMED_TEST_DATABASE_URL` is set.
 
@@ -36,6 +37,27 @@ async fn referring(store: &Store, param: &str, target: &str) -> Vec<String> {
         .filter_map(|row| match row.into_iter().next() {
             Some(Cell::Text(id)) => Some(id),
             _ => None,
+        })
+        .collect()
+}
+
+/// Where each `subject` reference leads: its target id, and the id of the resource its
+/// `target_rid` names (`-` for none), in target id order.
+async fn subject_targets(store: &Store) -> Vec<(String, String)> {
+    let rows = store
+        .query(
+            "SELECT x.target_id, COALESCE(t.id, '-') FROM search_reference x \
+             LEFT JOIN resources t ON t.rid = x.target_rid \
+             WHERE x.param = $1 ORDER BY x.target_id",
+            &[Cell::Text("subject".to_owned())],
+            &[Kind::Text, Kind::Text],
+        )
+        .await
+        .expect("the query");
+    rows.into_iter()
+        .map(|row| match row.as_slice() {
+            [Cell::Text(id), Cell::Text(target)] => (id.clone(), target.clone()),
+            other => panic!("not two texts: {other:?}"),
         })
         .collect()
 }
@@ -211,23 +233,9 @@ async fn reindex_gives_every_live_resource_its_rows_and_each_reference_its_targe
     assert_eq!(count, 3);
     assert_eq!(referring(&store.store, "subject", "p1").await, ["o1"]);
     // Where each reference leads: the patient that exists, and nothing for the one that does not.
-    let rows = store
-        .store
-        .query(
-            "SELECT x.target_id, COALESCE(t.id, '-') FROM search_reference x \
-             LEFT JOIN resources t ON t.rid = x.target_rid \
-             WHERE x.param = $1 ORDER BY x.target_id",
-            &[Cell::Text("subject".to_owned())],
-            &[Kind::Text, Kind::Text],
-        )
-        .await
-        .expect("the query");
     assert_eq!(
-        rows,
-        [
-            vec![Cell::Text("p1".to_owned()), Cell::Text("p1".to_owned())],
-            vec![Cell::Text("p2".to_owned()), Cell::Text("-".to_owned())],
-        ]
+        subject_targets(&store.store).await,
+        [("p1", "p1"), ("p2", "-")].map(|(id, target)| (id.to_owned(), target.to_owned()))
     );
     store.drop_database().await;
 }
@@ -279,23 +287,9 @@ async fn migration_0011_gives_the_references_already_stored_their_target() {
 
     // Opening it migrates it: each stored reference now leads to its target, if it exists.
     store.store = Store::open(&store.url, 4).await.expect("the store opens");
-    let rows = store
-        .store
-        .query(
-            "SELECT x.target_id, COALESCE(t.id, '-') FROM search_reference x \
-             LEFT JOIN resources t ON t.rid = x.target_rid \
-             WHERE x.param = $1 ORDER BY x.target_id",
-            &[Cell::Text("subject".to_owned())],
-            &[Kind::Text, Kind::Text],
-        )
-        .await
-        .expect("the query");
     assert_eq!(
-        rows,
-        [
-            vec![Cell::Text("p1".to_owned()), Cell::Text("p1".to_owned())],
-            vec![Cell::Text("p2".to_owned()), Cell::Text("-".to_owned())],
-        ]
+        subject_targets(&store.store).await,
+        [("p1", "p1"), ("p2", "-")].map(|(id, target)| (id.to_owned(), target.to_owned()))
     );
     // And the reference still unresolved is resolved when its target is created.
     store.put(patient("p2", "Windsor")).await;

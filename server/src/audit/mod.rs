@@ -177,9 +177,7 @@ pub struct Note {
     entity: Option<String>,
     query: Option<String>,
     /// Where the request came from.
-    address: Option<String>,
-    /// Who runs the command, for work done on the server's machine rather than over HTTP.
-    local: Option<Arc<Local>>,
+    origin: Origin,
     /// Where the authentication leaves who made the request.
     access: Arc<Mutex<Option<Access>>>,
     /// The patients whose data the request reached or tried to reach.
@@ -191,19 +189,40 @@ pub struct Note {
 }
 
 impl Note {
+    /// The note of an interaction coming from `origin`, before its handler has run.
+    fn new(
+        subtype: &'static str,
+        action: &'static str,
+        origin: Origin,
+        access: Arc<Mutex<Option<Access>>>,
+    ) -> Self {
+        Self {
+            recorded: Micros::now(),
+            subtype,
+            action,
+            entity: None,
+            query: None,
+            origin,
+            access,
+            patients: Vec::new(),
+            entities: Vec::new(),
+            recorded_with_write: false,
+        }
+    }
+
     /// The request's records with `outcome`: one per patient it reached (IHE: one AuditEvent
     /// per patient), or one about no patient.
     fn records(&self, outcome: &'static str) -> Vec<AuditRecord> {
         let access = self.access.lock().ok().and_then(|slot| slot.clone());
-        let who = match (&access, &self.local) {
-            (Some(access @ Access::Token(_)), _) => Who::of(access, self.address.clone()),
+        let who = match (&access, &self.origin.local) {
+            (Some(access @ Access::Token(_)), _) => Who::of(access, self.origin.address.clone()),
             (_, Some(local)) => Who {
                 agent: Some(local.agent.clone()),
                 user_name: local.user_name.clone(),
                 ..Who::default()
             },
             _ => Who {
-                address: self.address.clone(),
+                address: self.origin.address.clone(),
                 ..Who::default()
             },
         };
@@ -430,34 +449,19 @@ pub async fn record_requests(
         .map_or_else(|| request.uri().clone(), |original| original.0.clone());
     // A batch entry runs inside the Bundle's request (or command): it comes from the same
     // address, or the same local user.
-    let origin = ORIGIN.try_with(Clone::clone).unwrap_or_default();
-    let address = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .or(origin.address);
-    let local = origin.local;
+    let mut origin = ORIGIN.try_with(Clone::clone).unwrap_or_default();
+    if let Some(ConnectInfo(client)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
+        origin.address = Some(client.ip().to_string());
+    }
     let access = Arc::new(Mutex::new(None::<Access>));
-    let origin = Origin {
-        address: address.clone(),
-        local: local.clone(),
-    };
     let note = Note {
-        recorded: Micros::now(),
-        subtype,
-        action,
         entity: instance_of(uri.path()),
         query: uri.query().map(str::to_owned),
-        address,
-        local,
-        access: access.clone(),
-        patients: Vec::new(),
-        entities: Vec::new(),
-        recorded_with_write: false,
+        ..Note::new(subtype, action, origin, access.clone())
     };
     let mut request = request;
     request.extensions_mut().insert(AccessSlot(access));
-    let (response, note) = with_note(note, origin, next.run(request)).await;
+    let (response, note) = with_note(note, next.run(request)).await;
     match finish(&auditor, &note, outcome(response.status())).await {
         Ok(()) => response,
         // The response must not leave without its record: the request fails instead.
@@ -467,13 +471,10 @@ pub async fn record_requests(
     }
 }
 
-/// Runs `work` as the audited request `note` describes, coming from `origin`; returns what it
-/// gave and the note as the work left it.
-async fn with_note<F: Future>(
-    note: Note,
-    origin: Origin,
-    work: F,
-) -> (F::Output, Arc<Mutex<Note>>) {
+/// Runs `work` as the audited request `note` describes (the batch entries it runs come from
+/// where it comes from); returns what it gave and the note as the work left it.
+async fn with_note<F: Future>(note: Note, work: F) -> (F::Output, Arc<Mutex<Note>>) {
+    let origin = note.origin.clone();
     let note = Arc::new(Mutex::new(note));
     let output = ORIGIN.scope(origin, NOTE.scope(note.clone(), work)).await;
     (output, note)
@@ -534,25 +535,12 @@ pub async fn record_local<T>(
     let Some(auditor) = state.auditor.clone() else {
         return Ok(work.await);
     };
-    let local = Some(Arc::new(local));
-    let note = Note {
-        recorded: Micros::now(),
-        subtype,
-        action,
-        entity: None,
-        query: None,
-        address: None,
-        local: local.clone(),
-        access: Arc::new(Mutex::new(None)),
-        patients: Vec::new(),
-        entities: Vec::new(),
-        recorded_with_write: false,
-    };
     let origin = Origin {
         address: None,
-        local,
+        local: Some(Arc::new(local)),
     };
-    let (output, note) = with_note(note, origin, work).await;
+    let note = Note::new(subtype, action, origin, Arc::new(Mutex::new(None)));
+    let (output, note) = with_note(note, work).await;
     finish(&auditor, &note, outcome_of(&output))
         .await
         .context("cannot record the audit event")?;

@@ -18,7 +18,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
@@ -347,7 +346,7 @@ async fn batch(
     entries: &[Entry],
     headers: &HeaderMap,
 ) -> Vec<ResponseEntry> {
-    let router = crate::app::router(state.clone());
+    let router = crate::app::service(state.clone());
     let order = processing_order(entries);
     let mut responses: Vec<Option<ResponseEntry>> = entries.iter().map(|_| None).collect();
     // Each method's entries run together; the next method starts when they are done.
@@ -375,7 +374,7 @@ async fn batch(
 async fn dispatch(
     state: &AppState,
     access: &Access,
-    router: Router,
+    router: crate::app::Service,
     entry: &Entry,
     headers: &HeaderMap,
 ) -> ResponseEntry {
@@ -402,15 +401,9 @@ fn entry_request(
         // A Bundle inside a Bundle is stored with POST Bundle, never processed.
         return Err(bad_url(entry, "an entry cannot write to the base URL"));
     }
-    // The base itself is `/fhir`: the router has no `/fhir/`.
-    let path = if path.is_empty() {
-        String::new()
-    } else {
-        format!("/{path}")
-    };
     let uri = match query {
-        Some(query) => format!("/fhir{path}?{query}"),
-        None => format!("/fhir{path}"),
+        Some(query) => format!("/fhir/{path}?{query}"),
+        None => format!("/fhir/{path}"),
     };
     let mut request = Request::builder().method(entry.method.clone()).uri(uri);
     for (name, value) in [
@@ -722,7 +715,7 @@ async fn transaction(
             }
         }
     }
-    let router = crate::app::router(state.clone());
+    let router = crate::app::service(state.clone());
     for &i in &order {
         let entry = &entries[i];
         let response = match &actions[i] {
