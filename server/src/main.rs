@@ -407,9 +407,22 @@ async fn verify_audit(args: ServeArgs) -> anyhow::Result<()> {
     let verdict = telemed_server::audit::verify(&store).await;
     store.close().await;
     match verdict? {
-        telemed_server::audit::Verified::Intact(count) => {
-            println!("the audit trail is intact: {count} records");
+        telemed_server::audit::Verified::Intact { chained, waiting } => {
+            println!(
+                "the audit trail is intact: {chained} records, and {waiting} in the audit \
+                 journal waiting to join them"
+            );
             Ok(())
+        }
+        telemed_server::audit::Verified::JournalBroken {
+            segment,
+            entry,
+            why,
+        } => {
+            println!(
+                "the audit journal is broken at entry {entry} of its segment {segment}: {why}"
+            );
+            anyhow::bail!("the audit journal is broken")
         }
         telemed_server::audit::Verified::Broken(broken) => {
             println!(

@@ -209,6 +209,9 @@ impl Drop for TestApp {
                     file.push(suffix);
                     let _ = std::fs::remove_file(file);
                 }
+                let mut journal = path.clone().into_os_string();
+                journal.push("-audit");
+                let _ = std::fs::remove_dir_all(journal);
             }
             Database::Postgres { admin_url, name } => {
                 let (admin_url, name) = (admin_url.clone(), name.clone());

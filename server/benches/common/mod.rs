@@ -252,6 +252,7 @@ pub async fn remove_database(url: &str) {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{path}{suffix}"));
         }
+        let _ = std::fs::remove_dir_all(format!("{path}-audit"));
     } else if let Some((_, name)) = url.rsplit_once('/')
         && let Ok(mut connection) = sqlx::PgConnection::connect(&postgres_admin_url()).await
     {

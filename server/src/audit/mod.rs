@@ -10,10 +10,11 @@
 //!   patient), unless a write committed them already, and the response leaves only once they
 //!   are durable. Commands that write through the same code on the server's machine
 //!   (`telemed import`) are audited alike by [`record_local`], as the command and its user.
-//! - [`Auditor`] appends records in groups, one transaction and one fsync per group: on SQLite
-//!   through the store's writer, where a write's records commit in the write's own
-//!   transaction ([`records_for_write`]) and a read's join the next group; on PostgreSQL on a
-//!   task of its own.
+//! - [`Auditor`] appends records in groups, one fsync per group. On SQLite a write's records
+//!   commit in the write's own transaction ([`records_for_write`]); the others are appended to
+//!   an audit journal, a file beside the database that the store's writer empties into the
+//!   trail in batches (see `store/journal.rs`). On PostgreSQL they are committed in groups by a
+//!   task of their own.
 //! - Each record carries the SHA-256 of the record before it and its own hash over that and
 //!   every column (see [`chain_hash`]); [`verify`] walks the chain and names the first record
 //!   that does not fit (`telemed audit verify`).
@@ -589,12 +590,25 @@ pub struct Broken {
 /// What [`verify`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verified {
-    /// Every record fits; this many were checked.
-    Intact(u64),
+    /// Every record fits: this many in the chain, and this many in the audit journal (SQLite),
+    /// waiting to join it. While servers run, records move from the one to the other, so the
+    /// two counts are a snapshot that may count a record twice or miss one.
+    Intact {
+        chained: u64,
+        waiting: u64,
+    },
     Broken(Broken),
+    /// A segment of the audit journal (its file name) was changed: its entry that does not
+    /// match its hash, counting from 1.
+    JournalBroken {
+        segment: String,
+        entry: usize,
+        why: &'static str,
+    },
 }
 
-/// Walks the whole chain, recomputing each hash.
+/// Walks the whole chain, recomputing each hash, and then the entries of the audit journal
+/// that wait to join it.
 pub async fn verify(store: &Store) -> anyhow::Result<Verified> {
     let page = format!(
         "SELECT {RECORD_COLUMNS}, prev_hash, hash FROM audit_events WHERE chain_pos > $1 \
@@ -668,7 +682,20 @@ pub async fn verify(store: &Store) -> anyhow::Result<Verified> {
             ),
         }));
     }
-    Ok(Verified::Intact(u64::try_from(expected - 1).unwrap_or(0)))
+    let journal = store
+        .verify_journal()
+        .context("cannot read the audit journal")?;
+    if let Some((segment, broken)) = journal.broken {
+        return Ok(Verified::JournalBroken {
+            segment,
+            entry: broken.entry,
+            why: broken.why,
+        });
+    }
+    Ok(Verified::Intact {
+        chained: u64::try_from(expected - 1).unwrap_or(0),
+        waiting: journal.waiting,
+    })
 }
 
 /// The action and outcome codes are a closed set; any other stored value cannot match a hash

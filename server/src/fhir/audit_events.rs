@@ -62,8 +62,12 @@ impl Sql {
     }
 }
 
-/// The records of the trail a query of `RECORD_COLUMNS` found, with their positions.
+/// The records of the trail a query of `RECORD_COLUMNS` found, with their positions. Every
+/// record appended before the query is in the trail by then.
 async fn records(state: &AppState, sql: &Sql) -> FhirResult<Vec<(i64, AuditRecord)>> {
+    if let Some(auditor) = &state.auditor {
+        auditor.settle().await.map_err(FhirError::Internal)?;
+    }
     let rows = state
         .store
         .query(&sql.text, &sql.binds, &audit::record_kinds())

@@ -2,9 +2,9 @@
 //! into one transaction that reads the end of the chain, chains and inserts the records, moves
 //! the end, and commits (one fsync); then each caller hears that its records are on disk.
 //!
-//! On SQLite the records go through the store's own writer (see [`super::sqlite`]): they share
-//! its group commits with the resource writes, and a write's own record commits in the same
-//! transaction as the write. On PostgreSQL a task of its own appends them on a pooled
+//! On SQLite the records of a write commit in the write's own transaction, through the store's
+//! writer (see [`super::sqlite`]); the others are appended to the audit journal, from which
+//! the writer moves them into the trail in batches (see [`super::journal`]). On PostgreSQL a task of its own appends them on a pooled
 //! connection, with the chain's end locked (`FOR UPDATE`) so that several servers append one
 //! chain.
 
@@ -13,7 +13,7 @@ use rusqlite::Connection;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::sqlite::WriteJob;
+use super::journal::Journal;
 use crate::audit::{AuditRecord, chain_hash};
 
 /// Most records appended in one transaction.
@@ -32,17 +32,17 @@ pub struct Auditor {
 
 #[derive(Clone)]
 enum Queue {
-    /// The SQLite store's writer.
-    Sqlite(mpsc::Sender<WriteJob>),
+    /// The SQLite store's audit journal.
+    Journal(Journal),
     /// The PostgreSQL appender task.
     Postgres(mpsc::Sender<Job>),
 }
 
 impl Auditor {
-    /// An auditor appending through the SQLite store's writer.
-    pub(super) fn sqlite(writer: mpsc::Sender<WriteJob>) -> Self {
+    /// An auditor appending to the SQLite store's journal.
+    pub(super) fn journal(journal: Journal) -> Self {
         Self {
-            queue: Queue::Sqlite(writer),
+            queue: Queue::Journal(journal),
         }
     }
 
@@ -73,24 +73,7 @@ impl Auditor {
             return Ok(());
         }
         match &self.queue {
-            Queue::Sqlite(writer) => {
-                let (reply, answer) = oneshot::channel();
-                writer
-                    .send(WriteJob {
-                        ops: Vec::new(),
-                        audit: records,
-                        reply,
-                    })
-                    .await
-                    .map_err(|_| anyhow::anyhow!("the SQLite writer has stopped"))?;
-                answer
-                    .await
-                    .map_err(|_| anyhow::anyhow!("the SQLite writer dropped a record"))?
-                    .map(|_| ())
-                    .map_err(|failed| {
-                        anyhow::anyhow!("cannot append to the audit trail: {:?}", failed.error)
-                    })
-            }
+            Queue::Journal(journal) => journal.append(records).await,
             Queue::Postgres(queue) => {
                 let (done, durable) = oneshot::channel();
                 queue
@@ -102,6 +85,15 @@ impl Auditor {
                     .map_err(|_| anyhow::anyhow!("the audit writer dropped a record"))?
                     .map_err(|e| anyhow::anyhow!("cannot append to the audit trail: {e}"))
             }
+        }
+    }
+
+    /// Returns once every record appended before the call can be read from `audit_events`:
+    /// on SQLite, once the journal has moved them there; on PostgreSQL they are there already.
+    pub async fn settle(&self) -> anyhow::Result<()> {
+        match &self.queue {
+            Queue::Journal(journal) => journal.settle().await,
+            Queue::Postgres(_) => Ok(()),
         }
     }
 }

@@ -14,6 +14,7 @@
 mod audit;
 mod conditions;
 mod index;
+mod journal;
 mod sqlite;
 
 use std::path::Path;
@@ -36,6 +37,7 @@ use crate::search::index::IndexRows;
 
 pub use audit::Auditor;
 pub use conditions::{ConditionGuard, condition_key};
+pub use journal::{BrokenEntry, JournalVerdict};
 
 /// A point in time as stored: microseconds since the Unix epoch, UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -254,6 +256,8 @@ enum Backend {
         readers: sqlite::Readers,
         /// The queue of the group-commit writer (see [`sqlite::spawn_writer`]).
         writer: mpsc::Sender<sqlite::WriteJob>,
+        /// Where the records of reads are appended (see [`journal`]).
+        journal: journal::Journal,
     },
     Postgres(PgPool),
 }
@@ -350,11 +354,15 @@ impl Store {
                 .context("cannot open the SQLite database for writing")?;
             let readers = sqlite::Readers::spawn(usize::try_from(readers).unwrap_or(1).max(1))
                 .context("cannot start the SQLite readers")?;
+            let journal = journal::Journal::open(options.get_filename(), writer.clone())
+                .await
+                .context("cannot open the audit journal")?;
             Backend::Sqlite {
                 path: Arc::from(options.get_filename()),
                 read,
                 readers,
                 writer,
+                journal,
             }
         } else {
             anyhow::bail!("DATABASE_URL must start with sqlite:// or postgres://");
@@ -380,7 +388,7 @@ impl Store {
     /// An appender of audit records to this database (see [`crate::audit`]).
     pub fn auditor(&self) -> Auditor {
         match &self.backend {
-            Backend::Sqlite { writer, .. } => Auditor::sqlite(writer.clone()),
+            Backend::Sqlite { journal, .. } => Auditor::journal(journal.clone()),
             Backend::Postgres(pool) => Auditor::postgres(pool.clone()),
         }
     }
@@ -391,10 +399,25 @@ impl Store {
         matches!(self.backend, Backend::Postgres(_))
     }
 
-    /// Closes every connection, waiting for the ones in use.
+    /// What the audit journal holds (see [`journal::verify`]); nothing on PostgreSQL, which
+    /// has none.
+    pub fn verify_journal(&self) -> anyhow::Result<JournalVerdict> {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => journal::verify(path),
+            Backend::Postgres(_) => Ok(JournalVerdict::default()),
+        }
+    }
+
+    /// Moves every audit record appended so far into the trail, then closes every connection,
+    /// waiting for the ones in use.
     pub async fn close(&self) {
         match &self.backend {
-            Backend::Sqlite { read, .. } => read.close().await,
+            Backend::Sqlite { read, journal, .. } => {
+                if let Err(error) = journal.settle().await {
+                    tracing::warn!(%error, "the audit journal is left for the next start to move");
+                }
+                read.close().await;
+            }
             Backend::Postgres(pool) => pool.close().await,
         }
     }
@@ -479,7 +502,7 @@ impl Store {
                 let recorded = !audit.is_empty();
                 let (reply, answer) = oneshot::channel();
                 writer
-                    .send(sqlite::WriteJob { ops, audit, reply })
+                    .send(sqlite::WriteJob::writes(ops, audit, reply))
                     .await
                     .map_err(|_| WriteFailed::internal("the SQLite writer has stopped"))?;
                 let written = answer

@@ -15,8 +15,8 @@
 //!   transaction down with it, and the others run again without it (see [`write_group`]).
 //! - The writer only writes: bodies come serialized, and the write-ahead log is copied back
 //!   into the database (checkpointed) by a thread of its own.
-//! - The audit trail is appended by the same writer: a read's records join whatever group is
-//!   next, a write's commit with it (see [`super::audit`]).
+//! - The audit trail is appended by the same writer: a write's records commit with it, and
+//!   the records of reads come in batches from the audit journal (see [`super::journal`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -30,6 +30,7 @@ use fhir_models::ResourceType;
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
+use super::journal::Moved;
 use super::{
     Cell, Current, FhirError, INSERT_CURRENT, INSERT_VERSION, Kind, Micros, Precondition,
     PreparedOp, READ_SQL, SELECT_CURRENT, UPDATE_CURRENT, Version, WriteFailed, Written,
@@ -54,7 +55,39 @@ const MAX_GROUP_WRITES: usize = 4096;
 pub(super) struct WriteJob {
     pub ops: Vec<PreparedOp>,
     pub audit: Vec<crate::audit::AuditRecord>,
+    /// The journal segment `audit` comes from, named as moved in the same transaction.
+    pub journal: Option<Moved>,
     pub reply: oneshot::Sender<Result<Vec<Written>, WriteFailed>>,
+}
+
+impl WriteJob {
+    /// Writes, and their records.
+    pub(super) fn writes(
+        ops: Vec<PreparedOp>,
+        audit: Vec<crate::audit::AuditRecord>,
+        reply: oneshot::Sender<Result<Vec<Written>, WriteFailed>>,
+    ) -> Self {
+        Self {
+            ops,
+            audit,
+            journal: None,
+            reply,
+        }
+    }
+
+    /// The records of a journal segment, on their way into the trail.
+    pub(super) fn moving(
+        audit: Vec<crate::audit::AuditRecord>,
+        moved: Moved,
+        reply: oneshot::Sender<Result<Vec<Written>, WriteFailed>>,
+    ) -> Self {
+        Self {
+            ops: Vec::new(),
+            audit,
+            journal: Some(moved),
+            reply,
+        }
+    }
 }
 
 /// Opens the write connection and starts the writer thread; it stops when every sender is gone.
@@ -155,6 +188,9 @@ fn write_group(
             .filter(|(_, failed)| failed.is_none())
             .flat_map(|(job, _)| &job.audit);
         super::audit::append_sqlite(&tx, records)?;
+        for moved in group.iter().filter_map(|job| job.journal) {
+            super::journal::mark_moved(&tx, moved)?;
+        }
         tx.commit()?;
         let mut done = done.into_iter();
         return Ok(failed

@@ -57,6 +57,7 @@ impl TestStore {
             for suffix in ["", "-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{path}{suffix}"));
             }
+            let _ = std::fs::remove_dir_all(format!("{path}-audit"));
         }
     }
 }

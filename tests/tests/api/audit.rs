@@ -212,8 +212,14 @@ async fn the_chain_of_a_busy_trail_verifies() {
     store.close().await;
     match verdict {
         // Two creates, five reads and the token: eight at least.
-        Verified::Intact(count) => assert!(count >= 8, "only {count} records"),
-        Verified::Broken(broken) => panic!("the fresh trail is broken: {broken:?}"),
+        // The reads may still wait in the server's audit journal.
+        Verified::Intact { chained, waiting } => {
+            assert!(
+                chained + waiting >= 8,
+                "only {chained} and {waiting} records"
+            );
+        }
+        broken => panic!("the fresh trail is broken: {broken:?}"),
     }
 }
 

@@ -232,7 +232,7 @@ async fn an_import_is_audited_as_the_command_and_its_user() {
         .expect("verified");
     store.close().await;
     assert!(
-        matches!(verdict, telemed_server::audit::Verified::Intact(_)),
+        matches!(verdict, telemed_server::audit::Verified::Intact { .. }),
         "{verdict:?}"
     );
 }

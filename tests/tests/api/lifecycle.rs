@@ -66,4 +66,7 @@ async fn a_request_in_flight_at_shutdown_completes() {
         file.push(suffix);
         let _ = std::fs::remove_file(file);
     }
+    let mut journal = path.clone().into_os_string();
+    journal.push("-audit");
+    let _ = std::fs::remove_dir_all(journal);
 }
