@@ -307,20 +307,24 @@ pub async fn search(
     for filter in &query.filters {
         condition(&mut sql, filter)?;
     }
-    // The chain follows `recorded` closely enough for paging; the cursor is a chain position.
+    // By date, then by chain position. The chain's order is not the order of `recorded`: a
+    // read's record joins the chain from the SQLite audit journal after writes that came later,
+    // and the journal of a server that died joins it when the database next opens. The cursor
+    // is the chain position of the last record shown; the page goes on from its date.
     if let Some(cursor) = query.cursor {
-        let after = cursor.rid;
         sql.push(if ascending != cursor.backwards {
-            " AND chain_pos > "
+            " AND (recorded, chain_pos) > "
         } else {
-            " AND chain_pos < "
+            " AND (recorded, chain_pos) < "
         })
-        .bind(Cell::Int(after));
+        .push("(SELECT recorded, chain_pos FROM audit_events WHERE chain_pos = ")
+        .bind(Cell::Int(cursor.rid))
+        .push(")");
     }
     sql.push(if ascending {
-        " ORDER BY chain_pos"
+        " ORDER BY recorded, chain_pos"
     } else {
-        " ORDER BY chain_pos DESC"
+        " ORDER BY recorded DESC, chain_pos DESC"
     });
     sql.push(" LIMIT ")
         .bind(Cell::Int(i64::from(query.count) + 1));

@@ -191,6 +191,68 @@ async fn audit_events_page_newest_first() {
     }
 }
 
+/// Newest first means by `recorded`, not by chain position: on SQLite a read's record joins
+/// the chain from the audit journal after writes that came later.
+#[tokio::test]
+async fn audit_events_sort_by_when_they_happened_not_by_when_they_were_chained() {
+    let app = spawn_app().await;
+    let patient = app
+        .created(&json!({"resourceType": "Patient", "name": [{"family": "Order"}]}))
+        .await;
+    let id = id_of(&patient).to_owned();
+    // A search of the trail moves every record so far; the read's record then waits in the
+    // journal while the update commits its own at once.
+    audit_events(&app, "_count=1").await;
+    let mut read = app.read_json("Patient", &id).await;
+    read["active"] = json!(true);
+    let response = app
+        .request(reqwest::Method::PUT, &format!("Patient/{id}"))
+        .header("content-type", "application/fhir+json")
+        .body(read.to_string())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+
+    // The interactions on the Patient, leaving out the searches of the trail itself.
+    let interactions = |events: Vec<&Value>| -> Vec<String> {
+        events
+            .into_iter()
+            .filter_map(|e| e["subtype"][0]["code"].as_str())
+            .filter(|code| ["create", "read", "update"].contains(code))
+            .map(str::to_owned)
+            .collect()
+    };
+    let newest_first = audit_events(&app, &format!("patient={id}")).await;
+    assert_eq!(
+        interactions(newest_first.iter().collect()),
+        ["update", "read", "create"],
+        "{newest_first:?}"
+    );
+    let oldest_first = audit_events(&app, &format!("patient={id}&_sort=date")).await;
+    assert_eq!(
+        interactions(oldest_first.iter().collect()),
+        ["create", "read", "update"]
+    );
+
+    // Paged one at a time, the pages follow the same order.
+    let mut paged = Vec::new();
+    let mut page = search(&app, &format!("AuditEvent?patient={id}&_count=1")).await;
+    loop {
+        let entries = page["entry"].as_array().cloned().unwrap_or_default();
+        paged.extend(interactions(
+            entries.iter().map(|e| &e["resource"]).collect(),
+        ));
+        let Some(next) = telemed_tests::link(&page, "next") else {
+            break;
+        };
+        let (status, next) = telemed_tests::get_url(&app, next).await;
+        assert_eq!(status, 200);
+        page = next;
+    }
+    assert_eq!(paged, ["update", "read", "create"]);
+}
+
 #[tokio::test]
 async fn an_unknown_audit_search_parameter_is_refused_not_ignored() {
     let app = spawn_app().await;
