@@ -4,9 +4,9 @@
 //!
 //! On SQLite the records of a write commit in the write's own transaction, through the store's
 //! writer (see [`super::sqlite`]); the others are appended to the audit journal, from which
-//! the writer moves them into the trail in batches (see [`super::journal`]). On PostgreSQL a task of its own appends them on a pooled
-//! connection, with the chain's end locked (`FOR UPDATE`) so that several servers append one
-//! chain.
+//! the writer moves them into the trail in batches (see [`super::journal`]). On PostgreSQL a
+//! task of its own appends them on a pooled connection, with the chain's end locked
+//! (`FOR UPDATE`) so that several servers append one chain.
 
 use anyhow::Context as _;
 use rusqlite::Connection;
