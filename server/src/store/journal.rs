@@ -439,10 +439,10 @@ impl Appender {
                 }
             }
         }
+        if !settles.is_empty() && !self.records.is_empty() {
+            self.close();
+        }
         for done in settles {
-            if !self.records.is_empty() {
-                self.close();
-            }
             self.settles.push((self.segment - 1, done));
         }
     }

@@ -205,14 +205,7 @@ async fn audit_events_sort_by_when_they_happened_not_by_when_they_were_chained()
     audit_events(&app, "_count=1").await;
     let mut read = app.read_json("Patient", &id).await;
     read["active"] = json!(true);
-    let response = app
-        .request(reqwest::Method::PUT, &format!("Patient/{id}"))
-        .header("content-type", "application/fhir+json")
-        .body(read.to_string())
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(response.status(), 200);
+    assert_eq!(app.update(&read).await.status(), 200);
 
     // The interactions on the Patient, leaving out the searches of the trail itself.
     let interactions = |events: Vec<&Value>| -> Vec<String> {

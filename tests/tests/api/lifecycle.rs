@@ -61,12 +61,5 @@ async fn a_request_in_flight_at_shutdown_completes() {
         .expect("the server stops once its requests are done")
         .expect("server task")
         .expect("server result");
-    for suffix in ["", "-wal", "-shm"] {
-        let mut file = path.clone().into_os_string();
-        file.push(suffix);
-        let _ = std::fs::remove_file(file);
-    }
-    let mut journal = path.clone().into_os_string();
-    journal.push("-audit");
-    let _ = std::fs::remove_dir_all(journal);
+    telemed_tests::remove_sqlite_database(&path);
 }
