@@ -737,35 +737,49 @@ pub struct JournalVerdict {
 }
 
 /// Reads every segment of the journal of the database file `database`, those of running
-/// servers included (whose last entry may be half-written, and is then not counted).
+/// servers included (whose last entry may be half-written, and is then not counted). A
+/// segment kept as `.broken` is reported, but its records are not counted as waiting: those
+/// before the break were moved into the trail when it was found.
 pub(super) fn verify(database: &Path) -> anyhow::Result<JournalVerdict> {
     let dir = directory(database);
     let mut verdict = JournalVerdict::default();
     if !dir.exists() {
         return Ok(verdict);
     }
-    for slot in slots(&dir)? {
-        let prefix = format!("{slot}.");
-        let broken_files = list(&dir)?
-            .filter(|name| name.starts_with(&prefix) && name.ends_with(".broken"))
-            .collect::<Vec<_>>();
-        let files = segments(&dir, slot)?
-            .into_iter()
-            .map(|segment| format!("{slot}.{segment}.log"))
-            .chain(broken_files);
-        for name in files {
-            let segment = match read_segment(&dir.join(&name)) {
-                Ok(segment) => segment,
-                // Moved and deleted since it was listed.
-                Err(_) if !dir.join(&name).exists() => continue,
-                Err(error) => return Err(error),
+    // (slot, segment, kept as broken), in order.
+    let mut files: Vec<(Slot, u64, bool)> = list(&dir)?
+        .filter_map(|name| {
+            let (slot, rest) = name.split_once('.')?;
+            let (segment, kind) = rest.split_once('.')?;
+            let broken = match kind {
+                "log" => false,
+                "broken" => true,
+                _ => return None,
             };
-            verdict.waiting += segment.records.len() as u64;
-            if let Some(broken) = segment.broken
-                && verdict.broken.is_none()
-            {
-                verdict.broken = Some((name, broken));
-            }
+            Some((slot.parse().ok()?, segment.parse().ok()?, broken))
+        })
+        .collect();
+    files.sort_unstable();
+    for (slot, segment, kept_broken) in files {
+        let path = if kept_broken {
+            broken_path(&dir, slot, segment)
+        } else {
+            segment_path(&dir, slot, segment)
+        };
+        let read = match read_segment(&path) {
+            Ok(read) => read,
+            // Moved and deleted since it was listed.
+            Err(_) if !path.exists() => continue,
+            Err(error) => return Err(error),
+        };
+        if !kept_broken {
+            verdict.waiting += read.records.len() as u64;
+        }
+        if let Some(broken) = read.broken
+            && verdict.broken.is_none()
+        {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            verdict.broken = Some((name.unwrap_or_default(), broken));
         }
     }
     Ok(verdict)
@@ -890,7 +904,16 @@ mod tests {
         let bytes = changed(entries(&["name=c", "name=d", "name=e"]), "name=d");
         fs::write(segment_path(&journal, 0, 2), bytes).expect("written");
         let verdict = verify(&database).expect("verified");
+        // Kept as `.broken` once found, its good entries are in the trail: still named, no
+        // longer waiting.
+        fs::rename(segment_path(&journal, 0, 2), broken_path(&journal, 0, 2)).expect("renamed");
+        let kept = verify(&database).expect("verified");
         let _ = fs::remove_dir_all(dir);
+        assert_eq!(kept.waiting, 2);
+        assert_eq!(
+            kept.broken.map(|(name, broken)| (name, broken.entry)),
+            Some(("0.2.broken".to_owned(), 2))
+        );
         assert_eq!(verdict.waiting, 3);
         assert_eq!(
             verdict.broken,
