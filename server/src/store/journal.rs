@@ -35,7 +35,7 @@
 //!   `{slot}.{segment}.broken` instead of being deleted once what matched has been moved.
 
 use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as channel;
@@ -102,7 +102,7 @@ impl Journal {
         writer: mpsc::Sender<WriteJob>,
     ) -> anyhow::Result<Self> {
         let dir = directory(database);
-        fs::create_dir_all(&dir)
+        super::private_dir(&dir)
             .with_context(|| format!("cannot create the audit journal {}", dir.display()))?;
         let moved = moved_segments(database)?;
         let mut own: Option<(Slot, File, u64)> = None;
@@ -197,7 +197,7 @@ fn broken_path(dir: &Path, slot: Slot, segment: u64) -> PathBuf {
 
 fn open_lock(dir: &Path, slot: Slot) -> anyhow::Result<File> {
     let path = lock_path(dir, slot);
-    OpenOptions::new()
+    super::private_file()
         .create(true)
         .truncate(false)
         .write(true)
@@ -453,7 +453,7 @@ impl Appender {
             Some(file) => file,
             None => {
                 let path = segment_path(&self.dir, self.slot, self.segment);
-                let file = OpenOptions::new()
+                let file = super::private_file()
                     .create_new(true)
                     .append(true)
                     .open(&path)
@@ -998,5 +998,47 @@ mod tests {
         );
         assert_eq!(slot_7, [[super::super::Cell::Int(6)]]);
         assert_eq!(moved_after, ["name=a", "name=b", "name=c", "name=after"]);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_database_and_its_journal_are_for_the_server_user_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        // As `ls -l` would say it, in octal.
+        let mode = |path: &Path| {
+            fs::metadata(path)
+                .map(|m| format!("{:o}", m.permissions().mode() & 0o777))
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        };
+        let dir = scratch();
+        let database = dir.join("telemed.db");
+        let store = crate::store::Store::open(&format!("sqlite://{}", database.display()), 2)
+            .await
+            .expect("opened");
+        let database_modes = [mode(&database), mode(&dir.join("telemed.db-wal"))];
+        store.close().await;
+        // A journal whose writer never moves anything: its segment stays to be looked at.
+        let (writer, _jobs) = mpsc::channel(1);
+        let journal = Journal::open(&database, writer).await.expect("opened");
+        journal
+            .append(vec![record("name=private")])
+            .await
+            .expect("appended");
+        let audit = directory(&database);
+        let mut files: Vec<String> = list(&audit).expect("listed").collect();
+        files.sort();
+        let file_modes: Vec<String> = files.iter().map(|f| mode(&audit.join(f))).collect();
+        let audit_mode = mode(&audit);
+        let _ = fs::remove_dir_all(dir);
+
+        assert_eq!(database_modes, ["600", "600"]);
+        assert_eq!(audit_mode, "700");
+        // A lock file and a segment at least: the store's slot, and the journal's.
+        assert!(files.iter().any(|f| f.ends_with(".lock")), "{files:?}");
+        assert!(files.iter().any(|f| f.ends_with(".log")), "{files:?}");
+        assert!(
+            file_modes.iter().all(|m| m == "600"),
+            "{files:?}: {file_modes:?}"
+        );
     }
 }

@@ -293,6 +293,24 @@ fn shared_migrator(mut migrator: sqlx::migrate::Migrator) -> sqlx::migrate::Migr
     migrator
 }
 
+/// Options that create a file only the server's user can read or write: the database and the
+/// audit journal hold patients' data and who looked at it.
+fn private_file() -> std::fs::OpenOptions {
+    let mut options = std::fs::OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}
+
+/// Creates `dir`, and any parents it lacks, for the server's user only.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
 /// The current version of one resource.
 const READ_SQL: &str = "SELECT v.seq, v.resource_type, v.id, v.version_id, v.last_updated, \
                         v.method, v.body FROM resources r JOIN resource_versions v \
@@ -325,11 +343,21 @@ impl Store {
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
-            if let Some(dir) = options.get_filename().parent()
+            let path = options.get_filename();
+            if let Some(dir) = path.parent()
                 && !dir.as_os_str().is_empty()
             {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            // A new database is readable by the server's user only (its log and shared memory
+            // take the same permissions); an existing one keeps those its operator gave it.
+            match private_file().write(true).create_new(true).open(path) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot create {}", path.display()));
+                }
             }
             let migrator = SqlitePoolOptions::new()
                 .max_connections(1)
