@@ -8,8 +8,11 @@
 //! each operation is written once and [`with_pool!`] compiles it for each concrete pool type;
 //! where the dialects differ the code says so.
 //!
-//! SQLite allows one writer at a time: writes go through a pool of one connection, so writers
-//! queue in the process instead of spinning on `SQLITE_BUSY`, and reads use their own pool.
+//! SQLite allows one writer at a time: every write goes to one writer thread, which commits
+//! them in groups, so writers queue in the process instead of spinning on `SQLITE_BUSY`. Reads
+//! by id run on the calling thread and searches on reader threads, each with a read-only
+//! connection of its own, and the rest through a pool (see `sqlite.rs`); the audit records of
+//! reads wait in the audit journal on their way to the trail (see `journal.rs`).
 
 mod audit;
 mod conditions;

@@ -3,9 +3,15 @@
 
 use sqlx::Connection as _;
 
-/// Drops a PostgreSQL test database; a SQLite file is left to the temp directory.
+/// Drops a test database: a PostgreSQL database, or a SQLite file with its log, shared memory
+/// and audit journal. Whatever used it must have closed it.
 pub async fn drop_database(url: &str) {
-    if let (Ok(admin), Some((_, name))) = (
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{path}{suffix}"));
+        }
+        let _ = std::fs::remove_dir_all(format!("{path}-audit"));
+    } else if let (Ok(admin), Some((_, name))) = (
         std::env::var("TELEMED_TEST_DATABASE_URL"),
         url.rsplit_once('/'),
     ) && let Ok(mut connection) = sqlx::PgConnection::connect(&admin).await

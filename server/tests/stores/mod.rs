@@ -53,11 +53,5 @@ impl TestStore {
     pub async fn drop_database(self) {
         self.store.close().await;
         super::common::drop_database(&self.url).await;
-        if let Some(path) = self.url.strip_prefix("sqlite://") {
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{path}{suffix}"));
-            }
-            let _ = std::fs::remove_dir_all(format!("{path}-audit"));
-        }
     }
 }
