@@ -21,7 +21,7 @@
 #![allow(clippy::print_stdout, reason = "a benchmark binary reports on stdout")]
 
 use std::io::IoSliceMut;
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use aes::cipher::{KeyIvInit as _, StreamCipher as _};
@@ -96,10 +96,12 @@ impl Srtp {
     }
 }
 
+/// Sends `contents` to `destination` in one call; with `segment_size`, the kernel cuts it into
+/// datagrams of that size (GSO).
 fn send(
     state: &UdpSocketState,
     socket: &UdpSocket,
-    destination: std::net::SocketAddr,
+    destination: SocketAddr,
     contents: &[u8],
     segment_size: Option<usize>,
 ) -> std::io::Result<()> {
