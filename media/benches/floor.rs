@@ -139,6 +139,11 @@ fn main() -> anyhow::Result<()> {
     }
     let (to_forwarder, to_sink) = (forwarder.local_addr()?, sink.local_addr()?);
     let state = UdpSocketState::new(UdpSockRef::from(&forwarder))?;
+    anyhow::ensure!(
+        !gso || state.max_gso_segments() >= BATCH_SIZE,
+        "this system sends at most {} datagrams per call (no UDP GSO)",
+        state.max_gso_segments()
+    );
 
     let (from_sender, to_receiver) = (Srtp::new(1), Srtp::new(7));
     let slot = 2048;
@@ -182,9 +187,9 @@ fn main() -> anyhow::Result<()> {
                 if !gso {
                     out.clear();
                 }
-                let start = out.len();
+                let from = out.len();
                 out.extend_from_slice(&packet[..body]);
-                to_receiver.protect(&mut out, start, seq);
+                to_receiver.protect(&mut out, from, seq);
                 crypto += at.elapsed();
                 forwarded += 1;
                 if !gso {
