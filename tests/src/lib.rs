@@ -200,22 +200,10 @@ async fn seed_auth(database_url: &str) {
     store.close().await;
 }
 
-/// Removes the SQLite database at `path` with its log, shared memory and audit journal.
-pub fn remove_sqlite_database(path: &std::path::Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let mut file = path.as_os_str().to_owned();
-        file.push(suffix);
-        let _ = std::fs::remove_file(file);
-    }
-    let mut journal = path.as_os_str().to_owned();
-    journal.push("-audit");
-    let _ = std::fs::remove_dir_all(journal);
-}
-
 impl Drop for TestApp {
     fn drop(&mut self) {
         match &self.database {
-            Database::Sqlite(path) => remove_sqlite_database(path),
+            Database::Sqlite(path) => telemed_server::store::remove_sqlite_database(path),
             Database::Postgres { admin_url, name } => {
                 let (admin_url, name) = (admin_url.clone(), name.clone());
                 // Drop runs inside the test's runtime; do the async clean-up on a thread of its own.

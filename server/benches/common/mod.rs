@@ -249,10 +249,7 @@ pub async fn postgres_database(name: &str, reuse: bool) -> anyhow::Result<String
 /// still connected to it).
 pub async fn remove_database(url: &str) {
     if let Some(path) = url.strip_prefix("sqlite://") {
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{path}{suffix}"));
-        }
-        let _ = std::fs::remove_dir_all(format!("{path}-audit"));
+        telemed_server::store::remove_sqlite_database(std::path::Path::new(path));
     } else if let Some((_, name)) = url.rsplit_once('/')
         && let Ok(mut connection) = sqlx::PgConnection::connect(&postgres_admin_url()).await
     {

@@ -177,7 +177,7 @@ impl Journal {
 }
 
 /// The journal's directory, beside the database file.
-fn directory(database: &Path) -> PathBuf {
+pub(super) fn directory(database: &Path) -> PathBuf {
     let mut name = database.as_os_str().to_owned();
     name.push("-audit");
     PathBuf::from(name)

@@ -314,6 +314,18 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
     builder.create(dir)
 }
 
+/// Removes the SQLite database file `path` and the files the server keeps beside it: its log,
+/// its shared memory and its audit journal. For a throwaway database (tests, benchmarks) that
+/// nothing has open; whatever is missing is skipped.
+pub fn remove_sqlite_database(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+    let _ = std::fs::remove_dir_all(journal::directory(path));
+}
+
 /// The current version of one resource.
 const READ_SQL: &str = "SELECT v.seq, v.resource_type, v.id, v.version_id, v.last_updated, \
                         v.method, v.body FROM resources r JOIN resource_versions v \

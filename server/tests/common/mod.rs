@@ -7,10 +7,7 @@ use sqlx::Connection as _;
 /// and audit journal. Whatever used it must have closed it.
 pub async fn drop_database(url: &str) {
     if let Some(path) = url.strip_prefix("sqlite://") {
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{path}{suffix}"));
-        }
-        let _ = std::fs::remove_dir_all(format!("{path}-audit"));
+        telemed_server::store::remove_sqlite_database(std::path::Path::new(path));
     } else if let (Ok(admin), Some((_, name))) = (
         std::env::var("TELEMED_TEST_DATABASE_URL"),
         url.rsplit_once('/'),

@@ -61,5 +61,5 @@ async fn a_request_in_flight_at_shutdown_completes() {
         .expect("the server stops once its requests are done")
         .expect("server task")
         .expect("server result");
-    telemed_tests::remove_sqlite_database(&path);
+    telemed_server::store::remove_sqlite_database(&path);
 }
