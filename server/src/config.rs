@@ -25,7 +25,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Most entries a batch or transaction Bundle may hold; more get 413.
     pub max_bundle_entries: usize,
-    /// Most connections kept open to the database.
+    /// Most connections kept open to the database: on PostgreSQL, half of them for reads and
+    /// searches and the rest for writes, the audit trail and conditional writes' locks.
     pub max_db_connections: u32,
     /// Largest page a history or search Bundle returns, whatever `_count` asks for.
     pub max_page_size: u32,

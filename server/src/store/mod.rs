@@ -5,7 +5,7 @@
 //! forward. A delete is a version without a body.
 //!
 //! The SQL is the same for both backends (sqlx's SQLite driver understands `$n` placeholders), so
-//! each operation is written once and [`with_pool!`] compiles it for each concrete pool type;
+//! each operation is written once and [`with_reader!`] compiles it for each concrete connection type;
 //! where the dialects differ the code says so.
 //!
 //! SQLite allows one writer at a time: every write goes to one writer thread, which commits
@@ -13,11 +13,16 @@
 //! by id run on the calling thread and searches on reader threads, each with a read-only
 //! connection of its own, and the rest through a pool (see `sqlite.rs`); the audit records of
 //! reads wait in the audit journal on their way to the trail (see `journal.rs`).
+//!
+//! On PostgreSQL, writes, the audit trail and the locks of conditional writes use sqlx's pool,
+//! and reads and searches connections of their own that cost no round trip but their
+//! statement's (see `pg_readers.rs`).
 
 mod audit;
 mod conditions;
 mod index;
 mod journal;
+mod pg_readers;
 mod sqlite;
 
 use std::path::Path;
@@ -262,7 +267,12 @@ enum Backend {
         /// Where the records of reads are appended (see [`journal`]).
         journal: journal::Journal,
     },
-    Postgres(PgPool),
+    Postgres {
+        /// The pool writes, the audit trail and the condition locks take connections from.
+        pool: PgPool,
+        /// The connections reads and searches run on (see [`pg_readers`]).
+        readers: Box<pg_readers::PgReaders>,
+    },
 }
 
 /// The resource store.
@@ -272,18 +282,24 @@ pub struct Store {
     conditions: Arc<conditions::ConditionLocks>,
 }
 
-/// Runs `$body` with `$pool` bound to the backend's concrete read pool, so a query is written
-/// once and compiled for each backend.
-macro_rules! with_pool {
-    ($store:expr, |$pool:ident| $body:expr) => {
+/// Runs `$body` with `$connection` bound to a read connection of the backend's concrete type,
+/// so a query is written once and compiled for each backend. The body passes it on as
+/// `&mut *$connection`; it is given back once the body has run, and closed if the body returns
+/// early with an error.
+macro_rules! with_reader {
+    ($store:expr, |$connection:ident| $body:expr) => {
         match &$store.backend {
             Backend::Sqlite { read, .. } => {
-                let $pool = read;
+                let mut pooled = read.acquire().await?;
+                let $connection = &mut *pooled;
                 $body
             }
-            Backend::Postgres(pool) => {
-                let $pool = pool;
-                $body
+            Backend::Postgres { readers, .. } => {
+                let mut reader = readers.get().await?;
+                let $connection = reader.connection();
+                let out = $body;
+                reader.release();
+                out
             }
         }
     };
@@ -339,16 +355,22 @@ impl Store {
     pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Self> {
         let backend = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let options = PgConnectOptions::from_str(url).context("DATABASE_URL is not valid")?;
+            // Reads get half the connections and everything else the other half, each at
+            // least one.
+            let reads = max_connections / 2;
             let pool = PgPoolOptions::new()
-                .max_connections(max_connections)
-                .connect_with(options)
+                .max_connections((max_connections - reads).max(1))
+                .connect_with(options.clone())
                 .await
                 .context("cannot connect to PostgreSQL")?;
             shared_migrator(sqlx::migrate!("migrations/postgres"))
                 .run(&pool)
                 .await
                 .context("cannot migrate the PostgreSQL database")?;
-            Backend::Postgres(pool)
+            Backend::Postgres {
+                pool,
+                readers: Box::new(pg_readers::PgReaders::new(options, reads.max(1))),
+            }
         } else if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
                 .context("DATABASE_URL is not valid")?
@@ -411,7 +433,9 @@ impl Store {
             anyhow::bail!("DATABASE_URL must start with sqlite:// or postgres://");
         };
         let conditions = conditions::ConditionLocks::new(match &backend {
-            Backend::Postgres(pool) => Some((pool.clone(), max_connections)),
+            Backend::Postgres { pool, .. } => {
+                Some((pool.clone(), pool.options().get_max_connections()))
+            }
             Backend::Sqlite { .. } => None,
         });
         Ok(Self {
@@ -432,14 +456,14 @@ impl Store {
     pub fn auditor(&self) -> Auditor {
         match &self.backend {
             Backend::Sqlite { journal, .. } => Auditor::journal(journal.clone()),
-            Backend::Postgres(pool) => Auditor::postgres(pool.clone()),
+            Backend::Postgres { pool, .. } => Auditor::postgres(pool.clone()),
         }
     }
 
     /// Whether the database is PostgreSQL, whose plans weigh work differently from SQLite's: a
     /// query there costs a round trip and a plan, and each row it visits more than SQLite's.
     pub fn is_postgres(&self) -> bool {
-        matches!(self.backend, Backend::Postgres(_))
+        matches!(self.backend, Backend::Postgres { .. })
     }
 
     /// What the audit journal holds (see [`journal::verify`]); nothing on PostgreSQL, which
@@ -447,7 +471,7 @@ impl Store {
     pub fn verify_journal(&self) -> anyhow::Result<JournalVerdict> {
         match &self.backend {
             Backend::Sqlite { path, .. } => journal::verify(path),
-            Backend::Postgres(_) => Ok(JournalVerdict::default()),
+            Backend::Postgres { .. } => Ok(JournalVerdict::default()),
         }
     }
 
@@ -461,7 +485,10 @@ impl Store {
                 }
                 read.close().await;
             }
-            Backend::Postgres(pool) => pool.close().await,
+            Backend::Postgres { pool, readers } => {
+                readers.close().await;
+                pool.close().await;
+            }
         }
     }
 
@@ -471,11 +498,11 @@ impl Store {
             return sqlite::read(path, rt, id).map_err(FhirError::Internal);
         }
         let sql = READ_SQL;
-        let row = with_pool!(self, |pool| {
+        let row = with_reader!(self, |connection| {
             match sqlx::query(sql)
                 .bind(rt.as_str())
                 .bind(id)
-                .fetch_optional(pool)
+                .fetch_optional(&mut *connection)
                 .await?
             {
                 Some(row) => Some(version_from_row(&row)?),
@@ -496,12 +523,12 @@ impl Store {
             "SELECT {VERSION_COLUMNS} FROM resource_versions \
              WHERE resource_type = $1 AND id = $2 AND version_id = $3"
         );
-        let row = with_pool!(self, |pool| {
+        let row = with_reader!(self, |connection| {
             match sqlx::query(&sql)
                 .bind(rt.as_str())
                 .bind(id)
                 .bind(version_id)
-                .fetch_optional(pool)
+                .fetch_optional(&mut *connection)
                 .await?
             {
                 Some(row) => Some(version_from_row(&row)?),
@@ -556,7 +583,7 @@ impl Store {
                 }
                 Ok(written)
             }
-            Backend::Postgres(pool) => {
+            Backend::Postgres { pool, .. } => {
                 let mut tx = pool.begin().await.map_err(WriteFailed::whole)?;
                 let written = write_postgres_all(&mut tx, &ops).await?;
                 tx.commit().await.map_err(WriteFailed::whole)?;
@@ -586,7 +613,8 @@ impl Store {
                     .await?
                     .map_err(FhirError::Internal)
             }
-            Backend::Postgres(pool) => {
+            Backend::Postgres { readers, .. } => {
+                let mut reader = readers.get().await?;
                 let mut query = sqlx::query(sql);
                 for bind in binds {
                     query = match bind {
@@ -597,7 +625,8 @@ impl Store {
                         Cell::Blob(v) => query.bind(v.as_slice()),
                     };
                 }
-                let rows = query.fetch_all(pool).await?;
+                let rows = query.fetch_all(reader.connection()).await?;
+                reader.release();
                 rows.iter()
                     .map(|row| {
                         columns
@@ -674,7 +703,7 @@ impl Store {
                     let path = path.clone();
                     tokio::task::spawn_blocking(move || sqlite::reindex(&path, &work)).await??;
                 }
-                Backend::Postgres(pool) => {
+                Backend::Postgres { pool, .. } => {
                     let mut tx = pool.begin().await?;
                     let resources: Vec<index::Indexed<'_>> = work
                         .iter()
@@ -698,7 +727,7 @@ impl Store {
     /// A page of history, newest first (at most `count + 1` versions, so the caller can tell
     /// whether there is a next page), and the number of versions in the whole scope.
     pub async fn history(&self, query: &HistoryQuery) -> Result<(Vec<Version>, i64), FhirError> {
-        let result = with_pool!(self, |pool| {
+        let result = with_reader!(self, |connection| {
             let mut page = QueryBuilder::new(format!(
                 "SELECT {VERSION_COLUMNS} FROM resource_versions WHERE 1 = 1"
             ));
@@ -708,7 +737,7 @@ impl Store {
             }
             page.push(" ORDER BY seq DESC LIMIT ")
                 .push_bind(i64::from(query.count) + 1);
-            let rows = page.build().fetch_all(pool).await?;
+            let rows = page.build().fetch_all(&mut *connection).await?;
             let versions = rows
                 .iter()
                 .map(version_from_row)
@@ -716,7 +745,11 @@ impl Store {
 
             let mut count = QueryBuilder::new("SELECT COUNT(*) FROM resource_versions WHERE 1 = 1");
             push_history_filters(&mut count, query);
-            let total: i64 = count.build().fetch_one(pool).await?.try_get(0)?;
+            let total: i64 = count
+                .build()
+                .fetch_one(&mut *connection)
+                .await?
+                .try_get(0)?;
             (versions, total)
         });
         Ok(result)

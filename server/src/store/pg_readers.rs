@@ -1,0 +1,114 @@
+//! The PostgreSQL connections that reads and searches run on.
+//!
+//! sqlx's pool checks a connection with a round trip when it hands it out and again when it
+//! takes it back, so each statement through it costs three round trips, not one. A search of
+//! three statements paid nine, each waking a PostgreSQL backend. Here a connection goes back to
+//! the idle list as it is, once its statement has run to the end, and is checked only when it
+//! has sat idle for longer than [`FRESH_FOR`] (the rule HikariCP follows): under load a
+//! connection is never idle that long, and after a quiet spell, when the database may have
+//! restarted, the check costs nothing anyone waits for.
+//!
+//! A connection whose user did not give it back — its statement failed, or the request was
+//! cancelled halfway through reading its answer — is closed, not reused: what it has left
+//! unread is unknown.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions as _, Connection as _};
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+/// How long an idle connection is trusted without a check.
+const FRESH_FOR: Duration = Duration::from_millis(500);
+
+/// Up to `size` connections for reads, opened as needed and kept.
+pub(super) struct PgReaders {
+    options: PgConnectOptions,
+    /// Each idle connection with the time it was given back.
+    idle: Mutex<Vec<(PgConnection, Instant)>>,
+    /// One permit per connection open or being opened.
+    permits: Semaphore,
+}
+
+/// A connection taken from [`PgReaders`]: given back by [`Reader::release`], closed if
+/// dropped.
+pub(super) struct Reader<'a> {
+    readers: &'a PgReaders,
+    connection: PgConnection,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl PgReaders {
+    pub(super) fn new(options: PgConnectOptions, size: u32) -> Self {
+        Self {
+            options,
+            idle: Mutex::new(Vec::new()),
+            permits: Semaphore::new(usize::try_from(size).unwrap_or(1).max(1)),
+        }
+    }
+
+    /// A connection, once one of the `size` is free: the one given back last if it is still
+    /// good, else a new one.
+    pub(super) async fn get(&self) -> Result<Reader<'_>, sqlx::Error> {
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        loop {
+            // Popped in its own statement, so that the lock is not held across an await.
+            let idle = self.lock().pop();
+            let Some((mut connection, since)) = idle else {
+                break;
+            };
+            if since.elapsed() <= FRESH_FOR || connection.ping().await.is_ok() {
+                return Ok(self.reader(connection, permit));
+            }
+            // It was lost (the database restarted, or a proxy hung up); the others, idle as
+            // long or longer, are checked in turn.
+        }
+        let connection = self.options.connect().await?;
+        Ok(self.reader(connection, permit))
+    }
+
+    fn reader<'a>(&'a self, connection: PgConnection, permit: SemaphorePermit<'a>) -> Reader<'a> {
+        Reader {
+            readers: self,
+            connection,
+            _permit: permit,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(PgConnection, Instant)>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes the idle connections and refuses new ones; those in use close when dropped.
+    pub(super) async fn close(&self) {
+        self.permits.close();
+        let idle = std::mem::take(&mut *self.lock());
+        for (connection, _) in idle {
+            let _ = connection.close().await;
+        }
+    }
+}
+
+impl Reader<'_> {
+    pub(super) fn connection(&mut self) -> &mut PgConnection {
+        &mut self.connection
+    }
+
+    /// Gives the connection back for the next reader, after a statement that ran to its end.
+    /// A reader dropped instead closes its connection with it.
+    pub(super) fn release(self) {
+        let Reader {
+            readers,
+            connection,
+            _permit,
+        } = self;
+        if !readers.permits.is_closed() {
+            readers.lock().push((connection, Instant::now()));
+        }
+    }
+}
