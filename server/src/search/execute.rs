@@ -433,7 +433,14 @@ pub async fn page(
             };
             (sql::value_page(query, def, text, key), Vec::new())
         }
-        None => sql::page(query, driver, linked, &cursor_keys),
+        None => {
+            let walk = if store.is_postgres() {
+                sql::reference_walk(query, driver)
+            } else {
+                None
+            };
+            sql::page(query, driver, linked, walk, &cursor_keys)
+        }
     };
     let mut columns = ROW_COLUMNS.to_vec();
     columns.extend(&key_kinds);

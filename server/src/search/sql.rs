@@ -95,6 +95,7 @@ pub fn page(
     query: &SearchQuery,
     driver: Option<usize>,
     linked: &[usize],
+    walk: Option<usize>,
     cursor_keys: &[Cell],
 ) -> (Sql, Vec<Kind>) {
     let mut sql = Sql::default();
@@ -134,7 +135,44 @@ pub fn page(
                 .enumerate()
                 .all(|(i, f)| i == d || rid_only(f))
     });
-    if let Some(d) = rid_only_driver {
+    let walked = walk.and_then(|c| match &query.filters[c] {
+        Filter::Chain { def, targets } if driver.is_none() => Some((c, *def, targets)),
+        _ => None,
+    });
+    if let Some((c, def, targets)) = walked {
+        // The chain's references are read in `rid` order from one index, each carrying where
+        // it leads, and the first of them whose target passes (and whose resource passes the
+        // other filters) make the page: no probe of a candidate's own references.
+        sql.push("SELECT r.rid, r.seq FROM (SELECT DISTINCT w.rid FROM search_reference w WHERE ");
+        type_condition(&mut sql, "w.resource_type", &query.types);
+        sql.push(" AND w.param = ").text(def.code);
+        if let Some(cursor) = &query.cursor {
+            sql.push(if backwards {
+                " AND w.rid < "
+            } else {
+                " AND w.rid > "
+            })
+            .int(cursor.rid);
+        }
+        sql.push(" AND (");
+        target_tests(&mut sql, "w", "wt", targets, linked.contains(&c));
+        sql.push(")");
+        for (i, filter) in query.filters.iter().enumerate() {
+            if i != c {
+                let form = if linked.contains(&i) {
+                    Form::Linked
+                } else {
+                    Form::Exists
+                };
+                sql.push(" AND ");
+                filter_condition(&mut sql, "w", &query.types, filter, form);
+            }
+        }
+        sql.push(&order("w."));
+        sql.push(" LIMIT ").int(i64::from(query.count) + 1);
+        sql.push(") d CROSS JOIN resources r WHERE r.rid = d.rid AND r.deleted = FALSE");
+        sql.push(&order("d."));
+    } else if let Some(d) = rid_only_driver {
         // The page is chosen from the driver's set alone, its rids sorted and the other
         // filters tested on them, and only the page's resources are then read: a set of
         // thousands costs one sort of their rids, not thousands of row reads.
@@ -192,6 +230,26 @@ pub fn page(
     sql.push(") p JOIN resource_versions v ON v.seq = p.seq")
         .push(&order("p."));
     (sql, keys.into_iter().map(|(kind, _)| kind).collect())
+}
+
+/// The chain filter a page with no driver can walk by its references rather than by the
+/// resources searched (see [`page`]; on PostgreSQL, whose `search_reference_walk` index holds
+/// them in that order): a search of one type in `rid` order, each of whose filters tests only
+/// a resource's rid, with a chain whose targets are tested on their index rows alone. Each
+/// candidate then costs the test of where its reference leads, not a probe for the reference
+/// first.
+pub fn reference_walk(query: &SearchQuery, driver: Option<usize>) -> Option<usize> {
+    if driver.is_some()
+        || !query.sort.is_empty()
+        || query.types.len() != 1
+        || !query.filters.iter().all(rid_only)
+    {
+        return None;
+    }
+    query.filters.iter().position(|filter| {
+        matches!(filter, Filter::Chain { targets, .. }
+            if targets.iter().all(|(_, target)| on_rows_alone(target)))
+    })
 }
 
 /// The filter whose values order a search's pages, when that is not `rid`: a search by one
@@ -763,21 +821,8 @@ fn condition(
             sql.push(probe_end(*modifier == Modifier::Not));
         }
         Filter::Chain { def, targets } if form == Form::Linked => {
-            // The linked resources are live: where a reference leads is all there is to test.
             let link = references_of(sql, alias, rid, def.code, None);
-            for (i, (target, filter)) in targets.iter().enumerate() {
-                if i > 0 {
-                    sql.push(" OR ");
-                }
-                sql.push(&format!("({link}.target_type = "))
-                    .text(target.as_str());
-                // Inside a function the set is a subquery of its own, which both databases
-                // compute once and look each candidate up in (PostgreSQL's hashed SubPlan,
-                // SQLite's list subquery); a plain `IN` PostgreSQL joins again per candidate.
-                sql.push(&format!(" AND COALESCE({link}.target_rid IN "));
-                set_of(sql, &[*target], filter);
-                sql.push(", FALSE))");
-            }
+            target_tests(sql, &link, "", targets, true);
             sql.push(")").push(PER_ROW_PROBE);
         }
         Filter::Chain { def, targets } => {
@@ -789,20 +834,7 @@ fn condition(
             let rows_alone = targets.iter().all(|(_, filter)| on_rows_alone(filter));
             let joined = (!rows_alone).then_some(inner.as_str());
             let link = references_of(sql, alias, rid, def.code, joined);
-            let target_rid = format!("{link}.target_rid");
-            for (i, (target, filter)) in targets.iter().enumerate() {
-                if i > 0 {
-                    sql.push(" OR ");
-                }
-                sql.push(&format!("({link}.target_type = "))
-                    .text(target.as_str());
-                sql.push(" AND ");
-                if !needs_its_rows(filter) {
-                    sql.push(&format!("{inner}.deleted = FALSE AND "));
-                }
-                condition(sql, &inner, &target_rid, &[*target], filter, Form::Exists);
-                sql.push(")");
-            }
+            target_tests(sql, &link, &inner, targets, false);
             sql.push(")").push(PER_ROW_PROBE);
         }
         Filter::Has {
@@ -828,6 +860,43 @@ fn condition(
                 Form::Exists,
             );
             sql.push(PER_ROW_PROBE);
+        }
+    }
+}
+
+/// The tests of where the reference `link` (a row of `search_reference`) leads, one for each
+/// of a chain's `targets`, ORed: with `linked`, whether it leads into the set of the target's
+/// matches (found once); else the target's own test, on its rid (`{link}.target_rid`) and, if
+/// the test reads it, its row `inner`, joined by the caller.
+fn target_tests(
+    sql: &mut Sql,
+    link: &str,
+    inner: &str,
+    targets: &[(ResourceType, Filter)],
+    linked: bool,
+) {
+    for (i, (target, filter)) in targets.iter().enumerate() {
+        if i > 0 {
+            sql.push(" OR ");
+        }
+        sql.push(&format!("({link}.target_type = "))
+            .text(target.as_str());
+        if linked {
+            // The linked resources are live: where a reference leads is all there is to test.
+            // Inside a function the set is a subquery of its own, which both databases compute
+            // once and look each candidate up in (PostgreSQL's hashed SubPlan, SQLite's list
+            // subquery); a plain `IN` PostgreSQL joins again per candidate.
+            sql.push(&format!(" AND COALESCE({link}.target_rid IN "));
+            set_of(sql, &[*target], filter);
+            sql.push(", FALSE))");
+        } else {
+            sql.push(" AND ");
+            if !needs_its_rows(filter) {
+                sql.push(&format!("{inner}.deleted = FALSE AND "));
+            }
+            let target_rid = format!("{link}.target_rid");
+            condition(sql, inner, &target_rid, &[*target], filter, Form::Exists);
+            sql.push(")");
         }
     }
 }
@@ -1533,18 +1602,24 @@ mod tests {
     /// The rids of the first page of `query`, found by walking the type (`None`) and from each
     /// filter that can drive; every way must agree.
     fn page_rids(connection: &rusqlite::Connection, query: &SearchQuery) -> Vec<i64> {
-        let walked = run(connection, &page(query, None, &[], &[]).0);
+        let walked = run(connection, &page(query, None, &[], None, &[]).0);
         for i in 0..query.filters.len() {
             if can_drive(&query.filters[i]) {
-                let driven = run(connection, &page(query, Some(i), &[], &[]).0);
+                let driven = run(connection, &page(query, Some(i), &[], None, &[]).0);
                 assert_eq!(driven, walked, "driven by filter {i}");
             }
         }
         for i in 0..query.filters.len() {
             if matches!(query.filters[i], Filter::Chain { .. }) {
-                let linked = run(connection, &page(query, None, &[i], &[]).0);
+                let linked = run(connection, &page(query, None, &[i], None, &[]).0);
                 assert_eq!(linked, walked, "filter {i} tested as linked");
             }
+        }
+        if let Some(c) = reference_walk(query, None) {
+            let by_references = run(connection, &page(query, None, &[], Some(c), &[]).0);
+            assert_eq!(by_references, walked, "filter {c}'s references walked");
+            let linked = run(connection, &page(query, None, &[c], Some(c), &[]).0);
+            assert_eq!(linked, walked, "filter {c}'s references walked, linked");
         }
         walked
     }
@@ -1710,7 +1785,7 @@ mod tests {
         let connection = database();
         let mut query = observations(&[]);
         query.narrow(compartment_of_patient_1());
-        let steps = plan(&connection, &page(&query, Some(0), &[], &[]).0);
+        let steps = plan(&connection, &page(&query, Some(0), &[], None, &[]).0);
         let seeks = steps
             .iter()
             .filter(|s| s.starts_with("SEARCH x USING COVERING INDEX search_reference_target"))
@@ -1731,10 +1806,10 @@ mod tests {
         let has = patients(&[("_has:Observation:subject:status", "final")]);
         for (sql, steps_by_target) in [
             // From the patients named to the references that lead to them.
-            (page(&chain, Some(0), &[], &[]).0, 1),
+            (page(&chain, Some(0), &[], None, &[]).0, 1),
             (chain_estimate(&chain, 0, 100, 100).expect("a chain").0, 1),
             // From each patient to the observations that refer to it.
-            (page(&has, None, &[], &[]).0, 1),
+            (page(&has, None, &[], None, &[]).0, 1),
         ] {
             let steps = plan(&connection, &sql);
             let by_target = steps
@@ -1751,14 +1826,17 @@ mod tests {
                 "{steps:#?}"
             );
         }
-        assert_eq!(run(&connection, &page(&chain, Some(0), &[], &[]).0), [1, 4]);
+        assert_eq!(
+            run(&connection, &page(&chain, Some(0), &[], None, &[]).0),
+            [1, 4]
+        );
         // Walked, each candidate's chain is followed by its reference rows alone: no resource
         // on the way is read.
         let two_levels = observations(&[(
             "subject:Patient.general-practitioner:Practitioner.name",
             "house",
         )]);
-        let steps = plan(&connection, &page(&two_levels, None, &[], &[]).0);
+        let steps = plan(&connection, &page(&two_levels, None, &[], None, &[]).0);
         let links = steps
             .iter()
             .filter(|s| s.contains("USING COVERING INDEX search_reference_rid"))

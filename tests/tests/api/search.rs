@@ -2103,6 +2103,83 @@ async fn chains_has_and_includes_follow_references_written_before_what_they_name
     assert_eq!(search_ids(&app, chain).await, keys(&[&observation]));
 }
 
+/// A chain that matches more than a page can be found from (past the estimate's cap) is
+/// found by walking the searched type in order and testing where each resource leads; on
+/// PostgreSQL the walk reads the chain's references from their own index. Every page of it
+/// holds the matches in order, skips the resources that lead elsewhere, and pages back.
+#[tokio::test]
+async fn a_common_chain_pages_through_every_match_in_order() {
+    let app = spawn_app().await;
+    let put = |resource: Value| {
+        let url = format!(
+            "{}/{}",
+            resource["resourceType"].as_str().unwrap_or_default(),
+            resource["id"].as_str().unwrap_or_default()
+        );
+        json!({"resource": resource, "request": {"method": "PUT", "url": url}})
+    };
+    let mut entries = Vec::new();
+    for (doctor, family, patient_id) in [
+        ("walker", "Walker", "walked"),
+        ("other", "Other", "elsewhere"),
+    ] {
+        entries.push(put(json!({"resourceType": "Practitioner", "id": doctor,
+                                "name": [{"family": family}]})));
+        entries.push(put(patient(json!({"id": patient_id,
+            "generalPractitioner": [{"reference": format!("Practitioner/{doctor}")}]}))));
+    }
+    // Alternately the patient whose practitioner matches and the other.
+    let visits = 260;
+    for i in 0..visits {
+        let subject = if i % 2 == 0 { "walked" } else { "elsewhere" };
+        entries.push(put(encounter(json!({"id": format!("visit-{i:03}"),
+            "subject": {"reference": format!("Patient/{subject}")}}))));
+    }
+    let response = post_bundle(
+        &app,
+        &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
+    )
+    .await;
+    assert_eq!(
+        response.status(),
+        200,
+        "{}",
+        response.text().await.unwrap_or_default()
+    );
+    let expected: Vec<String> = (0..visits)
+        .step_by(2)
+        .map(|i| format!("Encounter/visit-{i:03}"))
+        .collect();
+    let chain = "Encounter?subject:Patient.general-practitioner:Practitioner.family=walker";
+    let (seen, pages) = every_page(&app, &format!("{chain}&_count=25")).await;
+    assert_eq!(seen, expected);
+    assert_eq!(pages.len(), 6);
+    // Back from the last page, through the `previous` links, to the first.
+    let mut back = Vec::new();
+    let mut url = link(&pages[5], "previous").map(str::to_owned);
+    while let Some(previous) = url {
+        assert!(back.len() < 20, "previous links do not end");
+        let (status, bundle) = get_url(&app, &previous).await;
+        assert_eq!(status, 200, "{previous}: {bundle}");
+        back.push(matches_in_order(&bundle));
+        url = link(&bundle, "previous").map(str::to_owned);
+    }
+    let paged_back: Vec<String> = back.into_iter().rev().flatten().collect();
+    assert_eq!(paged_back, expected[..125]);
+    let counted = search(&app, &format!("{chain}&_total=accurate&_count=1")).await;
+    assert_eq!(counted["total"], 130);
+    // With a second filter on the resources walked.
+    let (finished, _) = every_page(&app, &format!("{chain}&status=finished&_count=100")).await;
+    assert_eq!(finished, expected);
+    assert_eq!(
+        search_ids(&app, &format!("{chain}&_id=visit-004,visit-005,visit-006")).await,
+        vec![
+            "Encounter/visit-004".to_owned(),
+            "Encounter/visit-006".to_owned()
+        ]
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Location near
 
