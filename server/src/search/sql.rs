@@ -135,6 +135,31 @@ pub fn page(
                 .enumerate()
                 .all(|(i, f)| i == d || rid_only(f))
     });
+    // The rest of a page chosen from a set of rids named `alias.rid` (the sets of the two
+    // forms below), found by filter `found_by`: past the cursor, the other filters tested on
+    // each, the first `count + 1` in order, then their resources read if still live.
+    let rest_of_set = |sql: &mut Sql, alias: &str, found_by: usize| {
+        if let Some(cursor) = &query.cursor {
+            let past = if backwards { "<" } else { ">" };
+            sql.push(&format!(" AND {alias}.rid {past} "))
+                .int(cursor.rid);
+        }
+        for (i, filter) in query.filters.iter().enumerate() {
+            if i != found_by {
+                let form = if linked.contains(&i) {
+                    Form::Linked
+                } else {
+                    Form::Exists
+                };
+                sql.push(" AND ");
+                filter_condition(sql, alias, &query.types, filter, form);
+            }
+        }
+        sql.push(&order(&format!("{alias}.")));
+        sql.push(" LIMIT ").int(i64::from(query.count) + 1);
+        sql.push(") d CROSS JOIN resources r WHERE r.rid = d.rid AND r.deleted = FALSE");
+        sql.push(&order("d."));
+    };
     let walked = walk.and_then(|c| match &query.filters[c] {
         Filter::Chain { def, targets } if driver.is_none() => Some((c, *def, targets)),
         _ => None,
@@ -146,32 +171,10 @@ pub fn page(
         sql.push("SELECT r.rid, r.seq FROM (SELECT DISTINCT w.rid FROM search_reference w WHERE ");
         type_condition(&mut sql, "w.resource_type", &query.types);
         sql.push(" AND w.param = ").text(def.code);
-        if let Some(cursor) = &query.cursor {
-            sql.push(if backwards {
-                " AND w.rid < "
-            } else {
-                " AND w.rid > "
-            })
-            .int(cursor.rid);
-        }
         sql.push(" AND (");
         target_tests(&mut sql, "w", "wt", targets, linked.contains(&c));
         sql.push(")");
-        for (i, filter) in query.filters.iter().enumerate() {
-            if i != c {
-                let form = if linked.contains(&i) {
-                    Form::Linked
-                } else {
-                    Form::Exists
-                };
-                sql.push(" AND ");
-                filter_condition(&mut sql, "w", &query.types, filter, form);
-            }
-        }
-        sql.push(&order("w."));
-        sql.push(" LIMIT ").int(i64::from(query.count) + 1);
-        sql.push(") d CROSS JOIN resources r WHERE r.rid = d.rid AND r.deleted = FALSE");
-        sql.push(&order("d."));
+        rest_of_set(&mut sql, "w", c);
     } else if let Some(d) = rid_only_driver {
         // The page is chosen from the driver's set alone, its rids sorted and the other
         // filters tested on them, and only the page's resources are then read: a set of
@@ -179,24 +182,7 @@ pub fn page(
         sql.push("SELECT r.rid, r.seq FROM (SELECT DISTINCT s.rid FROM ");
         set_of(&mut sql, &query.types, &query.filters[d]);
         sql.push(" s WHERE 1 = 1");
-        if let Some(cursor) = &query.cursor {
-            sql.push(if backwards {
-                " AND s.rid < "
-            } else {
-                " AND s.rid > "
-            })
-            .int(cursor.rid);
-        }
-        for (i, filter) in query.filters.iter().enumerate() {
-            if i != d {
-                sql.push(" AND ");
-                filter_condition(&mut sql, "s", &query.types, filter, Form::Exists);
-            }
-        }
-        sql.push(&order("s."));
-        sql.push(" LIMIT ").int(i64::from(query.count) + 1);
-        sql.push(") d CROSS JOIN resources r WHERE r.rid = d.rid AND r.deleted = FALSE");
-        sql.push(&order("d."));
+        rest_of_set(&mut sql, "s", d);
     } else if keys.is_empty() {
         sql.push("SELECT r.rid, r.seq FROM resources r WHERE ");
         matches(&mut sql, query, driver, linked);

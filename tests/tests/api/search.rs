@@ -88,6 +88,16 @@ fn observation_of(subject: &str) -> Value {
     observation(json!({"subject": {"reference": subject}}))
 }
 
+/// A transaction entry that creates or updates `resource` at the id it carries.
+fn put_entry(resource: Value) -> Value {
+    let url = format!(
+        "{}/{}",
+        resource["resourceType"].as_str().unwrap_or_default(),
+        resource["id"].as_str().unwrap_or_default()
+    );
+    json!({"resource": resource, "request": {"method": "PUT", "url": url}})
+}
+
 fn encounter(extra: Value) -> Value {
     merged(
         json!({"resourceType": "Encounter", "status": "finished",
@@ -2044,20 +2054,12 @@ async fn chains_has_and_includes_follow_references_written_before_what_they_name
     let has = format!("Patient?_has:Observation:patient:code={LOINC}|1234-5");
     assert_eq!(search_ids(&app, chain).await, Vec::<String>::new());
     // The patient, then its practitioner, in one transaction.
-    let put = |resource: Value| {
-        let url = format!(
-            "{}/{}",
-            resource["resourceType"].as_str().unwrap_or_default(),
-            resource["id"].as_str().unwrap_or_default()
-        );
-        json!({"resource": resource, "request": {"method": "PUT", "url": url}})
-    };
     let doctor = json!({"resourceType": "Practitioner", "id": "late-doctor",
                         "name": [{"family": "Late"}]});
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-        put(patient(json!({"id": "later",
+        put_entry(patient(json!({"id": "later",
                            "generalPractitioner": [{"reference": "Practitioner/late-doctor"}]}))),
-        put(doctor.clone()),
+        put_entry(doctor.clone()),
     ]});
     let response = post_bundle(&app, &bundle).await;
     assert_eq!(
@@ -2110,29 +2112,23 @@ async fn chains_has_and_includes_follow_references_written_before_what_they_name
 #[tokio::test]
 async fn a_common_chain_pages_through_every_match_in_order() {
     let app = spawn_app().await;
-    let put = |resource: Value| {
-        let url = format!(
-            "{}/{}",
-            resource["resourceType"].as_str().unwrap_or_default(),
-            resource["id"].as_str().unwrap_or_default()
-        );
-        json!({"resource": resource, "request": {"method": "PUT", "url": url}})
-    };
     let mut entries = Vec::new();
     for (doctor, family, patient_id) in [
         ("walker", "Walker", "walked"),
         ("other", "Other", "elsewhere"),
     ] {
-        entries.push(put(json!({"resourceType": "Practitioner", "id": doctor,
-                                "name": [{"family": family}]})));
-        entries.push(put(patient(json!({"id": patient_id,
+        entries.push(put_entry(
+            json!({"resourceType": "Practitioner", "id": doctor,
+                                "name": [{"family": family}]}),
+        ));
+        entries.push(put_entry(patient(json!({"id": patient_id,
             "generalPractitioner": [{"reference": format!("Practitioner/{doctor}")}]}))));
     }
     // Alternately the patient whose practitioner matches and the other.
     let visits = 260;
     for i in 0..visits {
         let subject = if i % 2 == 0 { "walked" } else { "elsewhere" };
-        entries.push(put(encounter(json!({"id": format!("visit-{i:03}"),
+        entries.push(put_entry(encounter(json!({"id": format!("visit-{i:03}"),
             "subject": {"reference": format!("Patient/{subject}")}}))));
     }
     let response = post_bundle(
