@@ -5,8 +5,8 @@
 //! forward. A delete is a version without a body.
 //!
 //! The SQL is the same for both backends (sqlx's SQLite driver understands `$n` placeholders), so
-//! each operation is written once and [`with_reader!`] compiles it for each concrete connection type;
-//! where the dialects differ the code says so.
+//! each operation is written once and [`with_reader!`] compiles it for each concrete connection
+//! type; where the dialects differ the code says so.
 //!
 //! SQLite allows one writer at a time: every write goes to one writer thread, which commits
 //! them in groups, so writers queue in the process instead of spinning on `SQLITE_BUSY`. Reads
