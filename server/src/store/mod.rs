@@ -369,7 +369,7 @@ impl Store {
                 .context("cannot migrate the PostgreSQL database")?;
             Backend::Postgres {
                 pool,
-                readers: Box::new(pg_readers::PgReaders::new(options, reads.max(1))),
+                readers: Box::new(pg_readers::PgReaders::new(options, reads)),
             }
         } else if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)

@@ -22,7 +22,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 /// How long an idle connection is trusted without a check.
 const FRESH_FOR: Duration = Duration::from_millis(500);
 
-/// Up to `size` connections for reads, opened as needed and kept.
+/// Up to `size` connections for reads (at least one), opened as needed and kept.
 pub(super) struct PgReaders {
     options: PgConnectOptions,
     /// Each idle connection with the time it was given back.
