@@ -272,8 +272,9 @@ async fn chain_estimate(
 struct ChainSize {
     /// How many resources it matches, at most the limit of its estimate.
     matches: i64,
-    /// How many resources it links to, when they were counted in full (below the count's
-    /// limit).
+    /// How many resources it links to, when below the count's limit: counted in full, or for
+    /// a two-level chain with many inner matches estimated from a sample of them (see
+    /// [`sql::chain_estimate`]).
     links: Option<i64>,
     /// How many resources it matches, extrapolated from the sample past the limit.
     expected: i64,

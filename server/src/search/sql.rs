@@ -683,15 +683,28 @@ pub fn estimates(query: &SearchQuery, counted: &[(usize, i64)]) -> Sql {
 /// `Encounter?subject:Patient.name=…`) its estimate follows to the resources that refer to them.
 pub const CHAIN_SAMPLE: i64 = 32;
 
+/// How many of the resources the inner link of a two-level chain refers to (the practitioners
+/// of `Encounter?subject:Patient.general-practitioner:Practitioner.name=…`) its estimate
+/// follows to the resources of the outer link that refer to them.
+pub const INNER_SAMPLE: i64 = 4;
+
 /// The counts that estimate a chain filter `i` cheaply, or `None` when `i` is not a chain: for
 /// each target type of its reference, three columns — how many resources of that type match
-/// the chained filter (up to `links`), how many of the first [`CHAIN_SAMPLE`] of them there
-/// are, and how many resources searched refer to those (up to `limit`).
+/// the chained filter (up to `links`; see below for a chained filter that is a chain itself),
+/// how many of the first [`CHAIN_SAMPLE`] of them there are, and how many resources searched
+/// refer to those (up to `limit`).
 ///
 /// Counting a chain's own matches, as [`estimate`] does, costs two lookups for each one
 /// counted (the linked resource's id, then the references to it), thousands for a common
 /// name. The linked resources, found from the chained filter's index, cost next to nothing to
 /// count, and how many resources refer to each of a few of them says how many refer to them all.
+///
+/// When the chained filter is a chain itself, its matches (the patients whose practitioner is
+/// named so) would cost as much to count, so the first column is estimated the same way, one
+/// link further in: the inner link's matches (the practitioners, counted), times how many of
+/// the outer link's resources refer to each of the first [`INNER_SAMPLE`] of them. It is exact
+/// when the sample held every inner match; estimated, it only chooses the plan, as the other
+/// two columns, always counted, decide whether the chain can match nothing.
 pub fn chain_estimate(
     query: &SearchQuery,
     i: usize,
@@ -707,19 +720,72 @@ pub fn chain_estimate(
         if t > 0 {
             sql.push(", ");
         }
-        sql.push("(SELECT COUNT(*) FROM (SELECT 1 FROM ");
-        set_of(&mut sql, &[*target], filter);
-        sql.push(" m LIMIT ").int(links).push(") a), ");
-        sql.push("(SELECT COUNT(*) FROM (SELECT 1 FROM ");
-        set_of(&mut sql, &[*target], filter);
-        sql.push(" m LIMIT ").int(CHAIN_SAMPLE).push(") b), ");
-        sql.push("(SELECT COUNT(*) FROM (SELECT 1 FROM (SELECT m.rid FROM ");
-        set_of(&mut sql, &[*target], filter);
-        sql.push(" m LIMIT ").int(CHAIN_SAMPLE).push(") s");
-        referring_rows(&mut sql, "s", &query.types, def.code);
-        sql.push(" LIMIT ").int(limit).push(") r) c");
+        match filter {
+            Filter::Chain {
+                def: inner_def,
+                targets: inner,
+            } => {
+                sql.push("(SELECT 0");
+                for (inner_target, inner_filter) in inner {
+                    // The inner matches `p`, the first few of them `k`, and the references
+                    // `r` to those: `p · r / k`, rounded up, or `r` when `k` was all of them.
+                    sql.push(" + (SELECT CASE WHEN e.k < ")
+                        .int(INNER_SAMPLE)
+                        .push(" THEN e.r ELSE (e.p * e.r + e.k - 1) / e.k END FROM (SELECT ");
+                    count_first(&mut sql, &[*inner_target], inner_filter, links);
+                    sql.push(" AS p, ");
+                    count_first(&mut sql, &[*inner_target], inner_filter, INNER_SAMPLE);
+                    sql.push(" AS k, ");
+                    count_referring(
+                        &mut sql,
+                        (*inner_target, inner_filter),
+                        INNER_SAMPLE,
+                        (&[*target], inner_def.code),
+                        links,
+                    );
+                    sql.push(" AS r) e)");
+                }
+                sql.push("), ");
+            }
+            _ => {
+                count_first(&mut sql, &[*target], filter, links);
+                sql.push(", ");
+            }
+        }
+        count_first(&mut sql, &[*target], filter, CHAIN_SAMPLE);
+        sql.push(", ");
+        count_referring(
+            &mut sql,
+            (*target, filter),
+            CHAIN_SAMPLE,
+            (&query.types, def.code),
+            limit,
+        );
     }
     Some((sql, targets.len()))
+}
+
+/// `(SELECT COUNT(*) …)`: how many of `types` match `filter`, counted up to `cap`.
+fn count_first(sql: &mut Sql, types: &[ResourceType], filter: &Filter, cap: i64) {
+    sql.push("(SELECT COUNT(*) FROM (SELECT 1 FROM ");
+    set_of(sql, types, filter);
+    sql.push(" m LIMIT ").int(cap).push(") c)");
+}
+
+/// `(SELECT COUNT(*) …)`: how many references through `code` from resources of `types`
+/// lead to the first `sample` resources of `target` matching `filter`, counted up to `cap`.
+fn count_referring(
+    sql: &mut Sql,
+    (target, filter): (ResourceType, &Filter),
+    sample: i64,
+    (types, code): (&[ResourceType], &str),
+    cap: i64,
+) {
+    sql.push("(SELECT COUNT(*) FROM (SELECT 1 FROM (SELECT m.rid FROM ");
+    set_of(sql, &[target], filter);
+    sql.push(" m LIMIT ").int(sample).push(") s");
+    referring_rows(sql, "s", types, code);
+    sql.push(" LIMIT ").int(cap).push(") c)");
 }
 
 /// A condition on the resource `alias` (a row of `resources`) of one of `types`, in the form
@@ -1743,6 +1809,60 @@ mod tests {
         assert!(
             chain_estimate(&observations(&[("subject", "Patient/1")]), 0, 1000, 4000).is_none()
         );
+    }
+
+    #[test]
+    fn a_two_level_chain_estimates_its_links_from_a_sample_of_the_inner_ones() {
+        let connection = database();
+        // Practitioners named Lee, and the patients whose general practitioner each is:
+        // patient 11 (Alice) and others, known only by their references.
+        let lees: [(i64, &[i64]); 5] = [
+            (21, &[11, 101, 102]),
+            (22, &[103, 104, 105]),
+            (23, &[106, 107, 108]),
+            (24, &[109, 110, 111]),
+            (25, &[112]),
+        ];
+        let estimate = |connection: &rusqlite::Connection| {
+            let query = observations(&[(
+                "subject:Patient.general-practitioner:Practitioner.name",
+                "lee",
+            )]);
+            let (sql, targets) = chain_estimate(&query, 0, 1000, 4000).expect("a chain");
+            assert_eq!(targets, 1);
+            let mut statement = connection.prepare(&sql.text).expect("the query prepares");
+            statement
+                .query_row(rusqlite::params_from_iter(&sql.binds), |row| {
+                    (0..3).map(|i| row.get(i)).collect::<Result<Vec<i64>, _>>()
+                })
+                .expect("one row")
+        };
+        for (n, &(practitioner, patients)) in lees.iter().enumerate() {
+            connection
+                .execute(
+                    "INSERT INTO search_string (rid, resource_type, param, normalized, exact) \
+                     VALUES (?1, 'Practitioner', 'name', 'lee', 'Lee')",
+                    [practitioner],
+                )
+                .expect("a name row");
+            for patient in patients {
+                connection
+                    .execute(
+                        "INSERT INTO search_reference \
+                         (rid, resource_type, param, target_type, target_id, target_rid) \
+                         VALUES (?1, 'Patient', 'general-practitioner', 'Practitioner', ?2, ?3)",
+                        (patient, practitioner.to_string(), practitioner),
+                    )
+                    .expect("a reference row");
+            }
+            if n == INNER_SAMPLE as usize - 2 {
+                // Three practitioners, fewer than the sample: their 9 patients are counted.
+                assert_eq!(estimate(&connection), [9, 9, 2]);
+            }
+        }
+        // Five: 5 · 12 / 4 from the first four, 15 where there are 13; the first 32 patients
+        // and the Observations of those (Alice's 1 and 4) are still counted.
+        assert_eq!(estimate(&connection), [15, 13, 2]);
     }
 
     #[test]
