@@ -727,15 +727,18 @@ pub fn chain_estimate(
             } => {
                 sql.push("(SELECT 0");
                 for (inner_target, inner_filter) in inner {
-                    // The inner matches `p`, the first few of them `k`, and the references
-                    // `r` to those: `p · r / k`, rounded up, or `r` when `k` was all of them.
-                    sql.push(" + (SELECT CASE WHEN e.k < ")
+                    // The inner matches `p`, and the references `r` to the first `k` of them
+                    // (`k` is INNER_SAMPLE): `r` when those were all (`p < k`), else `p · r / k`
+                    // rounded up.
+                    sql.push(" + (SELECT CASE WHEN e.p < ")
                         .int(INNER_SAMPLE)
-                        .push(" THEN e.r ELSE (e.p * e.r + e.k - 1) / e.k END FROM (SELECT ");
+                        .push(" THEN e.r ELSE (e.p * e.r + ")
+                        .int(INNER_SAMPLE - 1)
+                        .push(") / ")
+                        .int(INNER_SAMPLE)
+                        .push(" END FROM (SELECT ");
                     count_first(&mut sql, &[*inner_target], inner_filter, links);
                     sql.push(" AS p, ");
-                    count_first(&mut sql, &[*inner_target], inner_filter, INNER_SAMPLE);
-                    sql.push(" AS k, ");
                     count_referring(
                         &mut sql,
                         (*inner_target, inner_filter),
@@ -1855,8 +1858,9 @@ mod tests {
                     )
                     .expect("a reference row");
             }
-            if n == INNER_SAMPLE as usize - 2 {
-                // Three practitioners, fewer than the sample: their 9 patients are counted.
+            if n == 2 {
+                // Three practitioners, fewer than the sample of four: their 9 patients are
+                // counted.
                 assert_eq!(estimate(&connection), [9, 9, 2]);
             }
         }
