@@ -12,7 +12,7 @@ use fhir_models::search::SearchParameterDef;
 use super::query::{Cursor, Filter, Include, SearchQuery, Total};
 use super::sql::{self, ROW_COLUMNS, Sql};
 use crate::error::FhirError;
-use crate::store::{Cell, Kind, Micros, Store, Version};
+use crate::store::{Cell, Kind, Micros, Planning, Store, Version};
 
 /// Most `(type, id)` pairs fetched by one include query.
 const INCLUDE_BATCH: usize = 500;
@@ -426,6 +426,10 @@ pub async fn page(
     } else {
         &[]
     };
+    let walk = match value_order {
+        None if store.is_postgres() => sql::reference_walk(query, driver),
+        _ => None,
+    };
     let (sql, key_kinds) = match value_order {
         Some((def, text)) => {
             let key = match cursor_keys.first() {
@@ -434,14 +438,16 @@ pub async fn page(
             };
             (sql::value_page(query, def, text, key), Vec::new())
         }
-        None => {
-            let walk = if store.is_postgres() {
-                sql::reference_walk(query, driver)
-            } else {
-                None
-            };
-            sql::page(query, driver, linked, walk, &cursor_keys)
-        }
+        None => sql::page(query, driver, linked, walk, &cursor_keys),
+    };
+    // A walk's plan is fixed by its form: it reads the chain's references in `rid` order and
+    // tests where each leads. PostgreSQL would plan it anew for every call all the same, as
+    // its generic plan guesses a chained string's matches at hundreds (a range of unknown
+    // bounds) where a name has tens, and costs it accordingly.
+    let planning = if walk.is_some() {
+        Planning::Generic
+    } else {
+        Planning::Default
     };
     let mut columns = ROW_COLUMNS.to_vec();
     columns.extend(&key_kinds);
@@ -454,7 +460,10 @@ pub async fn page(
             _ => Ok(None),
         }
     };
-    let (rows, counted) = tokio::try_join!(store.query(&sql.text, &sql.binds, &columns), counted)?;
+    let (rows, counted) = tokio::try_join!(
+        store.query_planned(&sql.text, &sql.binds, &columns, planning),
+        counted
+    )?;
     let mut matches = rows
         .into_iter()
         .map(found_from_row)

@@ -16,7 +16,9 @@
 //!
 //! On PostgreSQL, writes, the audit trail and the locks of conditional writes use sqlx's pool,
 //! and reads and searches connections of their own that cost no round trip but their
-//! statement's (see `pg_readers.rs`).
+//! statement's (see `pg_readers.rs`). A few of those plan every statement once for all values
+//! ([`Planning::Generic`]), for the statements that would otherwise be planned on every call
+//! to the same plan.
 
 mod audit;
 mod conditions;
@@ -272,7 +274,39 @@ enum Backend {
         pool: PgPool,
         /// The connections reads and searches run on (see [`pg_readers`]).
         readers: Box<pg_readers::PgReaders>,
+        /// The connections of the statements planned once for all values
+        /// ([`Planning::Generic`]), when the read connections are enough to spare some.
+        generic: Option<Box<pg_readers::PgReaders>>,
     },
+}
+
+/// How PostgreSQL plans a statement (its `plan_cache_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Planning {
+    /// The database's own setting: by default a plan for each call's values, until a generic
+    /// plan looks no dearer.
+    Default,
+    /// One generic plan for all values (`force_generic_plan`): for a statement whose plan does
+    /// not depend on its values, but whose generic plan PostgreSQL costs far above what it is,
+    /// so that it would plan the statement anew on every call.
+    Generic,
+}
+
+/// How many of `max_connections` reads and searches get, and how many of those plan
+/// generically: half the connections, at least one, and a quarter of those; none when that
+/// leaves no other read connection.
+fn read_connections(max_connections: u32) -> (u32, u32) {
+    let reads = (max_connections / 2).max(1);
+    let generic = if reads >= 4 { reads / 4 } else { 0 };
+    (reads - generic, generic)
+}
+
+/// The connection options of [`Planning::Generic`]: the setting travels in the startup
+/// message, so it costs no statement.
+fn generic_planning(options: &PgConnectOptions) -> PgConnectOptions {
+    options
+        .clone()
+        .options([("plan_cache_mode", "force_generic_plan")])
 }
 
 /// The resource store.
@@ -357,9 +391,9 @@ impl Store {
             let options = PgConnectOptions::from_str(url).context("DATABASE_URL is not valid")?;
             // Reads get half the connections and everything else the other half, each at
             // least one.
-            let reads = max_connections / 2;
+            let (reads, generic) = read_connections(max_connections);
             let pool = PgPoolOptions::new()
-                .max_connections((max_connections - reads).max(1))
+                .max_connections(max_connections.saturating_sub(reads + generic).max(1))
                 .connect_with(options.clone())
                 .await
                 .context("cannot connect to PostgreSQL")?;
@@ -369,6 +403,12 @@ impl Store {
                 .context("cannot migrate the PostgreSQL database")?;
             Backend::Postgres {
                 pool,
+                generic: (generic > 0).then(|| {
+                    Box::new(pg_readers::PgReaders::new(
+                        generic_planning(&options),
+                        generic,
+                    ))
+                }),
                 readers: Box::new(pg_readers::PgReaders::new(options, reads)),
             }
         } else if url.starts_with("sqlite:") {
@@ -485,8 +525,15 @@ impl Store {
                 }
                 read.close().await;
             }
-            Backend::Postgres { pool, readers } => {
+            Backend::Postgres {
+                pool,
+                readers,
+                generic,
+            } => {
                 readers.close().await;
+                if let Some(generic) = generic {
+                    generic.close().await;
+                }
                 pool.close().await;
             }
         }
@@ -600,6 +647,19 @@ impl Store {
         binds: &[Cell],
         columns: &[Kind],
     ) -> Result<Vec<Vec<Cell>>, FhirError> {
+        self.query_planned(sql, binds, columns, Planning::Default)
+            .await
+    }
+
+    /// [`Store::query`], planned by PostgreSQL as `planning` says (SQLite plans every
+    /// statement once, for all values, anyway).
+    pub async fn query_planned(
+        &self,
+        sql: &str,
+        binds: &[Cell],
+        columns: &[Kind],
+        planning: Planning,
+    ) -> Result<Vec<Vec<Cell>>, FhirError> {
         match &self.backend {
             Backend::Sqlite { path, readers, .. } => {
                 let (path, sql, binds, columns) = (
@@ -613,7 +673,13 @@ impl Store {
                     .await?
                     .map_err(FhirError::Internal)
             }
-            Backend::Postgres { readers, .. } => {
+            Backend::Postgres {
+                readers, generic, ..
+            } => {
+                let readers = match (planning, generic) {
+                    (Planning::Generic, Some(generic)) => generic,
+                    _ => readers,
+                };
                 let mut reader = readers.get().await?;
                 let mut query = sqlx::query(sql);
                 for bind in binds {
@@ -1332,9 +1398,13 @@ fn set_meta(body: &mut Value, id: &str, version_id: &str, last_updated: &str) {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use std::str::FromStr as _;
 
-    use super::{Micros, PreparedBody, set_meta};
+    use serde_json::json;
+    use sqlx::Connection as _;
+    use sqlx::postgres::{PgConnectOptions, PgConnection};
+
+    use super::{Micros, PreparedBody, generic_planning, read_connections, set_meta};
 
     /// What the body of a version was before it was prepared: `set_meta`, then serialized.
     fn serialized(mut body: serde_json::Value, version_id: i64, at: Micros) -> Vec<u8> {
@@ -1365,5 +1435,38 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_quarter_of_the_read_connections_plan_generically_when_there_are_four() {
+        // (read connections planned per call, planned generically); writes get the rest.
+        assert_eq!(read_connections(1), (1, 0));
+        assert_eq!(read_connections(2), (1, 0));
+        assert_eq!(read_connections(7), (3, 0));
+        assert_eq!(read_connections(8), (3, 1));
+        assert_eq!(read_connections(16), (6, 2));
+        assert_eq!(read_connections(64), (24, 8));
+    }
+
+    /// On the run's PostgreSQL database, when it has one (CI runs the suite on each backend).
+    #[tokio::test]
+    async fn a_generic_connection_plans_generically_and_a_plain_one_as_the_database_says() {
+        let Ok(url) = std::env::var("TELEMED_TEST_DATABASE_URL") else {
+            return;
+        };
+        let options = PgConnectOptions::from_str(&url).expect("a PostgreSQL URL");
+        let mode = async |options: &PgConnectOptions| {
+            let mut connection = PgConnection::connect_with(options).await.expect("connect");
+            let (mode,): (String,) = sqlx::query_as("SELECT current_setting('plan_cache_mode')")
+                .fetch_one(&mut connection)
+                .await
+                .expect("query");
+            mode
+        };
+        assert_eq!(
+            mode(&generic_planning(&options)).await,
+            "force_generic_plan"
+        );
+        assert_ne!(mode(&options).await, "force_generic_plan");
     }
 }
