@@ -238,6 +238,53 @@ pub fn reference_walk(query: &SearchQuery, driver: Option<usize>) -> Option<usiz
     })
 }
 
+/// Whether a search's matches can be read in `rid` order straight from one index: a search of
+/// one type with no `_sort`, by one value of one parameter that its index holds in `rid` order
+/// within that value — a token with its system (`identifier=system|value`,
+/// `code=http://loinc.org|8310-5`), a reference to one resource by type and id
+/// (`subject=Patient/1`), a URI. The index is searched by every column before `rid` with an
+/// equality, so a page is its first rows past the cursor, however many resources match: nothing
+/// needs counting to choose how to find it.
+pub fn in_rid_order(query: &SearchQuery) -> bool {
+    if !query.sort.is_empty() || query.types.len() != 1 {
+        return false;
+    }
+    let [
+        Filter::Param {
+            def,
+            modifier,
+            values,
+        },
+    ] = query.filters.as_slice()
+    else {
+        return false;
+    };
+    let [value] = values.as_slice() else {
+        return false;
+    };
+    match (def.kind, modifier, value) {
+        (
+            SearchParamType::Token,
+            Modifier::None,
+            SearchValue::Token {
+                system: Some(system),
+                code: Some(_),
+            },
+        ) => !system.is_empty(),
+        (
+            SearchParamType::Reference,
+            Modifier::None | Modifier::Type(_),
+            SearchValue::Reference {
+                target_type: Some(_),
+                id: Some(_),
+                url: None,
+            },
+        ) => true,
+        (SearchParamType::Uri, Modifier::None, SearchValue::Uri(_)) => true,
+        _ => false,
+    }
+}
+
 /// The filter whose values order a search's pages, when that is not `rid`: a search by one
 /// string, starts-with (`Patient?name=smi`, the patient picker), of one type, with nothing
 /// else to test and no `_sort`. Its matches come in the order of the value each matched by,
@@ -2017,6 +2064,121 @@ mod tests {
         ] {
             assert_eq!(value_order(&patients(list)).is_some(), ordered, "{list:?}");
         }
+    }
+
+    #[test]
+    fn only_a_search_by_one_exact_token_reference_or_uri_is_read_in_rid_order() {
+        for (list, ordered) in [
+            (&[("code", "http://loinc.org|8310-5")][..], true),
+            (&[("subject", "Patient/1")][..], true),
+            (&[("subject:Patient", "1")][..], true),
+            // Any system, or none: the index holds the code's rows by system, then rid.
+            (&[("code", "8310-5")][..], false),
+            (&[("code", "|8310-5")][..], false),
+            (&[("code", "http://loinc.org|")][..], false),
+            (
+                &[("code", "http://loinc.org|1,http://loinc.org|2")][..],
+                false,
+            ),
+            (&[("code:not", "http://loinc.org|1")][..], false),
+            // Any of the types the parameter may refer to.
+            (&[("subject", "1")][..], false),
+            (
+                &[("subject", "http://elsewhere.org/fhir/Patient/1")][..],
+                false,
+            ),
+            (
+                &[("subject:identifier", "http://example.org/mrn|1")][..],
+                false,
+            ),
+            (
+                &[("code", "http://loinc.org|1"), ("status", "final")][..],
+                false,
+            ),
+            (
+                &[("code", "http://loinc.org|1"), ("_sort", "date")][..],
+                false,
+            ),
+            (&[("value-quantity", "5")][..], false),
+        ] {
+            assert_eq!(in_rid_order(&observations(list)), ordered, "{list:?}");
+        }
+        let questionnaires = search_of(
+            ResourceType::Questionnaire,
+            &[("url", "http://example.org/questionnaire")],
+        );
+        assert!(in_rid_order(&questionnaires));
+        let limits = Limits {
+            default_count: 10,
+            max_count: 100,
+        };
+        let types = vec![ResourceType::Observation, ResourceType::Condition];
+        let across_types = query::parse(
+            types,
+            &pairs(&[("_tag", "http://example.org/tags|a")]),
+            true,
+            BASE,
+            &limits,
+        )
+        .expect("the query parses");
+        assert!(!in_rid_order(&across_types));
+    }
+
+    #[test]
+    fn sqlite_reads_a_page_in_rid_order_from_the_index_of_its_one_value() {
+        let connection = database();
+        for (rt, list, index) in [
+            (
+                ResourceType::Observation,
+                &[("code", "http://loinc.org|8310-5")][..],
+                "search_token_code",
+            ),
+            (
+                ResourceType::Observation,
+                &[("subject", "Patient/1")][..],
+                "search_reference_target",
+            ),
+            (
+                ResourceType::Questionnaire,
+                &[("url", "http://example.org/questionnaire")][..],
+                "search_uri_value",
+            ),
+        ] {
+            let mut query = search_of(rt, list);
+            assert!(in_rid_order(&query), "{list:?}");
+            for cursor in [
+                None,
+                Some(Cursor {
+                    backwards: false,
+                    rid: 2,
+                    version: None,
+                }),
+                Some(Cursor {
+                    backwards: true,
+                    rid: 5,
+                    version: None,
+                }),
+            ] {
+                query.cursor = cursor;
+                let steps = plan(&connection, &page(&query, Some(0), &[], None, &[]).0);
+                let read = format!("SEARCH x USING COVERING INDEX {index} ");
+                assert!(
+                    steps.iter().any(|s| s.starts_with(&read)),
+                    "{list:?}: {steps:#?}"
+                );
+                // Only the page's own rows are sorted, once read: after the scan of `d`.
+                let page = steps.iter().position(|s| s == "SCAN d");
+                assert!(
+                    (0..steps.len())
+                        .filter(|&i| steps[i].contains("TEMP B-TREE"))
+                        .all(|i| page.is_some_and(|p| i > p)),
+                    "{list:?}: {steps:#?}"
+                );
+            }
+        }
+        // And finds what a walk of the type finds.
+        let query = observations(&[("subject", "Patient/1")]);
+        assert_eq!(page_rids(&connection, &query), [1, 4]);
     }
 
     #[test]

@@ -88,6 +88,18 @@ fn observation_of(subject: &str) -> Value {
     observation(json!({"subject": {"reference": subject}}))
 }
 
+/// Commits `entries` in one transaction Bundle; panics unless the answer is 200.
+async fn transaction(app: &TestApp, entries: Vec<Value>) {
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    let response = post_bundle(app, &bundle).await;
+    assert_eq!(
+        response.status(),
+        200,
+        "{}",
+        response.text().await.unwrap_or_default()
+    );
+}
+
 /// A transaction entry that creates or updates `resource` at the id it carries.
 fn put_entry(resource: Value) -> Value {
     let url = format!(
@@ -403,6 +415,21 @@ async fn every_page(app: &TestApp, query: &str) -> (Vec<String>, Vec<Value>) {
         }
     }
     (seen, pages)
+}
+
+/// The matches of the pages before `page`, through the `previous` links back to the first, in
+/// order.
+async fn pages_before(app: &TestApp, page: &Value) -> Vec<String> {
+    let mut back = Vec::new();
+    let mut url = link(page, "previous").map(str::to_owned);
+    while let Some(previous) = url {
+        assert!(back.len() < 20, "previous links do not end");
+        let (status, bundle) = get_url(app, &previous).await;
+        assert_eq!(status, 200, "{previous}: {bundle}");
+        back.push(matches_in_order(&bundle));
+        url = link(&bundle, "previous").map(str::to_owned);
+    }
+    back.into_iter().rev().flatten().collect()
 }
 
 /// A search by one name pages in the order of the names matched (a patient by the first of
@@ -2056,18 +2083,15 @@ async fn chains_has_and_includes_follow_references_written_before_what_they_name
     // The patient, then its practitioner, in one transaction.
     let doctor = json!({"resourceType": "Practitioner", "id": "late-doctor",
                         "name": [{"family": "Late"}]});
-    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-        put_entry(patient(json!({"id": "later",
-                           "generalPractitioner": [{"reference": "Practitioner/late-doctor"}]}))),
-        put_entry(doctor.clone()),
-    ]});
-    let response = post_bundle(&app, &bundle).await;
-    assert_eq!(
-        response.status(),
-        200,
-        "{}",
-        response.text().await.unwrap_or_default()
-    );
+    transaction(
+        &app,
+        vec![
+            put_entry(patient(json!({"id": "later",
+                "generalPractitioner": [{"reference": "Practitioner/late-doctor"}]}))),
+            put_entry(doctor.clone()),
+        ],
+    )
+    .await;
     assert_eq!(search_ids(&app, chain).await, keys(&[&observation]));
     assert_eq!(
         search_ids(&app, &has).await,
@@ -2105,6 +2129,53 @@ async fn chains_has_and_includes_follow_references_written_before_what_they_name
     assert_eq!(search_ids(&app, chain).await, keys(&[&observation]));
 }
 
+/// A search by one coded value with its system, or by a reference to one resource, reads its
+/// pages straight from that value's index in `rid` order, without counting its matches first:
+/// every page holds the matches in order, the pages link back, and the totals count them all.
+#[tokio::test]
+async fn a_search_by_one_code_or_reference_pages_through_every_match_in_order() {
+    let app = spawn_app().await;
+    let observations = 260;
+    let mut entries = Vec::new();
+    for i in 0..observations {
+        let (code, subject) = if i % 2 == 0 {
+            ("8310-5", "Patient/even")
+        } else {
+            ("8302-2", "Patient/odd")
+        };
+        entries.push(put_entry(observation(json!({"id": format!("obs-{i:03}"),
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "subject": {"reference": subject}}))));
+    }
+    // The same code in another code system, about someone else.
+    entries.push(put_entry(observation(json!({"id": "other-system",
+        "code": {"coding": [{"system": "http://example.org/codes", "code": "8310-5"}]},
+        "subject": {"reference": "Patient/other"}}))));
+    transaction(&app, entries).await;
+    let expected: Vec<String> = (0..observations)
+        .step_by(2)
+        .map(|i| format!("Observation/obs-{i:03}"))
+        .collect();
+    for query in [
+        "Observation?code=http://loinc.org|8310-5",
+        "Observation?subject=Patient/even",
+        "Observation?subject:Patient=even",
+    ] {
+        let (seen, pages) = every_page(&app, &format!("{query}&_count=25")).await;
+        assert_eq!(seen, expected, "{query}");
+        assert_eq!(pages.len(), 6, "{query}");
+        assert_eq!(
+            pages_before(&app, &pages[5]).await,
+            expected[..125],
+            "{query}"
+        );
+        let counted = search(&app, &format!("{query}&_total=accurate&_count=1")).await;
+        assert_eq!(counted["total"], 130, "{query}");
+        let summary = search(&app, &format!("{query}&_summary=count")).await;
+        assert_eq!(summary["total"], 130, "{query}");
+    }
+}
+
 /// A chain that matches more than a page can be found from (past the estimate's cap) is
 /// found by walking the searched type in order and testing where each resource leads; on
 /// PostgreSQL the walk reads the chain's references from their own index. Every page of it
@@ -2131,17 +2202,7 @@ async fn a_common_chain_pages_through_every_match_in_order() {
         entries.push(put_entry(encounter(json!({"id": format!("visit-{i:03}"),
             "subject": {"reference": format!("Patient/{subject}")}}))));
     }
-    let response = post_bundle(
-        &app,
-        &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
-    )
-    .await;
-    assert_eq!(
-        response.status(),
-        200,
-        "{}",
-        response.text().await.unwrap_or_default()
-    );
+    transaction(&app, entries).await;
     let expected: Vec<String> = (0..visits)
         .step_by(2)
         .map(|i| format!("Encounter/visit-{i:03}"))
@@ -2151,17 +2212,7 @@ async fn a_common_chain_pages_through_every_match_in_order() {
     assert_eq!(seen, expected);
     assert_eq!(pages.len(), 6);
     // Back from the last page, through the `previous` links, to the first.
-    let mut back = Vec::new();
-    let mut url = link(&pages[5], "previous").map(str::to_owned);
-    while let Some(previous) = url {
-        assert!(back.len() < 20, "previous links do not end");
-        let (status, bundle) = get_url(&app, &previous).await;
-        assert_eq!(status, 200, "{previous}: {bundle}");
-        back.push(matches_in_order(&bundle));
-        url = link(&bundle, "previous").map(str::to_owned);
-    }
-    let paged_back: Vec<String> = back.into_iter().rev().flatten().collect();
-    assert_eq!(paged_back, expected[..125]);
+    assert_eq!(pages_before(&app, &pages[5]).await, expected[..125]);
     let counted = search(&app, &format!("{chain}&_total=accurate&_count=1")).await;
     assert_eq!(counted["total"], 130);
     // With a second filter on the resources walked.
