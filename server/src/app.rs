@@ -16,7 +16,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
 use crate::error::{FhirError, Issue, outcome_response};
-use crate::search::execute::TypeSizes;
+use crate::search::execute::PlannerStats;
 use crate::store::{Store, Version};
 use crate::validate::SchemaValidator;
 use smart_auth::server::AuthServer;
@@ -34,7 +34,7 @@ pub struct App {
     /// The serialised CapabilityStatement, built at start.
     pub capability_statement: Bytes,
     /// How many resources each type holds, as search plans last counted.
-    pub type_sizes: TypeSizes,
+    pub planner_stats: PlannerStats,
     /// The SMART authorization server, whose tokens every FHIR request needs; `None` when
     /// authorization is disabled by configuration.
     pub auth: Option<Arc<AuthServer>>,

@@ -111,7 +111,7 @@ async fn choices(
         query.narrow(narrow);
     }
     query.total = Total::None;
-    let page = execute::page(&state.store, &state.type_sizes, &query).await?;
+    let page = execute::page(&state.store, &state.planner_stats, &query).await?;
     Ok(page
         .matches
         .iter()

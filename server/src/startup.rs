@@ -12,7 +12,7 @@ use crate::audit::AuthTrail;
 use crate::config::{AuthMode, Config};
 use crate::directory::FhirDirectory;
 use crate::fhir::capability::capability_statement;
-use crate::search::execute::TypeSizes;
+use crate::search::execute::PlannerStats;
 use crate::store::{Micros, Store};
 use crate::validate::SchemaValidator;
 use smart_auth::server::upstream::UpstreamConfig;
@@ -164,7 +164,7 @@ async fn app_state(config: Config, fhir_base: String) -> anyhow::Result<AppState
         store,
         validator,
         capability_statement,
-        type_sizes: TypeSizes::default(),
+        planner_stats: PlannerStats::default(),
         auth,
         auditor,
     });
@@ -177,7 +177,7 @@ async fn app_state(config: Config, fhir_base: String) -> anyhow::Result<AppState
         warm.validator.warm(WARM_TYPES);
         crate::search::index::warm();
     });
-    tokio::spawn(recount_type_sizes(Arc::downgrade(&app)));
+    tokio::spawn(refresh_planner_stats(Arc::downgrade(&app)));
     Ok(AppState(app))
 }
 
@@ -227,16 +227,16 @@ async fn purge_auth(auth: std::sync::Weak<AuthServer>) {
     }
 }
 
-/// Keeps the search planner's counts of each type's resources fresh, off the request path,
-/// for as long as the application lives.
-async fn recount_type_sizes(app: std::sync::Weak<App>) {
+/// Keeps the search planner's counts of each type's resources fresh, and forgets its old
+/// estimates, off the request path, for as long as the application lives.
+async fn refresh_planner_stats(app: std::sync::Weak<App>) {
     let mut every = tokio::time::interval(crate::search::execute::RECOUNT_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     every.tick().await;
     loop {
         every.tick().await;
         let Some(app) = app.upgrade() else { return };
-        if let Err(error) = app.type_sizes.recount(&app.store).await {
+        if let Err(error) = app.planner_stats.recount(&app.store).await {
             tracing::warn!(?error, "cannot count resources for search planning");
         }
     }

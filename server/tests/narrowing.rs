@@ -10,7 +10,7 @@ mod stores;
 use fhir_models::ResourceType;
 use serde_json::{Value, json};
 use stores::TestStore;
-use telemed_server::search::execute::{self, Page, TypeSizes};
+use telemed_server::search::execute::{self, Page, PlannerStats};
 use telemed_server::search::query::{self, Filter, Limits, SearchQuery};
 
 const BASE: &str = stores::BASE;
@@ -95,7 +95,7 @@ fn ids(found: &[execute::Found]) -> Vec<String> {
 }
 
 async fn page(store: &TestStore, query: &SearchQuery) -> Page {
-    execute::page(&store.store, &TypeSizes::default(), query)
+    execute::page(&store.store, &PlannerStats::default(), query)
         .await
         .expect("the search runs")
 }
@@ -122,7 +122,7 @@ async fn a_narrowing_holds_beside_the_clients_parameters() {
     let found = page(&store, &query).await;
     assert_eq!(ids(&found.matches), ["Observation/a"]);
     assert_eq!(found.total, Some(1));
-    let counted = execute::count(&store.store, &TypeSizes::default(), &query)
+    let counted = execute::count(&store.store, &PlannerStats::default(), &query)
         .await
         .expect("the count runs");
     assert_eq!(counted, 1);

@@ -158,11 +158,11 @@ async fn search(
     narrow_to_access(state, access, &mut query).await?;
     let mut page = if shape.summary == Summary::Count {
         Page {
-            total: Some(execute::count(&state.store, &state.type_sizes, &query).await?),
+            total: Some(execute::count(&state.store, &state.planner_stats, &query).await?),
             ..Page::default()
         }
     } else {
-        execute::page(&state.store, &state.type_sizes, &query).await?
+        execute::page(&state.store, &state.planner_stats, &query).await?
     };
     keep_reachable(state, access, &mut page.included).await?;
     for found in page.matches.iter().chain(&page.included) {
@@ -375,7 +375,7 @@ pub async fn conditional_matches(
     query.total = Total::None;
     query.includes.clear();
     query.revincludes.clear();
-    Ok(execute::page(&state.store, &state.type_sizes, &query)
+    Ok(execute::page(&state.store, &state.planner_stats, &query)
         .await?
         .matches)
 }

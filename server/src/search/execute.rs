@@ -2,9 +2,10 @@
 //! when asked, and the cursors of the pages before and after.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hash as _, Hasher as _};
 use std::str::FromStr;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fhir_models::ResourceType;
 use fhir_models::search::SearchParameterDef;
@@ -40,18 +41,34 @@ pub struct Page {
     pub previous: Option<String>,
 }
 
-/// How often the counts of [`TypeSizes`] are taken again.
+/// How often the counts of [`PlannerStats`] are taken again.
 pub const RECOUNT_EVERY: Duration = Duration::from_secs(60);
 
-/// How many live resources each type held when last counted, for planning searches. A type is
-/// counted when a search first needs it, and again every [`RECOUNT_EVERY`] by [`Self::recount`]
-/// (off the request path); a plan needs the order of magnitude, not the exact figure.
+/// What searches are planned from: how many live resources each type held when last counted,
+/// and the estimates of recent searches.
+///
+/// A type is counted when a search first needs it, and again every [`RECOUNT_EVERY`] by
+/// [`Self::recount`] (off the request path); a plan needs the order of magnitude, not the exact
+/// figure. An estimate (how many resources each filter of a search matches, up to its cap; see
+/// [`Plan`]) is kept as long, so that a search asked again — a waiting room or a worklist
+/// polled every few seconds — is planned without counting again. An estimate only chooses how
+/// a search finds its matches, never which it finds, with one exception: a filter counted to
+/// match nothing makes the search empty. So an estimate with a count of nothing is never kept.
 #[derive(Debug, Default)]
-pub struct TypeSizes {
+pub struct PlannerStats {
     counted: Mutex<HashMap<ResourceType, i64>>,
+    /// Each kept estimate by a hash of its statement and values, with when it was counted.
+    estimates: Mutex<HashMap<u64, (Instant, Vec<Cell>)>>,
+    /// The keys of that hash, drawn at random, so that no client can choose statements whose
+    /// hashes meet.
+    hash_keys: std::hash::RandomState,
 }
 
-impl TypeSizes {
+/// Most estimates kept at once: some tens of bytes each. Past it, those older than
+/// [`RECOUNT_EVERY`] are forgotten, and if that is not enough, all.
+const MOST_ESTIMATES: usize = 8_192;
+
+impl PlannerStats {
     /// How many live resources `types` hold together, counting those never counted.
     async fn of(&self, store: &Store, types: &[ResourceType]) -> Result<i64, FhirError> {
         let (mut total, missing) = {
@@ -77,7 +94,7 @@ impl TypeSizes {
         Ok(total)
     }
 
-    /// Counts again every type counted so far.
+    /// Counts again every type counted so far, and forgets the estimates as old.
     pub async fn recount(&self, store: &Store) -> Result<(), FhirError> {
         let types: Vec<ResourceType> = self
             .counted
@@ -93,8 +110,80 @@ impl TypeSizes {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(rt, n);
         }
+        self.forget_estimates_before(Instant::now());
         Ok(())
     }
+
+    /// The one row of the estimate `sql` (`columns` integers): as kept, if counted less than
+    /// [`RECOUNT_EVERY`] ago, else counted now, and kept if `keep` holds for it.
+    async fn estimate(
+        &self,
+        store: &Store,
+        sql: &Sql,
+        columns: usize,
+        keep: impl Fn(&[Cell]) -> bool,
+    ) -> Result<Vec<Cell>, FhirError> {
+        let key = estimate_key(&self.hash_keys, sql);
+        let now = Instant::now();
+        let kept = self
+            .lock_estimates()
+            .get(&key)
+            .filter(|(at, _)| now.saturating_duration_since(*at) < RECOUNT_EVERY)
+            .map(|(_, counts)| counts.clone());
+        if let Some(counts) = kept {
+            return Ok(counts);
+        }
+        let rows = store
+            .query(&sql.text, &sql.binds, &vec![Kind::Int; columns])
+            .await?;
+        let counts = rows.into_iter().next().unwrap_or_default();
+        if keep(&counts) {
+            let mut estimates = self.lock_estimates();
+            if estimates.len() >= MOST_ESTIMATES {
+                drop(estimates);
+                self.forget_estimates_before(now);
+                estimates = self.lock_estimates();
+                if estimates.len() >= MOST_ESTIMATES {
+                    estimates.clear();
+                }
+            }
+            estimates.insert(key, (now, counts.clone()));
+        }
+        Ok(counts)
+    }
+
+    /// Forgets the estimates counted [`RECOUNT_EVERY`] or longer before `now`.
+    fn forget_estimates_before(&self, now: Instant) {
+        self.lock_estimates()
+            .retain(|_, (at, _)| now.saturating_duration_since(*at) < RECOUNT_EVERY);
+    }
+
+    fn lock_estimates(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Instant, Vec<Cell>)>> {
+        self.estimates.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The key of an estimate: a hash of its statement and values. Two estimates that share one (a
+/// chance of one in 2^64 a pair) would only plan each other's searches less well, as neither
+/// is of nothing.
+fn estimate_key(keys: &impl BuildHasher, sql: &Sql) -> u64 {
+    let mut hasher = keys.build_hasher();
+    sql.text.hash(&mut hasher);
+    for bind in &sql.binds {
+        match bind {
+            Cell::Null => 0u8.hash(&mut hasher),
+            Cell::Int(n) => (1u8, n).hash(&mut hasher),
+            Cell::Real(x) => (2u8, x.to_bits()).hash(&mut hasher),
+            Cell::Text(t) => (3u8, t).hash(&mut hasher),
+            Cell::Blob(b) => (4u8, b).hash(&mut hasher),
+        }
+    }
+    hasher.finish()
+}
+
+/// Whether none of `counts` is zero.
+fn none_zero(counts: &[Cell]) -> bool {
+    !counts.iter().any(|cell| matches!(cell, Cell::Int(0)))
 }
 
 async fn count_type(store: &Store, rt: ResourceType) -> Result<i64, FhirError> {
@@ -121,7 +210,11 @@ struct Plan {
 }
 
 impl Plan {
-    async fn new(store: &Store, sizes: &TypeSizes, query: &SearchQuery) -> Result<Plan, FhirError> {
+    async fn new(
+        store: &Store,
+        stats: &PlannerStats,
+        query: &SearchQuery,
+    ) -> Result<Plan, FhirError> {
         // An `_id` finds its resources through the primary key; nothing can beat it.
         if query.filters.iter().any(|f| matches!(f, Filter::Id(_))) {
             return Ok(Plan::default());
@@ -140,7 +233,7 @@ impl Plan {
             return Ok(Plan::default());
         }
         candidates.sort_by_key(|&i| sql::likely_size(&query.filters[i]));
-        let size = sizes.of(store, &query.types).await?;
+        let size = stats.of(store, &query.types).await?;
         let page = i64::from(query.count) + 1;
         let mut rarest: Option<(usize, i64, i64)> = None;
         let mut linked = Vec::new();
@@ -156,10 +249,7 @@ impl Plan {
                 .map(|&i| (i, cap(&query.filters[i], page, size)))
                 .collect();
             let sql = sql::estimates(query, &caps);
-            let rows = store
-                .query(&sql.text, &sql.binds, &vec![Kind::Int; caps.len()])
-                .await?;
-            let counts = rows.into_iter().next().unwrap_or_default();
+            let counts = stats.estimate(store, &sql, caps.len(), none_zero).await?;
             for (j, &(i, cap)) in caps.iter().enumerate() {
                 let n = match counts.get(j) {
                     Some(Cell::Int(n)) => *n,
@@ -177,7 +267,8 @@ impl Plan {
             let cap = cap(&query.filters[i], page, size);
             // Counting past the rarest so far would only show this one is not rarer.
             let limit = rarest.map_or(cap, |(_, n, _)| cap.min(n));
-            let n = match chain_estimate(store, query, i, limit, LINKS_PER_CAP * cap).await? {
+            let n = match chain_estimate(store, stats, query, i, limit, LINKS_PER_CAP * cap).await?
+            {
                 Some(ChainSize {
                     matches,
                     links,
@@ -197,8 +288,8 @@ impl Plan {
                 }
                 None => {
                     let sql = sql::estimates(query, &[(i, limit)]);
-                    let rows = store.query(&sql.text, &sql.binds, &[Kind::Int]).await?;
-                    match rows.first().and_then(|row| row.first()) {
+                    let counts = stats.estimate(store, &sql, 1, none_zero).await?;
+                    match counts.first() {
                         Some(Cell::Int(n)) => *n,
                         _ => limit,
                     }
@@ -246,6 +337,7 @@ impl Plan {
 /// Zero only when exact, so that a search found empty is empty: an extrapolated zero is one.
 async fn chain_estimate(
     store: &Store,
+    stats: &PlannerStats,
     query: &SearchQuery,
     i: usize,
     limit: i64,
@@ -259,19 +351,22 @@ async fn chain_estimate(
     let Some((sql, targets)) = sql::chain_estimate(query, i, limit, links) else {
         return Ok(None);
     };
-    let kinds = vec![Kind::Int; 3 * targets];
-    let rows = store.query(&sql.text, &sql.binds, &kinds).await?;
-    let Some(row) = rows.first() else {
-        return Ok(None);
+    let ints = |row: &[Cell]| -> Vec<i64> {
+        row.iter()
+            .map(|cell| match cell {
+                Cell::Int(n) => *n,
+                _ => 0,
+            })
+            .collect()
     };
-    let counts: Vec<i64> = row
-        .iter()
-        .map(|cell| match cell {
-            Cell::Int(n) => *n,
-            _ => 0,
-        })
-        .collect();
-    Ok(chain_size(&counts, limit, links))
+    // Kept only when it finds the chain matching something.
+    let found_some =
+        |row: &[Cell]| chain_size(&ints(row), limit, links).is_some_and(|size| size.matches > 0);
+    let row = stats.estimate(store, &sql, 3 * targets, found_some).await?;
+    if row.is_empty() {
+        return Ok(None);
+    }
+    Ok(chain_size(&ints(&row), limit, links))
 }
 
 /// A chain's estimate.
@@ -355,10 +450,10 @@ const MAX_CAP: i64 = 50_000;
 /// How many resources match, without fetching any.
 pub async fn count(
     store: &Store,
-    sizes: &TypeSizes,
+    stats: &PlannerStats,
     query: &SearchQuery,
 ) -> Result<i64, FhirError> {
-    let plan = Plan::new(store, sizes, query).await?;
+    let plan = Plan::new(store, stats, query).await?;
     count_planned(store, query, &plan).await
 }
 
@@ -377,14 +472,14 @@ async fn count_planned(store: &Store, query: &SearchQuery, plan: &Plan) -> Resul
 /// One page of `query`.
 pub async fn page(
     store: &Store,
-    sizes: &TypeSizes,
+    stats: &PlannerStats,
     query: &SearchQuery,
 ) -> Result<Page, FhirError> {
     let value_order = sql::value_order(query);
     let plan = match value_order {
         // Read in its value's order, the one filter starts every page: no count chooses it.
         Some(_) => Plan::starting_from(0),
-        None => Plan::new(store, sizes, query).await?,
+        None => Plan::new(store, stats, query).await?,
     };
     if plan.empty() {
         return Ok(Page {
@@ -700,8 +795,62 @@ async fn reverse(
 
 #[cfg(test)]
 mod tests {
-    use super::{ChainSize, chain_size};
-    use crate::search::sql::CHAIN_SAMPLE;
+    use std::time::Instant;
+
+    use fhir_models::ResourceType;
+    use serde_json::json;
+
+    use super::{ChainSize, PlannerStats, RECOUNT_EVERY, chain_size, none_zero};
+    use crate::search::sql::{self, CHAIN_SAMPLE};
+    use crate::store::{Cell, Change, Precondition, Store, WriteMethod};
+
+    /// Creates Patient `id` with its index rows.
+    async fn create_patient(store: &Store, id: &str) {
+        let body = json!({"resourceType": "Patient", "id": id});
+        let index = crate::search::index::extract(ResourceType::Patient, &body, "");
+        let change = Change::Put {
+            body,
+            method: WriteMethod::Post,
+            index: Box::new(index),
+        };
+        store
+            .write(ResourceType::Patient, id, Precondition::Absent, change)
+            .await
+            .expect("the patient is written");
+    }
+
+    #[tokio::test]
+    async fn an_estimate_is_kept_for_a_while_unless_it_counts_nothing() {
+        let path = std::env::temp_dir().join(format!(
+            "telemed-estimates-{}.db",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let store = Store::open(&format!("sqlite://{}", path.display()), 4)
+            .await
+            .expect("the store opens");
+        let stats = PlannerStats::default();
+        let patients = sql::type_size(ResourceType::Patient);
+        let estimate = async || {
+            stats
+                .estimate(&store, &patients, 1, none_zero)
+                .await
+                .expect("the estimate")
+        };
+        // Nothing is not kept: it would keep finding nothing after a patient is created.
+        assert_eq!(estimate().await, [Cell::Int(0)]);
+        create_patient(&store, "a").await;
+        assert_eq!(estimate().await, [Cell::Int(1)]);
+        // Something is kept, the second patient unseen ...
+        create_patient(&store, "b").await;
+        assert_eq!(estimate().await, [Cell::Int(1)]);
+        // ... until it is as old as the sizes of the types.
+        stats.forget_estimates_before(Instant::now() + RECOUNT_EVERY);
+        assert_eq!(estimate().await, [Cell::Int(2)]);
+        store.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
 
     fn size(matches: i64, links: Option<i64>, expected: i64) -> Option<ChainSize> {
         Some(ChainSize {

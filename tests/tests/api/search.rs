@@ -2129,6 +2129,26 @@ async fn chains_has_and_includes_follow_references_written_before_what_they_name
     assert_eq!(search_ids(&app, chain).await, keys(&[&observation]));
 }
 
+/// The server keeps a search's estimates for a while, to plan it again without counting; what
+/// a search finds is never kept: matches created or deleted between two identical searches are
+/// found or missed at once, and so counted.
+#[tokio::test]
+async fn an_identical_search_again_finds_what_changed_since() {
+    let app = spawn_app().await;
+    let query = "Observation?subject=Patient/kept&status=final";
+    assert_eq!(search_ids(&app, query).await, Vec::<String>::new());
+    let first = app.created(&observation_of("Patient/kept")).await;
+    assert_eq!(search_ids(&app, query).await, keys(&[&first]));
+    let second = app.created(&observation_of("Patient/kept")).await;
+    assert_eq!(search_ids(&app, query).await, keys(&[&first, &second]));
+    for gone in [&first, &second] {
+        assert_eq!(app.delete("Observation", id_of(gone)).await.status(), 200);
+    }
+    assert_eq!(search_ids(&app, query).await, Vec::<String>::new());
+    let counted = search(&app, &format!("{query}&_total=accurate")).await;
+    assert_eq!(counted["total"], 0, "{counted}");
+}
+
 /// A search by one coded value with its system, or by a reference to one resource, reads its
 /// pages straight from that value's index in `rid` order, without counting its matches first:
 /// every page holds the matches in order, the pages link back, and the totals count them all.
