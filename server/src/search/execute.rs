@@ -64,7 +64,7 @@ pub struct PlannerStats {
     hash_keys: std::hash::RandomState,
 }
 
-/// Most estimates kept at once: some tens of bytes each. Past it, those older than
+/// Most estimates kept at once: a couple of hundred bytes each. Past it, those older than
 /// [`RECOUNT_EVERY`] are forgotten, and if that is not enough, all.
 const MOST_ESTIMATES: usize = 8_192;
 
