@@ -102,8 +102,21 @@ fn mint(
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The server's debug log and the clients' signaling, shown with a failing test's output
+/// (`RUST_LOG` overrides what is logged).
+fn logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("media=debug,e2e=debug"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .with_ansi(false)
+        .try_init();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_peers_exchange_audio_and_video_and_a_third_receives_both() -> anyhow::Result<()> {
+    logs();
     let server = Server::start().await?;
     let a = server.join("enc-1", "Practitioner/dr", 1, BOTH).await?;
     let b = server.join("enc-1", "Patient/pt", 2, BOTH).await?;
@@ -172,6 +185,7 @@ async fn two_peers_exchange_audio_and_video_and_a_third_receives_both() -> anyho
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_constrained_receiver_falls_back_to_audio_and_recovers() -> anyhow::Result<()> {
+    logs();
     let server = Server::start().await?;
     let publisher = server.join("enc-bw", "Practitioner/dr", 1, BOTH).await?;
 
@@ -265,6 +279,7 @@ async fn refused(server: &Server, encounter: &str, token: &str) -> anyhow::Resul
 
 #[tokio::test]
 async fn bad_tokens_and_finished_encounters_are_refused() -> anyhow::Result<()> {
+    logs();
     let server = Server::start().await?;
 
     let other_key = MediaTokenKey::generate();

@@ -803,9 +803,20 @@ impl Sfu {
                 for s in peer.subs.iter_mut() {
                     if s.ssrc.is_none()
                         && let Some(mid) = s.mid
-                        && let Some(tx) = peer.rtc.direct_api().stream_tx_by_mid(mid, None)
                     {
-                        s.ssrc = Some(tx.ssrc());
+                        s.ssrc = peer
+                            .rtc
+                            .direct_api()
+                            .stream_tx_by_mid(mid, None)
+                            .map(|tx| tx.ssrc());
+                        match s.ssrc {
+                            Some(ssrc) => {
+                                debug!(participant = %peer.participant, track = %s.track, %mid, %ssrc, "track negotiated");
+                            }
+                            None => {
+                                warn!(participant = %peer.participant, track = %s.track, %mid, "no stream on the m-line answered for a track");
+                            }
+                        }
                     }
                 }
                 peer.subs.retain(|s| !(s.removed && s.mid.is_none()));
@@ -916,6 +927,7 @@ impl Sfu {
         peer.next_offer_id += 1;
         peer.pending_offer = Some(PendingOffer { id, pending });
         let sdp = offer.to_sdp_string();
+        debug!(participant = %peer.participant, id, "offer made");
         self.drain(now, k);
         let tracks = self.tracks_for(k);
         self.signal_peer(k, ServerMessage::Offer { id, sdp, tracks });
@@ -1387,6 +1399,9 @@ impl Sfu {
             None => {
                 // Payload types are negotiated per connection: map by codec, once per type.
                 let o = in_spec.and_then(|spec| map_pt(rtc, sub.mid, &spec));
+                if o.is_none() {
+                    debug!(track = %sub.track, pt = %h.pt, "the receiver has no payload type for the sender's codec");
+                }
                 sub.pts.push((h.pt, o));
                 o
             }

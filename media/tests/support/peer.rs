@@ -157,6 +157,8 @@ impl Received {
 
 /// Shared between the peer, its receive tasks and its generator.
 struct Shared {
+    /// The tag of the peer receiving.
+    me: u32,
     received: Mutex<Received>,
     /// Whether each video layer is being sent (the SFU may say a layer is not needed).
     layer_active: [AtomicBool; 3],
@@ -252,6 +254,7 @@ fn record(shared: &Shared, ssrc: u32, payload: &[u8]) {
             counts.newest_sent_ns = counts.newest_sent_ns.max(sent);
             if !counts.ssrcs.contains(&ssrc) {
                 counts.ssrcs.push(ssrc);
+                tracing::debug!(target: "e2e", peer = shared.me, publisher, video, ssrc, "first packet of a stream");
             }
             if received.delays_us.len() < 200_000 {
                 received.delays_us.push(arrived.saturating_sub(sent) / 1000);
@@ -378,6 +381,7 @@ impl TestPeer {
         );
 
         let shared = Arc::new(Shared {
+            me: publisher,
             received: Mutex::new(Received::default()),
             layer_active: std::array::from_fn(|_| AtomicBool::new(true)),
             keyframe_wanted: std::array::from_fn(|_| AtomicBool::new(true)),

@@ -15,6 +15,7 @@ use media::signaling::{
 };
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
+use tracing::debug;
 
 use super::peer::{LAYERS, TestPeer};
 use super::relay::rewrite_candidate;
@@ -141,6 +142,7 @@ impl Session {
 
         // Our offer first: the protocol has the client open the negotiation.
         let offer = peer.offer().await?;
+        debug!(target: "e2e", peer = peer.publisher, "offer:\n{offer}");
         let (audio_mid, video_mid) = peer.sender_mids().await;
         let mut tracks = Vec::new();
         if let Some(mid) = &audio_mid {
@@ -174,6 +176,7 @@ impl Session {
                     };
                     match msg {
                         ServerMessage::Answer { sdp } => {
+                            debug!(target: "e2e", peer = peer.publisher, "answer from the server:\n{sdp}");
                             let result = peer.accept_answer(route.apply(&sdp)).await;
                             pending.store(false, std::sync::atomic::Ordering::SeqCst);
                             if let Some(done) = answered_tx.take() {
@@ -181,10 +184,16 @@ impl Session {
                             }
                         }
                         ServerMessage::Offer { id, sdp, tracks } => {
+                            debug!(target: "e2e", peer = peer.publisher, id, ?tracks, "offer from the server:\n{sdp}");
                             if pending.load(std::sync::atomic::Ordering::SeqCst) {
                                 continue; // our own offer wins; the server offers again
                             }
-                            if let Ok(answer) = peer.answer(route.apply(&sdp)).await {
+                            let answer = peer.answer(route.apply(&sdp)).await;
+                            match &answer {
+                                Ok(sdp) => debug!(target: "e2e", peer = peer.publisher, id, "answer:\n{sdp}"),
+                                Err(e) => debug!(target: "e2e", peer = peer.publisher, id, "no answer: {e:#}"),
+                            }
+                            if let Ok(answer) = answer {
                                 if let Ok(mut s) = seen.lock() {
                                     s.offers_answered += 1;
                                     for t in tracks {
