@@ -105,8 +105,9 @@ const WAIT: Duration = Duration::from_secs(10);
 /// The server's debug log and the clients' signaling, shown with a failing test's output
 /// (`RUST_LOG` overrides what is logged).
 fn logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("media=debug,e2e=debug"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("media=debug,e2e=debug,webrtc=warn,rtc=warn")
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_test_writer()

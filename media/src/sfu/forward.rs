@@ -206,8 +206,13 @@ impl Rewriter {
     fn rebase(&mut self, first: &PacketMeta, clock_rate: u32) {
         match self.last_seq {
             None => {
-                // The first layer ever: keep its numbers (they are random already, RFC 3550).
-                self.seq_offset = 0;
+                // The first layer ever: keep its 16-bit numbers (random already, RFC 3550), but
+                // in the first cycle of the receiver's extended numbering. SRTP authenticates
+                // each packet under its index, the extended number (RFC 3711 §3.3.1), and a
+                // receiver takes a new stream to start in cycle 0: a sender whose numbers
+                // wrapped before this receiver subscribed would otherwise be forwarded in a
+                // cycle the receiver cannot know, and every packet would fail authentication.
+                self.seq_offset = (first.seq & 0xFFFF).wrapping_sub(first.seq);
                 self.ts_offset = 0;
             }
             Some(last_seq) => {
@@ -645,6 +650,31 @@ mod tests {
         };
         assert_eq!(b.seq, a.seq + 1);
         assert_eq!(b.ts, a.ts + 960);
+    }
+
+    #[test]
+    fn a_stream_first_sent_after_its_numbers_wrapped_starts_the_receiver_in_the_first_cycle() {
+        let t0 = Instant::now();
+        let mut f: Forwarder<()> = Forwarder::new(48_000);
+        f.set_immediate(0);
+        // The sender's numbers are in their fourth cycle when this receiver subscribes.
+        let first = 3 * 65_536 + 65_530;
+        let mut sent = Vec::new();
+        for i in 0..10 {
+            let at = t0 + Duration::from_millis(20 * i);
+            let p = pkt(at, first + i, 960 * i as u32, false, 10);
+            let Decision::Forward(out) = f.on_packet(0, &p, &(), i == 0) else {
+                panic!("not forwarded");
+            };
+            sent.push(out.seq);
+        }
+        // The same 16-bit numbers, wrapping into the second cycle as the sender's do.
+        assert_eq!(sent, (65_530..65_540).collect::<Vec<u64>>());
+        assert!(
+            sent.iter()
+                .zip(first..)
+                .all(|(o, i)| o & 0xFFFF == i & 0xFFFF)
+        );
     }
 
     #[test]

@@ -794,13 +794,17 @@ struct Stream {
 impl Generator {
     async fn run(self) {
         let start = Instant::now();
+        // Sequence numbers start just below the wrap, so every stream's wrap within its first
+        // second, before anyone who joins later subscribes to it: the SFU must start each
+        // receiver's numbering in the first cycle all the same (SRTP authenticates under it).
+        let near_the_wrap = || u16::MAX - rand::random::<u16>() % 32;
         let mut audio = Stream {
-            seq: rand::random(),
+            seq: near_the_wrap(),
             frame: 0,
             next: start,
         };
         let mut layers: [Stream; 3] = std::array::from_fn(|_| Stream {
-            seq: rand::random(),
+            seq: near_the_wrap(),
             frame: 0,
             next: start,
         });
