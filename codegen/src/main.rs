@@ -65,7 +65,7 @@ fn generate(root: &Path) -> Result<Vec<Output>, String> {
         },
         Output {
             path: "fhir-models/src/generated/search_parameters.rs",
-            text: search_parameters::generate(&search_parameters, &resource_types)?,
+            text: search_parameters::generate(&search_parameters, &profiles, &resource_types)?,
         },
         Output {
             path: "fhir-models/src/generated/compartment.rs",

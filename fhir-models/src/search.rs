@@ -45,6 +45,11 @@ pub struct SearchParameterDef {
     pub targets: &'static [ResourceType],
     /// The canonical URL of the SearchParameter definition.
     pub url: &'static str,
+    /// Whether a resource has at most one value of this parameter, and so at most one index
+    /// row: a date parameter on one element of at most one date, dateTime, instant or Period
+    /// (`Appointment.start`, `Encounter.period`). Two conditions on such a parameter hold
+    /// together exactly when one row meets both.
+    pub one_row: bool,
 }
 
 /// The parameter `code` of `rt` (its own or a common one such as `_tag`).

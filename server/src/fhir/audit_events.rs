@@ -271,6 +271,15 @@ fn value_condition(sql: &mut Sql, code: &str, column: &str, value: &SearchValue)
             sql.push(&format!("{column} = "))
                 .bind(Cell::Text(token.clone()));
         }
+        // A date's repeats (`date=ge…&date=lt…`), joined as they hold on one column.
+        SearchValue::AllOf(values) => {
+            sql.push("(1 = 1");
+            for value in values {
+                sql.push(" AND ");
+                value_condition(sql, code, column, value)?;
+            }
+            sql.push(")");
+        }
         _ => {
             return Err(bad(
                 code,

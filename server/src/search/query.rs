@@ -115,6 +115,9 @@ pub enum SearchValue {
         longitude: f64,
         km: f64,
     },
+    /// All of these, on one index row: the values of a parameter's repeats that
+    /// `join_one_row_conditions` joined.
+    AllOf(Vec<SearchValue>),
 }
 
 /// How a value is compared, from the parameter's modifier.
@@ -386,7 +389,52 @@ pub fn parse(
             }),
         }
     }
+    if query.types.len() == 1 {
+        join_one_row_conditions(&mut query.filters);
+    }
     Ok(query)
+}
+
+/// Joins the repeats of a parameter a resource has at most one index row of
+/// ([`SearchParameterDef::one_row`]), each with one value and no modifier, into one filter whose
+/// value holds them all: `Appointment?date=ge2025-03-01&date=lt2025-04-01` is tested on the
+/// one row of each appointment's start, with one probe, rather than a probe for each bound. On
+/// one row, "some row meets each" and "one row meets all" are the same. The filters are those of
+/// one type, whose parameters are its own.
+fn join_one_row_conditions(filters: &mut Vec<Filter>) {
+    let joinable = |filter: &Filter| match filter {
+        Filter::Param {
+            def,
+            modifier: Modifier::None,
+            values,
+        } if def.one_row && values.len() == 1 => Some(def.code),
+        _ => None,
+    };
+    let mut i = 0;
+    while i < filters.len() {
+        let Some(code) = joinable(&filters[i]) else {
+            i += 1;
+            continue;
+        };
+        let mut joined = Vec::new();
+        let mut j = i + 1;
+        while j < filters.len() {
+            if joinable(&filters[j]) == Some(code) {
+                if let Filter::Param { values, .. } = filters.remove(j) {
+                    joined.extend(values);
+                }
+            } else {
+                j += 1;
+            }
+        }
+        if !joined.is_empty()
+            && let Filter::Param { values, .. } = &mut filters[i]
+        {
+            values.extend(joined);
+            *values = vec![SearchValue::AllOf(std::mem::take(values))];
+        }
+        i += 1;
+    }
 }
 
 /// The filters of `name=value` pairs on resources of `types`, all of which must hold: one group
@@ -827,6 +875,73 @@ fn reference(value: &str, fhir_base: &str) -> SearchValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn filters_of(rt: ResourceType, query: &str) -> Vec<Filter> {
+        let pairs: Vec<(String, String)> = query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let limits = Limits {
+            default_count: 50,
+            max_count: 1000,
+        };
+        parse(vec![rt], &pairs, false, "http://h/fhir", &limits)
+            .expect("a valid query")
+            .filters
+    }
+
+    /// The number of values each filter holds, with a `+` for values joined on one row.
+    fn shape(filters: &[Filter]) -> Vec<String> {
+        filters
+            .iter()
+            .map(|filter| match filter {
+                Filter::Param { values, .. } => match values.as_slice() {
+                    [SearchValue::AllOf(all)] => format!("+{}", all.len()),
+                    values => values.len().to_string(),
+                },
+                _ => "other".to_owned(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_repeats_of_a_one_row_parameter_are_joined_and_no_others() {
+        use ResourceType::{Appointment, Encounter, Observation};
+        let cases: [(ResourceType, &str, &[&str]); 8] = [
+            (
+                Appointment,
+                "practitioner=Practitioner/p&date=ge2025-03-01&date=lt2025-04-01",
+                &["1", "+2"],
+            ),
+            (Encounter, "date=ge2025&date=le2026&date=ne2025-06", &["+3"]),
+            // One repeat, nothing to join.
+            (Appointment, "date=ge2025-03-01", &["1"]),
+            // A comma is an OR within one repeat: kept apart.
+            (Appointment, "date=lt2025,gt2026&date=ge2020", &["2", "1"]),
+            // A modifier keeps its own test.
+            (
+                Appointment,
+                "date:missing=false&date=ge2025",
+                &["other", "1"],
+            ),
+            // Several rows a resource (a Timing's events): each repeat may hold on its own row.
+            (
+                Observation,
+                "date=ge2024-01-01&date=lt2024-02-01",
+                &["1", "1"],
+            ),
+            (Appointment, "status=booked&status=arrived", &["1", "1"]),
+            (
+                Appointment,
+                "date=ge2025&status=booked&date=lt2026",
+                &["+2", "1"],
+            ),
+        ];
+        for (rt, query, expected) in cases {
+            assert_eq!(shape(&filters_of(rt, query)), expected, "{rt} {query}");
+        }
+    }
 
     #[test]
     fn numbers_carry_their_precision() {

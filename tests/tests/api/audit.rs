@@ -246,6 +246,26 @@ async fn audit_events_sort_by_when_they_happened_not_by_when_they_were_chained()
     assert_eq!(paged, ["update", "read", "create"]);
 }
 
+/// `date=ge…&date=lt…` bounds the trail's records on both sides.
+#[tokio::test]
+async fn a_date_range_finds_the_records_within_it() {
+    let app = spawn_app().await;
+    let (patient, _) = patient_with_observation(&app).await;
+    let within = |range: &str| {
+        let (app, patient) = (&app, &patient);
+        let range = range.to_owned();
+        async move {
+            audit_events(app, &format!("patient={patient}&{range}"))
+                .await
+                .len()
+        }
+    };
+    assert!(within("date=ge2000-01-01&date=lt2100-01-01").await >= 2);
+    assert_eq!(within("date=ge2100-01-01&date=lt2200-01-01").await, 0);
+    assert_eq!(within("date=lt2000-01-01&date=ge2100-01-01").await, 0);
+    assert_eq!(within("date=ge2000-01-01&date=lt2000-01-02").await, 0);
+}
+
 #[tokio::test]
 async fn an_unknown_audit_search_parameter_is_refused_not_ignored() {
     let app = spawn_app().await;

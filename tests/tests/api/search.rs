@@ -1171,6 +1171,86 @@ async fn two_date_parameters_make_a_range() {
     );
 }
 
+/// `date` of Appointment (its start) and of Encounter (its period) has one row a resource, and
+/// the repeats of a range are tested together on it: exactly what lies in the range is found,
+/// its edges as the prefixes say, counted the same.
+#[tokio::test]
+async fn a_range_on_a_date_of_one_value_finds_what_lies_in_it() {
+    let app = spawn_app().await;
+    let doctor = key(&app.created(&json!({"resourceType": "Practitioner"})).await);
+    let other = key(&app.created(&json!({"resourceType": "Practitioner"})).await);
+    let at = |start: &str, who: &str| appointment(start, start, &[who]);
+    let [_, first, middle, _, _] = created_in_order(
+        &app,
+        [
+            at("2025-02-28T23:59:59Z", &doctor),
+            at("2025-03-01T00:00:00Z", &doctor),
+            at("2025-03-15T10:00:00Z", &doctor),
+            at("2025-04-01T00:00:00Z", &doctor),
+            at("2025-03-15T10:00:00Z", &other),
+        ],
+    )
+    .await;
+    let march = format!("Appointment?practitioner={doctor}&date=ge2025-03-01&date=lt2025-04-01");
+    assert_eq!(search_ids(&app, &march).await, keys(&[&first, &middle]));
+    let counted = search(&app, &format!("{march}&_total=accurate")).await;
+    assert_eq!(counted["total"], 2, "{counted}");
+    let counted = search(&app, &format!("{march}&_summary=count")).await;
+    assert_eq!(counted["total"], 2, "{counted}");
+    // A third bound on the same row, and bounds that no one start meets.
+    assert_eq!(
+        search_ids(&app, &format!("{march}&date=ne2025-03-01")).await,
+        keys(&[&middle])
+    );
+    assert!(
+        search_ids(
+            &app,
+            &format!("Appointment?practitioner={doctor}&date=lt2025-03-01&date=gt2025-03-31")
+        )
+        .await
+        .is_empty()
+    );
+
+    // A period is one range: the encounter that spans the day and the one inside it.
+    let [spanning, inside, _] = created_in_order(
+        &app,
+        [
+            encounter_between("2024-01-09T08:00:00Z", "2024-01-11T08:00:00Z"),
+            encounter_between("2024-01-10T09:00:00Z", "2024-01-10T10:00:00Z"),
+            encounter_between("2024-01-12T09:00:00Z", "2024-01-12T10:00:00Z"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        search_ids(&app, "Encounter?date=ge2024-01-10&date=le2024-01-10").await,
+        keys(&[&spanning, &inside])
+    );
+    assert_eq!(
+        search_ids(&app, "Encounter?date=sa2024-01-09&date=eb2024-01-11").await,
+        keys(&[&inside])
+    );
+}
+
+/// A date a resource has several values of (a Timing's events) is not one row: each repeat of
+/// a range may hold on a different value.
+#[tokio::test]
+async fn the_repeats_of_a_date_of_several_values_may_each_hold_on_its_own() {
+    let app = spawn_app().await;
+    let twice = app
+        .created(&observation(json!({
+            "effectiveTiming": {"event": ["2022-06-01T10:00:00Z", "2025-06-01T10:00:00Z"]}
+        })))
+        .await;
+    app.created(&observation(
+        json!({"effectiveDateTime": "2022-06-01T10:00:00Z"}),
+    ))
+    .await;
+    assert_eq!(
+        search_ids(&app, "Observation?date=lt2023-01-01&date=gt2025-01-01").await,
+        keys(&[&twice])
+    );
+}
+
 #[tokio::test]
 async fn appointment_date_matches_the_start() {
     let app = spawn_app().await;
