@@ -234,24 +234,23 @@ fn one_date_row(expression: &str, elements: &Elements) -> bool {
         path.matches('.').count() == 1
             && path.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')
     };
-    let (path, types): (String, Vec<&str>) = match expression
+    // The element, and the type the expression takes of it (`as T`), if it names one.
+    let (path, of_type) = match expression
         .strip_prefix('(')
         .and_then(|e| e.strip_suffix(')'))
         .and_then(|e| e.split_once(" as "))
     {
-        Some((path, of_type)) if is_path(path) => (format!("{path}[x]"), vec![of_type]),
+        Some((path, of_type)) if is_path(path) => (format!("{path}[x]"), Some(of_type)),
         Some(_) => return false,
-        None if is_path(expression) => match elements.get(expression) {
-            Some((_, types)) => (
-                expression.to_owned(),
-                types.iter().map(String::as_str).collect(),
-            ),
-            None => return false,
-        },
+        None if is_path(expression) => (expression.to_owned(), None),
         None => return false,
     };
     let Some((single, declared)) = elements.get(&path) else {
         return false;
+    };
+    let types: Vec<&str> = match of_type {
+        Some(of_type) => vec![of_type],
+        None => declared.iter().map(String::as_str).collect(),
     };
     *single
         && !types.is_empty()
