@@ -215,6 +215,6 @@ async fn everything(
     }
     let entries = page_entries(state, &shape, &page)?;
     let bundle = Bundle::new("searchset", page.total, links, entries);
-    let body = shape.to_bytes(&bundle)?;
+    let body = shape.bundle_to_bytes(&bundle)?;
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, FHIR_JSON)], body).into_response())
 }

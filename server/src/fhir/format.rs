@@ -5,6 +5,7 @@ use axum::http::{HeaderMap, header};
 use fhir_models::ResourceType;
 use serde_json::Value;
 
+use super::bundle::{Bundle, WriteEntry};
 use crate::error::FhirError;
 
 /// The media type of every FHIR response body.
@@ -128,6 +129,15 @@ impl Shape {
                     .any(|name| fhir_models::element_matches(name, key))
         });
         mark_subsetted(object);
+    }
+
+    /// Serialises a Bundle as this request asked: compact by [`Bundle::to_json`], or
+    /// indented for `_pretty`.
+    pub fn bundle_to_bytes<E: WriteEntry>(&self, bundle: &Bundle<E>) -> Result<Vec<u8>, FhirError> {
+        if self.pretty {
+            return self.to_bytes(bundle);
+        }
+        bundle.to_json().map_err(|e| FhirError::Internal(e.into()))
     }
 
     /// Serialises a response body as this request asked (`_pretty`).

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::bundle::{Bundle, BundleLink};
+use super::bundle::{Bundle, BundleLink, WriteEntry};
 use super::format::{self, FHIR_JSON, Shape, Summary};
 use super::interactions::{QueryPairs, resource_type};
 use crate::access::{Access, Reach, Reaches};
@@ -169,7 +169,7 @@ async fn search(
         crate::audit::note_version(state, &found.version);
     }
     let bundle = searchset(state, rt, &query, &shape, &page)?;
-    let body = shape.to_bytes(&bundle)?;
+    let body = shape.bundle_to_bytes(&bundle)?;
     Ok(axum::response::IntoResponse::into_response((
         StatusCode::OK,
         [(header::CONTENT_TYPE, FHIR_JSON)],
@@ -242,11 +242,56 @@ pub(super) async fn keep_reachable(
 /// An entry of a `searchset` Bundle.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct Entry {
+pub(super) struct Entry<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     full_url: Option<String>,
-    resource: Box<RawValue>,
+    resource: EntryResource<'a>,
     search: EntrySearch,
+}
+
+/// The resource of an entry, as JSON text.
+pub(super) enum EntryResource<'a> {
+    /// A version's body as stored: the server wrote it, so it goes into the Bundle as it is.
+    Stored(&'a [u8]),
+    /// Made for this response: a subset of a body (`_summary`, `_elements`), an
+    /// OperationOutcome.
+    Made(String),
+}
+
+impl EntryResource<'_> {
+    fn json(&self) -> &[u8] {
+        match self {
+            Self::Stored(body) => body,
+            Self::Made(text) => text.as_bytes(),
+        }
+    }
+}
+
+impl Serialize for EntryResource<'_> {
+    /// As its JSON text, unchanged (the form `_pretty` takes: the frame indented, each
+    /// resource as it is).
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let raw: &RawValue =
+            serde_json::from_slice(self.json()).map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
+    }
+}
+
+impl WriteEntry for Entry<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        out.push(b'{');
+        if let Some(full_url) = &self.full_url {
+            out.extend_from_slice(br#""fullUrl":"#);
+            serde_json::to_writer(&mut *out, full_url)?;
+            out.push(b',');
+        }
+        out.extend_from_slice(br#""resource":"#);
+        out.extend_from_slice(self.resource.json());
+        out.extend_from_slice(br#","search":"#);
+        serde_json::to_writer(&mut *out, &self.search)?;
+        out.push(b'}');
+        Ok(())
+    }
 }
 
 #[derive(Serialize)]
@@ -254,13 +299,13 @@ struct EntrySearch {
     mode: &'static str,
 }
 
-fn searchset(
+fn searchset<'a>(
     state: &AppState,
     rt: Option<ResourceType>,
     query: &SearchQuery,
     shape: &Shape,
-    page: &Page,
-) -> FhirResult<Bundle<Entry>> {
+    page: &'a Page,
+) -> FhirResult<Bundle<Entry<'a>>> {
     let path = match rt {
         Some(rt) => format!("{}/{rt}", state.fhir_base),
         None => state.fhir_base.clone(),
@@ -303,8 +348,7 @@ fn searchset(
         let outcome = operation_outcome(&query.warnings);
         entries.push(Entry {
             full_url: None,
-            resource: RawValue::from_string(outcome.to_string())
-                .map_err(|e| FhirError::Internal(e.into()))?,
+            resource: EntryResource::Made(outcome.to_string()),
             search: EntrySearch { mode: "outcome" },
         });
     }
@@ -312,7 +356,11 @@ fn searchset(
 }
 
 /// The entries of a page: its matches, then its includes, shaped as the request asks.
-pub(super) fn page_entries(state: &AppState, shape: &Shape, page: &Page) -> FhirResult<Vec<Entry>> {
+pub(super) fn page_entries<'a>(
+    state: &AppState,
+    shape: &Shape,
+    page: &'a Page,
+) -> FhirResult<Vec<Entry<'a>>> {
     let mut entries = Vec::with_capacity(page.matches.len() + page.included.len() + 1);
     for (found, mode) in page
         .matches
@@ -325,26 +373,31 @@ pub(super) fn page_entries(state: &AppState, shape: &Shape, page: &Page) -> Fhir
     Ok(entries)
 }
 
-fn entry(state: &AppState, shape: &Shape, found: &Found, mode: &'static str) -> FhirResult<Entry> {
+fn entry<'a>(
+    state: &AppState,
+    shape: &Shape,
+    found: &'a Found,
+    mode: &'static str,
+) -> FhirResult<Entry<'a>> {
     let version = &found.version;
     let body = version
         .body
         .as_deref()
         .ok_or_else(|| FhirError::Internal(anyhow::anyhow!("a search found a deleted resource")))?;
-    let text = if shape.summary == Summary::False && shape.elements.is_none() {
-        String::from_utf8(body.to_vec()).map_err(|e| FhirError::Internal(e.into()))?
+    let resource = if shape.summary == Summary::False && shape.elements.is_none() {
+        EntryResource::Stored(body)
     } else {
         let mut value: Value =
             serde_json::from_slice(body).map_err(|e| FhirError::Internal(e.into()))?;
         shape.subset(&mut value);
-        value.to_string()
+        EntryResource::Made(value.to_string())
     };
     Ok(Entry {
         full_url: Some(format!(
             "{}/{}/{}",
             state.fhir_base, version.resource_type, version.id
         )),
-        resource: RawValue::from_string(text).map_err(|e| FhirError::Internal(e.into()))?,
+        resource,
         search: EntrySearch { mode },
     })
 }
@@ -378,4 +431,59 @@ pub async fn conditional_matches(
     Ok(execute::page(&state.store, &state.planner_stats, &query)
         .await?
         .matches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Bundle written by hand, each stored resource copied as it is, is the Bundle serde
+    /// writes, byte for byte: with entries or without, with a total and links or without.
+    #[test]
+    fn a_searchset_written_by_hand_is_the_one_serde_writes() {
+        let stored = r#"{"resourceType":"Patient","id":"p\"1","name":[{"family":"M\u00fcller \u2028 \\ Ölçer"}]}"#
+            .as_bytes();
+        let entries = || {
+            vec![
+                Entry {
+                    full_url: Some("http://example.org/fhir/Patient/p\"1".to_owned()),
+                    resource: EntryResource::Stored(stored),
+                    search: EntrySearch { mode: "match" },
+                },
+                Entry {
+                    full_url: Some("http://example.org/fhir/Patient/p2".to_owned()),
+                    resource: EntryResource::Made(
+                        r#"{"resourceType":"Patient","id":"p2"}"#.to_owned(),
+                    ),
+                    search: EntrySearch { mode: "include" },
+                },
+                Entry {
+                    full_url: None,
+                    resource: EntryResource::Made(
+                        r#"{"resourceType":"OperationOutcome","issue":[]}"#.to_owned(),
+                    ),
+                    search: EntrySearch { mode: "outcome" },
+                },
+            ]
+        };
+        let link = || {
+            vec![BundleLink {
+                relation: "self",
+                url: "http://example.org/fhir/Patient?name=m%C3%BC&_count=2".to_owned(),
+            }]
+        };
+        let bundles = [
+            Bundle::new("searchset", Some(3), link(), entries()),
+            Bundle::new("searchset", None, Vec::new(), entries()),
+            Bundle::new("searchset", Some(0), link(), Vec::new()),
+        ];
+        for bundle in bundles {
+            let by_hand = bundle.to_json().expect("written");
+            let by_serde = serde_json::to_vec(&bundle).expect("serialised");
+            assert_eq!(
+                String::from_utf8(by_hand).expect("UTF-8"),
+                String::from_utf8(by_serde).expect("UTF-8")
+            );
+        }
+    }
 }

@@ -188,6 +188,35 @@ async fn pretty_output_is_indented() {
     assert!(!compact.contains('\n'), "{compact}");
 }
 
+/// A searchset is compact unless `_pretty` asks for it indented, and holds the same entries,
+/// each resource as it was stored, either way.
+#[tokio::test]
+async fn a_searchset_is_compact_or_pretty_with_the_same_entries() {
+    let app = spawn_app().await;
+    let created = app
+        .created(&json!({"resourceType": "Patient", "name": [{"family": "Ölçer \"Q\""}]}))
+        .await;
+    let query = format!("Patient?_id={}", id_of(&created));
+    let compact = app.get(&query).await.text().await.expect("text");
+    let pretty = app
+        .get(&format!("{query}&_pretty=true"))
+        .await
+        .text()
+        .await
+        .expect("text");
+    assert!(!compact.contains('\n'), "{compact}");
+    assert!(
+        pretty.contains("\n  \"resourceType\": \"Bundle\""),
+        "{pretty}"
+    );
+    let entries = |text: &str| {
+        let bundle: Value = serde_json::from_str(text).expect("JSON");
+        bundle["entry"].clone()
+    };
+    assert_eq!(entries(&compact), entries(&pretty));
+    assert_eq!(entries(&compact)[0]["resource"], created);
+}
+
 #[tokio::test]
 async fn format_json_is_accepted_and_answers_fhir_json() {
     let app = spawn_app().await;
