@@ -553,16 +553,18 @@ enum Search {
     EncountersInclude,
     Chain,
     FamilyTotal,
+    HasObservation,
 }
 
 impl Search {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::Identifier,
         Self::NamePrefix,
         Self::AppointmentsByDate,
         Self::EncountersInclude,
         Self::Chain,
         Self::FamilyTotal,
+        Self::HasObservation,
     ];
 
     fn name(self) -> &'static str {
@@ -573,6 +575,7 @@ impl Search {
             Self::EncountersInclude => "encounters + _include",
             Self::Chain => "chain, 2 levels",
             Self::FamilyTotal => "family, _total=accurate",
+            Self::HasObservation => "_has, observation code",
         }
     }
 
@@ -619,6 +622,13 @@ impl Search {
             Self::FamilyTotal => {
                 let family = population.patient(n).family;
                 format!("Patient?family={family}&_total=accurate")
+            }
+            Self::HasObservation => {
+                let measure = &MEASURES[rng.below(MEASURES.len())];
+                format!(
+                    "Patient?_has:Observation:subject:code=http://loinc.org|{}",
+                    measure.loinc
+                )
             }
         }
     }

@@ -987,23 +987,19 @@ fn condition(
             param,
             filter,
         } => {
-            // Followed from the resource: the resources referring to it, and their test.
+            // Followed from the resource: the resources referring to it, and their test. A
+            // reference row is a live resource's (only a live resource has index rows), so a
+            // referring resource's row is read only when its test needs more than its rid.
             let inner = format!("{alias}h");
-            sql.push(&format!(
-                "(SELECT 1 FROM search_reference y JOIN resources {inner} \
-                 ON {inner}.rid = y.rid WHERE y.target_rid = {rid} AND y.param = "
-            ));
+            sql.push("(SELECT 1 FROM search_reference y");
+            if reads_the_row(filter) {
+                sql.push(&format!(" JOIN resources {inner} ON {inner}.rid = y.rid"));
+            }
+            sql.push(&format!(" WHERE y.target_rid = {rid} AND y.param = "));
             sql.text(param.code);
             sql.push(" AND y.resource_type = ").text(source.as_str());
-            sql.push(&format!(" AND {inner}.deleted = FALSE AND "));
-            condition(
-                sql,
-                &inner,
-                &format!("{inner}.rid"),
-                &[*source],
-                filter,
-                Form::Exists,
-            );
+            sql.push(" AND ");
+            condition(sql, &inner, "y.rid", &[*source], filter, Form::Exists);
             sql.push(PER_ROW_PROBE);
         }
     }
@@ -2058,6 +2054,29 @@ mod tests {
                 .any(|s| s.starts_with("SEARCH rc ") || s.starts_with("SEARCH rcc ")),
             "{steps:#?}"
         );
+    }
+
+    /// Walked, `_has` finds the resources referring to each candidate by their reference rows,
+    /// which only live resources have; a referring resource's row is read only when the test
+    /// is of the row itself (its id, when it was last updated).
+    #[test]
+    fn has_reads_a_referring_resource_only_to_test_its_row() {
+        let connection = database();
+        let walked = |query: &SearchQuery| page(query, None, &[], None, &[]).0;
+        let reads_a_referrer = |query: &SearchQuery| {
+            plan(&connection, &walked(query))
+                .iter()
+                .any(|step| step.starts_with("SEARCH rh "))
+        };
+        let by_rows = patients(&[("_has:Observation:subject:status", "final")]);
+        assert!(!reads_a_referrer(&by_rows));
+        assert_eq!(run(&connection, &walked(&by_rows)), [11, 12]);
+        let by_id = patients(&[("_has:Observation:subject:_id", "o3")]);
+        assert!(reads_a_referrer(&by_id));
+        assert_eq!(run(&connection, &walked(&by_id)), [12]);
+        // The deleted observation `o5` refers to patient 1 no longer.
+        let by_deleted = patients(&[("_has:Observation:subject:_id", "o5")]);
+        assert_eq!(run(&connection, &walked(&by_deleted)), Vec::<i64>::new());
     }
 
     #[test]

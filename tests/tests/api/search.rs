@@ -2148,6 +2148,37 @@ async fn has_matches_resources_referred_to_by_matching_resources() {
     );
 }
 
+/// A deleted resource no longer makes what it referred to match `_has`, whether its test is of
+/// its index (a code, a code it has not) or of its row (when it was last updated).
+#[tokio::test]
+async fn has_follows_only_resources_not_deleted() {
+    let app = spawn_app().await;
+    let anna = app.created(&named("Smith", "Anna")).await;
+    let reading = app
+        .created(&observation(json!({"subject": {"reference": key(&anna)},
+                   "code": {"coding": [{"system": LOINC, "code": "1234-5"}]}})))
+        .await;
+    let queries = [
+        format!("Patient?_has:Observation:patient:code={LOINC}|1234-5"),
+        format!("Patient?_has:Observation:patient:code:not={LOINC}|9999-9"),
+        "Patient?_has:Observation:patient:_lastUpdated=gt2000-01-01".to_owned(),
+    ];
+    for query in &queries {
+        assert_eq!(search_ids(&app, query).await, keys(&[&anna]), "{query}");
+    }
+    assert_eq!(
+        app.delete("Observation", id_of(&reading)).await.status(),
+        200
+    );
+    for query in &queries {
+        assert_eq!(
+            search_ids(&app, query).await,
+            Vec::<String>::new(),
+            "{query}"
+        );
+    }
+}
+
 /// A reference may be written before the resource it names exists. Chains and `_has` follow it
 /// once that resource is created, whether later, or later in the same transaction, and again
 /// after it is deleted and created anew.
