@@ -11,10 +11,11 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-/// Rust source for `fhir_models::generated::compartment`.
+/// Rust source for `fhir_models::generated::compartment`, from the text of
+/// `compartmentdefinition-patient.json` and the entries of `search-parameters.json`.
 pub fn generate(
     compartment: &str,
-    search_parameters: &str,
+    search_parameters: &[Value],
     resource_types: &[String],
 ) -> Result<String, String> {
     let definition: Value = serde_json::from_str(compartment)
@@ -22,8 +23,6 @@ pub fn generate(
     if definition.get("code").and_then(Value::as_str) != Some("Patient") {
         return Err("compartmentdefinition-patient.json is not the Patient compartment".to_owned());
     }
-    let search_parameters: Value = serde_json::from_str(search_parameters)
-        .map_err(|e| format!("search-parameters.json is not JSON: {e}"))?;
     let entries = definition
         .get("resource")
         .and_then(Value::as_array)
@@ -49,7 +48,7 @@ pub fn generate(
             })
             .unwrap_or_default();
         for param in &params {
-            if !refers_to_patient(&search_parameters, code, param) {
+            if !refers_to_patient(search_parameters, code, param) {
                 return Err(format!(
                     "the Patient compartment names {code}.{param}, which is not a reference \
                      search parameter of {code} that may point at a Patient"
@@ -95,17 +94,14 @@ pub fn generate(
 }
 
 /// Whether `code` is a reference search parameter of `rt` whose targets include Patient.
-fn refers_to_patient(search_parameters: &Value, rt: &str, code: &str) -> bool {
+fn refers_to_patient(search_parameters: &[Value], rt: &str, code: &str) -> bool {
     let has = |sp: &Value, key: &str, value: &str| {
         sp.get(key)
             .and_then(Value::as_array)
             .is_some_and(|values| values.iter().any(|v| v == value))
     };
     search_parameters
-        .get("entry")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+        .iter()
         .filter_map(|entry| entry.get("resource"))
         .any(|sp| {
             sp.get("code").and_then(Value::as_str) == Some(code)
@@ -125,6 +121,10 @@ mod tests {
         {"resource": {"code": "code", "type": "token", "base": ["Observation"]}}
     ]}"#;
 
+    fn search_parameters() -> Vec<Value> {
+        crate::bundle_entries(SEARCH_PARAMETERS, "search-parameters.json").expect("entries")
+    }
+
     fn types() -> Vec<String> {
         ["Device", "Observation"].map(str::to_owned).to_vec()
     }
@@ -133,7 +133,7 @@ mod tests {
     fn a_type_without_parameters_is_not_in_the_compartment() {
         let compartment = r#"{"code": "Patient", "resource": [
             {"code": "Device"}, {"code": "Observation", "param": ["subject"]}]}"#;
-        let text = generate(compartment, SEARCH_PARAMETERS, &types()).expect("generated");
+        let text = generate(compartment, &search_parameters(), &types()).expect("generated");
         assert!(text.contains("ResourceType::Device => &[],"), "{text}");
         assert!(
             text.contains("ResourceType::Observation => &[\"subject\"],"),
@@ -145,7 +145,7 @@ mod tests {
     fn a_parameter_that_cannot_point_at_a_patient_is_refused() {
         let compartment =
             r#"{"code": "Patient", "resource": [{"code": "Observation", "param": ["code"]}]}"#;
-        let error = generate(compartment, SEARCH_PARAMETERS, &types()).expect_err("refused");
+        let error = generate(compartment, &search_parameters(), &types()).expect_err("refused");
         assert!(error.contains("Observation.code"), "{error}");
     }
 }

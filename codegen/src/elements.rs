@@ -15,15 +15,9 @@ struct Elements {
     mandatory: Vec<String>,
 }
 
-/// Rust source for `fhir_models::generated::elements`, from the text of
+/// Rust source for `fhir_models::generated::elements`, from the entries of
 /// `profiles-resources.json`.
-pub fn generate(profiles_resources: &str) -> Result<String, String> {
-    let bundle: Value = serde_json::from_str(profiles_resources)
-        .map_err(|e| format!("profiles-resources.json is not JSON: {e}"))?;
-    let entries = bundle
-        .get("entry")
-        .and_then(Value::as_array)
-        .ok_or("profiles-resources.json has no entries")?;
+pub fn generate(entries: &[Value]) -> Result<String, String> {
     let mut types: BTreeMap<String, Elements> = BTreeMap::new();
     for entry in entries {
         let Some(sd) = entry.get("resource") else {

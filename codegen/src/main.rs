@@ -23,6 +23,8 @@ mod typed;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use serde_json::Value;
+
 /// A generated file: where it goes (relative to the workspace root) and what it holds.
 struct Output {
     path: &'static str,
@@ -39,10 +41,30 @@ fn read(root: &Path, relative: &str) -> Result<String, String> {
     std::fs::read_to_string(root.join(relative)).map_err(|e| format!("cannot read {relative}: {e}"))
 }
 
+/// The entries of the FHIR Bundle `text`, the definitions file `name`: parsed once, for every
+/// generator that reads that file.
+fn bundle_entries(text: &str, name: &str) -> Result<Vec<Value>, String> {
+    let bundle: Value =
+        serde_json::from_str(text).map_err(|e| format!("{name} is not JSON: {e}"))?;
+    match bundle {
+        Value::Object(mut bundle) => match bundle.remove("entry") {
+            Some(Value::Array(entries)) => Ok(entries),
+            _ => Err(format!("{name} has no entries")),
+        },
+        _ => Err(format!("{name} has no entries")),
+    }
+}
+
 fn generate(root: &Path) -> Result<Vec<Output>, String> {
     let schema = read(root, "spec/fhir.schema.json")?;
-    let profiles = read(root, "spec/profiles-resources.json")?;
-    let search_parameters = read(root, "spec/search-parameters.json")?;
+    let profiles = bundle_entries(
+        &read(root, "spec/profiles-resources.json")?,
+        "profiles-resources.json",
+    )?;
+    let search_parameters = bundle_entries(
+        &read(root, "spec/search-parameters.json")?,
+        "search-parameters.json",
+    )?;
     let compartment = read(root, "spec/compartmentdefinition-patient.json")?;
     let models = models::generate(&schema, typed::TYPED_RESOURCES)?;
     let resource_types = resource_type::names(&schema)?;

@@ -24,21 +24,15 @@ struct Parameter {
     one_row: bool,
 }
 
-/// Rust source for `fhir_models::generated::search_parameters`, from the text of
+/// Rust source for `fhir_models::generated::search_parameters`, from the entries of
 /// `search-parameters.json` and of `profiles-resources.json` (for the cardinality and types of
 /// the elements the expressions name).
 pub fn generate(
-    search_parameters: &str,
-    profiles_resources: &str,
+    entries: &[Value],
+    profiles_resources: &[Value],
     resource_types: &[String],
 ) -> Result<String, String> {
-    let elements = top_level_elements(profiles_resources)?;
-    let bundle: Value = serde_json::from_str(search_parameters)
-        .map_err(|e| format!("search-parameters.json is not JSON: {e}"))?;
-    let entries = bundle
-        .get("entry")
-        .and_then(Value::as_array)
-        .ok_or("search-parameters.json has no entries")?;
+    let elements = top_level_elements(profiles_resources);
     let mut common: Vec<Parameter> = Vec::new();
     let mut by_type: BTreeMap<String, Vec<Parameter>> = BTreeMap::new();
     for entry in entries {
@@ -183,13 +177,7 @@ fn write_parameter(out: &mut String, parameter: &Parameter) {
 /// whether each holds at most one value, and its type codes.
 type Elements = BTreeMap<String, (bool, Vec<String>)>;
 
-fn top_level_elements(profiles_resources: &str) -> Result<Elements, String> {
-    let bundle: Value = serde_json::from_str(profiles_resources)
-        .map_err(|e| format!("profiles-resources.json is not JSON: {e}"))?;
-    let entries = bundle
-        .get("entry")
-        .and_then(Value::as_array)
-        .ok_or("profiles-resources.json has no entries")?;
+fn top_level_elements(entries: &[Value]) -> Elements {
     let mut elements = Elements::new();
     for entry in entries {
         let Some(snapshot) = entry
@@ -220,7 +208,7 @@ fn top_level_elements(profiles_resources: &str) -> Result<Elements, String> {
             elements.insert(path.to_owned(), (single, types));
         }
     }
-    Ok(elements)
+    elements
 }
 
 /// Whether a date parameter's expression gives each resource at most one index row: one branch
