@@ -57,6 +57,10 @@ pub const RECOUNT_EVERY: Duration = Duration::from_secs(60);
 #[derive(Debug, Default)]
 pub struct PlannerStats {
     counted: Mutex<HashMap<ResourceType, i64>>,
+    /// Held while a type is counted for the first time, so that the searches which arrive
+    /// meanwhile wait for that count rather than each counting the type again (on a server
+    /// just started under load, dozens of counts of hundreds of thousands of rows at once).
+    first_counts: tokio::sync::Mutex<()>,
     /// Each kept estimate by a hash of its statement and values, with when it was counted.
     estimates: Mutex<HashMap<u64, (Instant, Vec<Cell>)>>,
     /// The keys of that hash, drawn at random, so that no client can choose statements whose
@@ -71,6 +75,19 @@ const MOST_ESTIMATES: usize = 8_192;
 impl PlannerStats {
     /// How many live resources `types` hold together, counting those never counted.
     async fn of(&self, store: &Store, types: &[ResourceType]) -> Result<i64, FhirError> {
+        self.of_counted_by(types, |rt| count_type(store, rt)).await
+    }
+
+    /// [`Self::of`], with `count` counting a type never counted: one count at a time, so that
+    /// a type is counted once however many searches first need it together.
+    async fn of_counted_by<F>(
+        &self,
+        types: &[ResourceType],
+        count: impl Fn(ResourceType) -> F,
+    ) -> Result<i64, FhirError>
+    where
+        F: Future<Output = Result<i64, FhirError>>,
+    {
         let (mut total, missing) = {
             let counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
             let mut total = 0;
@@ -83,12 +100,29 @@ impl PlannerStats {
             }
             (total, missing)
         };
+        if missing.is_empty() {
+            return Ok(total);
+        }
+        let _counting = self.first_counts.lock().await;
         for rt in missing {
-            let n = count_type(store, rt).await?;
-            self.counted
+            // Counted while this search waited its turn, or to be counted now.
+            let known = self
+                .counted
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(rt, n);
+                .get(&rt)
+                .copied();
+            let n = match known {
+                Some(n) => n,
+                None => {
+                    let n = count(rt).await?;
+                    self.counted
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(rt, n);
+                    n
+                }
+            };
             total += n;
         }
         Ok(total)
@@ -795,7 +829,8 @@ async fn reverse(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
 
     use fhir_models::ResourceType;
     use serde_json::json;
@@ -817,6 +852,36 @@ mod tests {
             .write(ResourceType::Patient, id, Precondition::Absent, change)
             .await
             .expect("the patient is written");
+    }
+
+    #[tokio::test]
+    async fn a_type_first_needed_by_many_searches_at_once_is_counted_once() {
+        let stats = PlannerStats::default();
+        let counts = AtomicUsize::new(0);
+        let count = |rt: ResourceType| {
+            let counts = &counts;
+            async move {
+                counts.fetch_add(1, Ordering::SeqCst);
+                // A count takes a while, during which the other searches arrive.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(if rt == ResourceType::Patient { 100 } else { 7 })
+            }
+        };
+        let types = [ResourceType::Patient, ResourceType::Encounter];
+        let sizes =
+            futures::future::join_all((0..16).map(|_| stats.of_counted_by(&types, count))).await;
+        for size in sizes {
+            assert_eq!(size.expect("the size"), 107);
+        }
+        assert_eq!(counts.load(Ordering::SeqCst), 2, "each type counted once");
+        assert_eq!(
+            stats
+                .of_counted_by(&[ResourceType::Encounter], count)
+                .await
+                .expect("the size"),
+            7
+        );
+        assert_eq!(counts.load(Ordering::SeqCst), 2, "and not again");
     }
 
     #[tokio::test]
