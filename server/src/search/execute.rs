@@ -576,11 +576,14 @@ pub async fn page(
         }
         None => sql::page(query, driver, linked, walk, &cursor_keys),
     };
-    // A walk's plan is fixed by its form: it reads the chain's references in `rid` order and
-    // tests where each leads. PostgreSQL would plan it anew for every call all the same, as
-    // its generic plan guesses a chained string's matches at hundreds (a range of unknown
-    // bounds) where a name has tens, and costs it accordingly.
-    let planning = if walk.is_some() {
+    // A walk's plan is fixed by its form: it reads the chain's references, or the resources
+    // searched, in `rid` order and tests each. PostgreSQL would plan it anew for every call all
+    // the same, as its generic plan guesses a chained string's matches at hundreds (a range of
+    // unknown bounds) where a name has tens, or a page's `LIMIT` at a tenth of the type, and
+    // costs it accordingly: planning a `_has` page took a fifth of its time.
+    let planning = if walk.is_some()
+        || (value_order.is_none() && sql::walks_resources(query, driver, linked))
+    {
         Planning::Generic
     } else {
         Planning::Default

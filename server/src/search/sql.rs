@@ -238,6 +238,21 @@ pub fn reference_walk(query: &SearchQuery, driver: Option<usize>) -> Option<usiz
     })
 }
 
+/// Whether the page of `query` walks the resources searched in `rid` order and tests every
+/// filter on each ([`page`] with no driver, no chain found once, no `_sort`): one plan serves
+/// every value, the type's index read in order with a probe per filter, and each candidate's
+/// probes cost the same whatever it is searched for. Not when a filter tests the row's own
+/// columns (`_id`, `_lastUpdated`), which an index of the row may find quicker for some values,
+/// nor without a filter: with no probe to weigh, a plan for a page of unknown size may read
+/// the whole table and sort it.
+pub fn walks_resources(query: &SearchQuery, driver: Option<usize>, linked: &[usize]) -> bool {
+    driver.is_none()
+        && !query.filters.is_empty()
+        && linked.is_empty()
+        && query.sort.is_empty()
+        && !query.filters.iter().any(reads_the_row)
+}
+
 /// Whether a search's matches can be read in `rid` order straight from one index: a search of
 /// one type with no `_sort`, by one value of one parameter that its index holds in `rid` order
 /// within that value — a token with its system (`identifier=system|value`,
@@ -2194,6 +2209,45 @@ mod tests {
         )
         .expect("the query parses");
         assert!(!in_rid_order(&across_types));
+    }
+
+    #[test]
+    fn only_a_walk_of_the_resources_testing_each_filter_is_planned_alike_for_all_values() {
+        for (list, alike) in [
+            (
+                &[("_has:Observation:subject:code", "http://loinc.org|8302-2")][..],
+                true,
+            ),
+            (&[("name", "smith"), ("gender:not", "male")][..], true),
+            (
+                &[("general-practitioner:Practitioner.family", "smith")][..],
+                true,
+            ),
+            // The row's own columns, which an index of the row may find quicker.
+            (
+                &[("name", "smith"), ("_lastUpdated", "gt2026-01-01")][..],
+                false,
+            ),
+            (&[("_id", "1")][..], false),
+            (&[("name", "smith"), ("_sort", "birthdate")][..], false),
+            // Nothing to test: the whole type, which a plan for a page of unknown size might
+            // read and sort.
+            (&[][..], false),
+        ] {
+            assert_eq!(
+                walks_resources(&patients(list), None, &[]),
+                alike,
+                "{list:?}"
+            );
+        }
+        let named = patients(&[("name", "smith")]);
+        assert!(walks_resources(&named, None, &[]));
+        assert!(!walks_resources(&named, Some(0), &[]), "started from a set");
+        let chained = patients(&[("general-practitioner:Practitioner.family", "smith")]);
+        assert!(
+            !walks_resources(&chained, None, &[0]),
+            "a chain's links found once"
+        );
     }
 
     #[test]

@@ -56,6 +56,33 @@ impl PgReaders {
             .acquire()
             .await
             .map_err(|_| sqlx::Error::PoolClosed)?;
+        self.take(permit).await
+    }
+
+    /// A connection of `self`, or of `other` when all of `self`'s are in use and one of
+    /// `other`'s is free; when none is free, the first to be.
+    pub(super) async fn get_or<'a>(
+        &'a self,
+        other: &'a PgReaders,
+    ) -> Result<Reader<'a>, sqlx::Error> {
+        if let Ok(permit) = self.permits.try_acquire() {
+            return self.take(permit).await;
+        }
+        if let Ok(permit) = other.permits.try_acquire() {
+            return other.take(permit).await;
+        }
+        // Waiting for a permit is cancelled cleanly: the wait that loses holds nothing.
+        let (readers, permit) = tokio::select! {
+            permit = self.permits.acquire() => (self, permit),
+            permit = other.permits.acquire() => (other, permit),
+        };
+        readers
+            .take(permit.map_err(|_| sqlx::Error::PoolClosed)?)
+            .await
+    }
+
+    /// The connection `permit` stands for.
+    async fn take<'a>(&'a self, permit: SemaphorePermit<'a>) -> Result<Reader<'a>, sqlx::Error> {
         loop {
             // Popped in its own statement, so that the lock is not held across an await.
             let idle = self.lock().pop();
@@ -110,5 +137,52 @@ impl Reader<'_> {
         if !readers.permits.is_closed() {
             readers.lock().push((connection, Instant::now()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr as _;
+    use std::time::Duration;
+
+    use sqlx::postgres::PgConnectOptions;
+
+    use super::PgReaders;
+
+    /// On the run's PostgreSQL database, when it has one (CI runs the suite on each backend).
+    #[tokio::test]
+    async fn the_other_connections_serve_while_its_own_are_all_in_use() {
+        let Ok(url) = std::env::var("TELEMED_TEST_DATABASE_URL") else {
+            return;
+        };
+        let options = PgConnectOptions::from_str(&url).expect("a PostgreSQL URL");
+        let own = PgReaders::new(options.clone(), 1);
+        let other = PgReaders::new(options, 1);
+        let first = own.get_or(&other).await.expect("a connection");
+        assert!(
+            std::ptr::eq(first.readers, &own),
+            "its own while one is free"
+        );
+        let second = own.get_or(&other).await.expect("a connection");
+        assert!(
+            std::ptr::eq(second.readers, &other),
+            "the other's while its own is in use"
+        );
+        // All in use: the first given back serves.
+        let waiting = own.get_or(&other);
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut waiting)
+                .await
+                .is_err(),
+            "none is free"
+        );
+        second.release();
+        let third = waiting.await.expect("a connection");
+        assert!(std::ptr::eq(third.readers, &other), "the one given back");
+        first.release();
+        third.release();
+        own.close().await;
+        other.close().await;
     }
 }
