@@ -919,6 +919,15 @@ async fn analyze(url: &str) -> anyhow::Result<()> {
         ),
         Err(e) => println!("postgres: no CHECKPOINT ({e}); the figures may include its writes"),
     }
+    // How much of the database PostgreSQL can keep in its own buffers bears on every figure:
+    // a page found in the operating system's cache instead costs a copy and an eviction.
+    let (buffers, size): (String, String) = sqlx::query_as(
+        "SELECT current_setting('shared_buffers'), \
+         pg_size_pretty(pg_database_size(current_database()))",
+    )
+    .fetch_one(&mut connection)
+    .await?;
+    println!("postgres: shared_buffers {buffers}, database {size}");
     Ok(())
 }
 
