@@ -1455,8 +1455,7 @@ mod tests {
 
     /// On the run's PostgreSQL database, when it has one (CI runs the suite on each backend).
     #[tokio::test]
-    async fn a_generic_connection_plans_generically_without_jit_and_a_plain_one_as_the_database_says()
-     {
+    async fn a_generic_connection_plans_generically_without_jit_a_plain_one_as_set() {
         let Ok(url) = std::env::var("TELEMED_TEST_DATABASE_URL") else {
             return;
         };
