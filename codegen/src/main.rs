@@ -44,13 +44,10 @@ fn read(root: &Path, relative: &str) -> Result<String, String> {
 /// The entries of the FHIR Bundle `text`, the definitions file `name`: parsed once, for every
 /// generator that reads that file.
 fn bundle_entries(text: &str, name: &str) -> Result<Vec<Value>, String> {
-    let bundle: Value =
+    let mut bundle: Value =
         serde_json::from_str(text).map_err(|e| format!("{name} is not JSON: {e}"))?;
-    match bundle {
-        Value::Object(mut bundle) => match bundle.remove("entry") {
-            Some(Value::Array(entries)) => Ok(entries),
-            _ => Err(format!("{name} has no entries")),
-        },
+    match bundle.get_mut("entry").map(Value::take) {
+        Some(Value::Array(entries)) => Ok(entries),
         _ => Err(format!("{name} has no entries")),
     }
 }
