@@ -1,6 +1,8 @@
 //! Writes of many resources in one transaction (`Store::write_all`, what a transaction Bundle
 //! does): each answered in order with its version, all stored with their index rows, or none;
-//! and the index rows rebuilt (`telemed reindex`) or migrated (0011) where they lead.
+//! and the index rows rebuilt (`telemed reindex`) or migrated (0011) where they lead; the
+//! current version's body kept beside its row by every write, and by migration 0014 for the
+//! resources already stored.
 //!
 //! Runs on SQLite by default, on PostgreSQL when `TELEMED_TEST_DATABASE_URL` is set.
 
@@ -10,7 +12,9 @@ mod stores;
 use serde_json::{Value, json};
 use stores::TestStore;
 use telemed_server::search::index;
-use telemed_server::store::{Cell, Change, Kind, Precondition, Store, WriteOp, Written};
+use telemed_server::store::{
+    Cell, Change, Kind, Precondition, Store, WriteMethod, WriteOp, Written,
+};
 
 fn patient(id: &str, family: &str) -> Value {
     json!({"resourceType": "Patient", "id": id, "name": [{"family": family}]})
@@ -304,6 +308,106 @@ async fn migration_0011_gives_the_references_already_stored_their_target() {
             .await
             .expect("the query"),
         [vec![Cell::Int(0)]]
+    );
+    store.drop_database().await;
+}
+
+/// How many `resources` rows there are, and how many of them hold their current version's
+/// request method and body (no body for a deleted resource, as its version has none).
+async fn rows_holding_their_version(store: &Store) -> [Cell; 2] {
+    let rows = store
+        .query(
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE r.method = v.method \
+             AND (r.body = v.body OR (r.body IS NULL AND v.body IS NULL))) \
+             FROM resources r JOIN resource_versions v ON v.seq = r.seq",
+            &[],
+            &[Kind::Int, Kind::Int],
+        )
+        .await
+        .expect("the query");
+    let [row] = <[Vec<Cell>; 1]>::try_from(rows).expect("one row");
+    <[Cell; 2]>::try_from(row).expect("two counts")
+}
+
+/// Creates in one transaction, a create alone, an update and a delete.
+async fn create_update_and_delete(store: &TestStore) {
+    store
+        .store
+        .write_all(vec![
+            TestStore::create(patient("p1", "Chalmers")),
+            TestStore::create(patient("p2", "Windsor")),
+        ])
+        .await
+        .expect("the creates");
+    store.put(patient("p3", "Levin")).await;
+    let updated = patient("p1", "Chalmers-Levin");
+    let index = index::extract(fhir_models::ResourceType::Patient, &updated, stores::BASE);
+    store
+        .store
+        .write(
+            fhir_models::ResourceType::Patient,
+            "p1",
+            Precondition::IfMatch(1),
+            Change::Put {
+                body: updated,
+                method: WriteMethod::Put,
+                index: Box::new(index),
+            },
+        )
+        .await
+        .expect("the update");
+    store
+        .store
+        .write(
+            fhir_models::ResourceType::Patient,
+            "p2",
+            Precondition::None,
+            Change::Delete,
+        )
+        .await
+        .expect("the delete");
+}
+
+#[tokio::test]
+async fn every_write_keeps_its_body_beside_the_current_row() {
+    let store = TestStore::new().await;
+    create_update_and_delete(&store).await;
+    assert_eq!(
+        rows_holding_their_version(&store.store).await,
+        [Cell::Int(3), Cell::Int(3)]
+    );
+    let read = store
+        .store
+        .read(fhir_models::ResourceType::Patient, "p1")
+        .await
+        .expect("the read")
+        .expect("p1");
+    assert_eq!(read.version_id, 2);
+    let body: Value = serde_json::from_slice(read.body.as_deref().expect("a body")).expect("JSON");
+    assert_eq!(body["name"][0]["family"], "Chalmers-Levin");
+    store.drop_database().await;
+}
+
+#[tokio::test]
+async fn migration_0014_gives_the_resources_already_stored_their_current_body() {
+    let mut store = TestStore::new().await;
+    create_update_and_delete(&store).await;
+    // The database as a server before 0014 left it: the bodies only in `resource_versions`,
+    // and 0014 not applied.
+    store.store.close().await;
+    execute(
+        &store.url,
+        "ALTER TABLE resources DROP COLUMN method;
+         ALTER TABLE resources DROP COLUMN body;
+         DELETE FROM _sqlx_migrations WHERE version = 14;",
+    )
+    .await;
+
+    // Opening it migrates it: each row holds its current version's method and body.
+    store.store = Store::open(&store.url, 4).await.expect("the store opens");
+    assert_eq!(
+        rows_holding_their_version(&store.store).await,
+        [Cell::Int(3), Cell::Int(3)]
     );
     store.drop_database().await;
 }

@@ -111,13 +111,13 @@ fn live_members(sql: &mut Sql, query: &CompartmentQuery<'_>, after: Option<i64>)
 fn page_sql(query: &CompartmentQuery<'_>) -> Sql {
     let mut sql = Sql::default();
     sql.push(
-        "SELECT p.rid, v.seq, v.resource_type, v.id, v.version_id, v.last_updated, v.method, \
-         v.body FROM (SELECT r.rid, r.seq",
+        "SELECT p.rid, b.seq, b.resource_type, b.id, b.version_id, b.last_updated, b.method, \
+         b.body FROM (SELECT r.rid",
     );
     live_members(&mut sql, query, query.after);
     sql.push(" ORDER BY r.rid LIMIT ")
         .int(i64::from(query.count) + 1);
-    sql.push(") p JOIN resource_versions v ON v.seq = p.seq ORDER BY p.rid");
+    sql.push(") p JOIN resources b ON b.rid = p.rid ORDER BY p.rid");
     sql
 }
 

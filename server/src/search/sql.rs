@@ -66,7 +66,23 @@ pub const ROW_COLUMNS: [Kind; 8] = [
     Kind::Blob,
 ];
 pub(super) const SELECT_ROW: &str =
-    "r.rid, v.seq, v.resource_type, v.id, v.version_id, v.last_updated, v.method, v.body";
+    "r.rid, r.seq, r.resource_type, r.id, r.version_id, r.last_updated, r.method, r.body";
+
+/// The columns of [`ROW_COLUMNS`] after the rid, read from the `resources` row `alias`, which
+/// holds the current version's body beside it.
+fn current_columns(alias: &str) -> String {
+    [
+        "seq",
+        "resource_type",
+        "id",
+        "version_id",
+        "last_updated",
+        "method",
+        "body",
+    ]
+    .map(|column| format!("{alias}.{column}"))
+    .join(", ")
+}
 
 /// The sort key values of the resource `rid` (where a cursor points), and their kinds.
 pub fn sort_keys_of(query: &SearchQuery, rid: i64) -> (Sql, Vec<Kind>) {
@@ -120,13 +136,6 @@ pub fn page(
         ));
         order
     };
-    // The page's resources are chosen first and their bodies read after, so that a search
-    // reads the bodies it returns and no others.
-    sql.push("SELECT p.rid, v.seq, v.resource_type, v.id, v.version_id, v.last_updated, v.method, v.body");
-    for i in 0..keys.len() {
-        sql.push(&format!(", p.k{i}"));
-    }
-    sql.push(" FROM (");
     let rid_only_driver = driver.filter(|&d| {
         keys.is_empty()
             && query
@@ -135,6 +144,27 @@ pub fn page(
                 .enumerate()
                 .all(|(i, f)| i == d || rid_only(f))
     });
+    let walked = walk.and_then(|c| match &query.filters[c] {
+        Filter::Chain { def, targets } if driver.is_none() => Some((c, *def, targets)),
+        _ => None,
+    });
+    // A search reads the bodies it returns and no others. A page chosen from a set of rids,
+    // or by walking the resources in `rid` order, reads each chosen resource's row once, body
+    // and all. A page that may sort its candidates chooses them first and only then reads
+    // their rows again for the bodies, so that no sort carries a body.
+    let deferred =
+        walked.is_none() && rid_only_driver.is_none() && (!keys.is_empty() || driver.is_some());
+    let chosen = if deferred {
+        "r.rid".to_owned()
+    } else {
+        format!("r.rid, {}", current_columns("r"))
+    };
+    sql.push("SELECT p.rid, ")
+        .push(&current_columns(if deferred { "b" } else { "p" }));
+    for i in 0..keys.len() {
+        sql.push(&format!(", p.k{i}"));
+    }
+    sql.push(" FROM (");
     // The rest of a page chosen from a set of rids named `alias.rid` (the sets of the two
     // forms below), found by filter `found_by`: past the cursor, the other filters tested on
     // each, the first `count + 1` in order, then their resources read if still live.
@@ -160,15 +190,13 @@ pub fn page(
         sql.push(") d CROSS JOIN resources r WHERE r.rid = d.rid AND r.deleted = FALSE");
         sql.push(&order("d."));
     };
-    let walked = walk.and_then(|c| match &query.filters[c] {
-        Filter::Chain { def, targets } if driver.is_none() => Some((c, *def, targets)),
-        _ => None,
-    });
     if let Some((c, def, targets)) = walked {
         // The chain's references are read in `rid` order from one index, each carrying where
         // it leads, and the first of them whose target passes (and whose resource passes the
         // other filters) make the page: no probe of a candidate's own references.
-        sql.push("SELECT r.rid, r.seq FROM (SELECT DISTINCT w.rid FROM search_reference w WHERE ");
+        sql.push(&format!(
+            "SELECT {chosen} FROM (SELECT DISTINCT w.rid FROM search_reference w WHERE "
+        ));
         type_condition(&mut sql, "w.resource_type", &query.types);
         sql.push(" AND w.param = ").text(def.code);
         sql.push(" AND (");
@@ -179,12 +207,14 @@ pub fn page(
         // The page is chosen from the driver's set alone, its rids sorted and the other
         // filters tested on them, and only the page's resources are then read: a set of
         // thousands costs one sort of their rids, not thousands of row reads.
-        sql.push("SELECT r.rid, r.seq FROM (SELECT DISTINCT s.rid FROM ");
+        sql.push(&format!(
+            "SELECT {chosen} FROM (SELECT DISTINCT s.rid FROM "
+        ));
         set_of(&mut sql, &query.types, &query.filters[d]);
         sql.push(" s WHERE 1 = 1");
         rest_of_set(&mut sql, "s", d);
     } else if keys.is_empty() {
-        sql.push("SELECT r.rid, r.seq FROM resources r WHERE ");
+        sql.push(&format!("SELECT {chosen} FROM resources r WHERE "));
         matches(&mut sql, query, driver, linked);
         if let Some(cursor) = &query.cursor {
             sql.push(if backwards {
@@ -197,7 +227,7 @@ pub fn page(
         sql.push(&order("r."));
     } else {
         // Sort keys are computed in a subquery so the keyset condition can name them.
-        sql.push("SELECT * FROM (SELECT r.rid, r.seq");
+        sql.push(&format!("SELECT * FROM (SELECT {chosen}"));
         for (i, key) in query.sort.iter().enumerate() {
             sql.push(", ");
             sort_expression(&mut sql, key.def, &key.code, key.descending);
@@ -213,8 +243,11 @@ pub fn page(
         sql.push(&order(""));
     }
     sql.push(" LIMIT ").int(i64::from(query.count) + 1);
-    sql.push(") p JOIN resource_versions v ON v.seq = p.seq")
-        .push(&order("p."));
+    sql.push(") p");
+    if deferred {
+        sql.push(" JOIN resources b ON b.rid = p.rid");
+    }
+    sql.push(&order("p."));
     (sql, keys.into_iter().map(|(kind, _)| kind).collect())
 }
 
@@ -341,8 +374,9 @@ pub fn value_page(
     let first = text;
     let last = format!("{text}{ABOVE_ALL}");
     sql.push(
-        "SELECT p.rid, v.seq, v.resource_type, v.id, v.version_id, v.last_updated, v.method, \
-         v.body FROM (SELECT d.rid, r.seq, d.k0 FROM (SELECT x.rid, x.normalized AS k0 \
+        "SELECT p.rid, p.seq, p.resource_type, p.id, p.version_id, p.last_updated, p.method, \
+         p.body FROM (SELECT d.rid, r.seq, r.resource_type, r.id, r.version_id, \
+         r.last_updated, r.method, r.body, d.k0 FROM (SELECT x.rid, x.normalized AS k0 \
          FROM search_string x WHERE x.param = ",
     )
     .text(def.code)
@@ -393,10 +427,7 @@ pub fn value_page(
         " GROUP BY x.normalized, x.rid ORDER BY x.normalized{direction}, x.rid{direction} LIMIT "
     ))
     .int(i64::from(query.count) + 1);
-    sql.push(
-        ") d CROSS JOIN resources r WHERE r.rid = d.rid AND r.deleted = FALSE) p \
-         JOIN resource_versions v ON v.seq = p.seq",
-    );
+    sql.push(") d CROSS JOIN resources r WHERE r.rid = d.rid AND r.deleted = FALSE) p");
     sql.push(&format!(" ORDER BY p.k0{direction}, p.rid{direction}"));
     sql
 }
@@ -1518,7 +1549,7 @@ fn number_condition(sql: &mut Sql, prefix: Prefix, number: &SearchNumber) {
 pub fn referenced(rids: &[i64], param: Option<&str>, targets: &[ResourceType]) -> Sql {
     let mut sql = Sql::default();
     sql.push("SELECT ").push(SELECT_ROW).push(
-        " FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE r.deleted = FALSE \
+        " FROM resources r WHERE r.deleted = FALSE \
          AND r.rid IN (SELECT x.target_rid FROM search_reference x WHERE ",
     );
     rid_list(&mut sql, "x.rid", rids);
@@ -1539,7 +1570,7 @@ pub fn referenced(rids: &[i64], param: Option<&str>, targets: &[ResourceType]) -
 pub fn referring(rids: &[i64], source: Option<ResourceType>, param: Option<&str>) -> Sql {
     let mut sql = Sql::default();
     sql.push("SELECT ").push(SELECT_ROW).push(
-        " FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE r.deleted = FALSE \
+        " FROM resources r WHERE r.deleted = FALSE \
          AND r.rid IN (SELECT x.rid FROM search_reference x WHERE ",
     );
     rid_list(&mut sql, "x.target_rid", rids);
@@ -1693,8 +1724,8 @@ mod tests {
             connection
                 .execute(
                     "INSERT INTO resources \
-                     (rid, resource_type, id, version_id, last_updated, deleted, seq) \
-                     VALUES (?1, 'Observation', ?2, 1, 0, ?3, ?1)",
+                     (rid, resource_type, id, version_id, last_updated, deleted, seq, method, body) \
+                     VALUES (?1, 'Observation', ?2, 1, 0, ?3, ?1, 'POST', '{}')",
                     (rid, &id, deleted),
                 )
                 .expect("a resource");
@@ -1731,8 +1762,8 @@ mod tests {
             connection
                 .execute(
                     "INSERT INTO resources \
-                     (rid, resource_type, id, version_id, last_updated, deleted, seq) \
-                     VALUES (?1, 'Patient', ?2, 1, 0, FALSE, ?1)",
+                     (rid, resource_type, id, version_id, last_updated, deleted, seq, method, body) \
+                     VALUES (?1, 'Patient', ?2, 1, 0, FALSE, ?1, 'POST', '{}')",
                     (rid, id),
                 )
                 .expect("a patient");

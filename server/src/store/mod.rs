@@ -2,7 +2,9 @@
 //!
 //! One schema, two backends (see `migrations/`). Every write is one transaction that appends a
 //! row to `resource_versions` (the history) and moves the `resources` row (the current version)
-//! forward. A delete is a version without a body.
+//! forward. The `resources` row carries its version's body too, so that a read or a search
+//! result costs one row, not the row and then its version. A delete is a version without a
+//! body.
 //!
 //! The SQL is the same for both backends (sqlx's SQLite driver understands `$n` placeholders), so
 //! each operation is written once and [`with_reader!`] compiles it for each concrete connection
@@ -380,9 +382,8 @@ pub fn remove_sqlite_database(path: &Path) {
 }
 
 /// The current version of one resource.
-const READ_SQL: &str = "SELECT v.seq, v.resource_type, v.id, v.version_id, v.last_updated, \
-                        v.method, v.body FROM resources r JOIN resource_versions v \
-                        ON v.seq = r.seq WHERE r.resource_type = $1 AND r.id = $2";
+const READ_SQL: &str = "SELECT seq, resource_type, id, version_id, last_updated, method, body \
+                        FROM resources WHERE resource_type = $1 AND id = $2";
 
 const VERSION_COLUMNS: &str = "seq, resource_type, id, version_id, last_updated, method, body";
 
@@ -732,9 +733,8 @@ impl Store {
         extract: impl Fn(ResourceType, &Value) -> IndexRows,
         mut progress: impl FnMut(u64),
     ) -> anyhow::Result<u64> {
-        const PAGE: &str = "SELECT r.rid, r.resource_type, r.id, v.body FROM resources r \
-            JOIN resource_versions v ON v.seq = r.seq \
-            WHERE NOT r.deleted AND r.rid > $1 ORDER BY r.rid LIMIT $2";
+        const PAGE: &str = "SELECT rid, resource_type, id, body FROM resources \
+            WHERE NOT deleted AND rid > $1 ORDER BY rid LIMIT $2";
         let mut after = 0i64;
         let mut done = 0u64;
         loop {
@@ -1074,10 +1074,10 @@ const INSERT_VERSION: &str = "INSERT INTO resource_versions \
     (resource_type, id, version_id, last_updated, method, body) \
     VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq";
 const UPDATE_CURRENT: &str = "UPDATE resources SET version_id = $1, last_updated = $2, \
-    deleted = $3, seq = $4 WHERE resource_type = $5 AND id = $6";
+    deleted = $3, seq = $4, method = $5, body = $6 WHERE resource_type = $7 AND id = $8";
 const INSERT_CURRENT: &str = "INSERT INTO resources \
-    (resource_type, id, version_id, last_updated, deleted, seq) VALUES ($1, $2, $3, $4, $5, $6) \
-    RETURNING rid";
+    (resource_type, id, version_id, last_updated, deleted, seq, method, body) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING rid";
 
 /// Every op on PostgreSQL, inside the caller's transaction. The creates of a transaction
 /// Bundle (new ids, nothing to look up first) are written together, a few statements for all
@@ -1136,8 +1136,10 @@ static CREATE_ALL: LazyLock<String> = LazyLock::new(|| {
            SELECT resource_type, id, 1, last_updated, method, body FROM input ORDER BY n \
            RETURNING seq, resource_type, id), \
          current AS (\
-           INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, seq) \
-           SELECT i.resource_type, i.id, 1, i.last_updated, FALSE, v.seq FROM input i \
+           INSERT INTO resources \
+           (resource_type, id, version_id, last_updated, deleted, seq, method, body) \
+           SELECT i.resource_type, i.id, 1, i.last_updated, FALSE, v.seq, i.method, i.body \
+           FROM input i \
            JOIN version v ON v.resource_type = i.resource_type AND v.id = i.id ORDER BY i.n \
            RETURNING seq, rid), \
          locked AS (\
@@ -1232,10 +1234,12 @@ fn write_current(from: &str) -> String {
            INSERT INTO resource_versions \
            (resource_type, id, version_id, last_updated, method, body) \
            VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq) \
-         INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, seq) \
-         SELECT $1, $2, $3, $4, $7, seq FROM {from} \
+         INSERT INTO resources \
+         (resource_type, id, version_id, last_updated, deleted, seq, method, body) \
+         SELECT $1, $2, $3, $4, $7, seq, $5, $6 FROM {from} \
          ON CONFLICT (resource_type, id) DO UPDATE SET version_id = EXCLUDED.version_id, \
-           last_updated = EXCLUDED.last_updated, deleted = EXCLUDED.deleted, seq = EXCLUDED.seq \
+           last_updated = EXCLUDED.last_updated, deleted = EXCLUDED.deleted, seq = EXCLUDED.seq, \
+           method = EXCLUDED.method, body = EXCLUDED.body \
          RETURNING seq, rid"
     )
 }

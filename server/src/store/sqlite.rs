@@ -271,6 +271,8 @@ fn write_one(connection: &Connection, op: &PreparedOp) -> Result<Written, FhirEr
                     planned.last_updated.0,
                     deleted,
                     seq,
+                    planned.method.as_str(),
+                    planned.body.as_deref(),
                     rt.as_str(),
                     id,
                 ))
@@ -287,6 +289,8 @@ fn write_one(connection: &Connection, op: &PreparedOp) -> Result<Written, FhirEr
                         planned.last_updated.0,
                         deleted,
                         seq,
+                        planned.method.as_str(),
+                        planned.body.as_deref(),
                     ),
                     |row| row.get(0),
                 )
