@@ -295,11 +295,13 @@ pub enum Planning {
 }
 
 /// How many of `max_connections` reads and searches get, and how many of those plan
-/// generically: half the connections, at least one, and a quarter of those; none when that
-/// leaves no other read connection.
+/// generically: half the connections, at least one, and half of those once there are four.
+/// The walks that plan generically (`_has`, chains) are under a third of the searches but about
+/// half of PostgreSQL's time in the search bench's mix; with a quarter of the connections they
+/// overflowed to the others, where PostgreSQL planned them anew on each call.
 fn read_connections(max_connections: u32) -> (u32, u32) {
     let reads = (max_connections / 2).max(1);
-    let generic = if reads >= 4 { reads / 4 } else { 0 };
+    let generic = if reads >= 4 { reads / 2 } else { 0 };
     (reads - generic, generic)
 }
 
@@ -1447,14 +1449,14 @@ mod tests {
     }
 
     #[test]
-    fn a_quarter_of_the_read_connections_plan_generically_when_there_are_four() {
+    fn half_the_read_connections_plan_generically_when_there_are_four() {
         // (read connections planned per call, planned generically); writes get the rest.
         assert_eq!(read_connections(1), (1, 0));
         assert_eq!(read_connections(2), (1, 0));
         assert_eq!(read_connections(7), (3, 0));
-        assert_eq!(read_connections(8), (3, 1));
-        assert_eq!(read_connections(16), (6, 2));
-        assert_eq!(read_connections(64), (24, 8));
+        assert_eq!(read_connections(8), (2, 2));
+        assert_eq!(read_connections(16), (4, 4));
+        assert_eq!(read_connections(64), (16, 16));
     }
 
     /// On the run's PostgreSQL database, when it has one (CI runs the suite on each backend).
