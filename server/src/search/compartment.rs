@@ -110,10 +110,10 @@ fn live_members(sql: &mut Sql, query: &CompartmentQuery<'_>, after: Option<i64>)
 /// their bodies, in `rid` order. The members are chosen first and only their bodies read.
 fn page_sql(query: &CompartmentQuery<'_>) -> Sql {
     let mut sql = Sql::default();
-    sql.push(
-        "SELECT p.rid, b.seq, b.resource_type, b.id, b.version_id, b.last_updated, b.method, \
-         b.body FROM (SELECT r.rid",
-    );
+    sql.push(&format!(
+        "SELECT p.rid, {} FROM (SELECT r.rid",
+        sql::current_columns("b")
+    ));
     live_members(&mut sql, query, query.after);
     sql.push(" ORDER BY r.rid LIMIT ")
         .int(i64::from(query.count) + 1);

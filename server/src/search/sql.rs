@@ -16,7 +16,7 @@ use fhir_models::ResourceType;
 use fhir_models::search::{SearchParamType, SearchParameterDef};
 
 use super::query::{Cursor, Filter, Modifier, Prefix, SearchNumber, SearchQuery, SearchValue};
-use crate::store::{Cell, Kind};
+use crate::store::{Cell, Kind, VERSION_COLUMNS};
 
 /// SQL text with its values; placeholders are `$1, $2, …` in order of appearance.
 #[derive(Debug, Default, Clone)]
@@ -65,23 +65,14 @@ pub const ROW_COLUMNS: [Kind; 8] = [
     Kind::Text,
     Kind::Blob,
 ];
-pub(super) const SELECT_ROW: &str =
-    "r.rid, r.seq, r.resource_type, r.id, r.version_id, r.last_updated, r.method, r.body";
-
 /// The columns of [`ROW_COLUMNS`] after the rid, read from the `resources` row `alias`, which
 /// holds the current version's body beside it.
-fn current_columns(alias: &str) -> String {
-    [
-        "seq",
-        "resource_type",
-        "id",
-        "version_id",
-        "last_updated",
-        "method",
-        "body",
-    ]
-    .map(|column| format!("{alias}.{column}"))
-    .join(", ")
+pub(super) fn current_columns(alias: &str) -> String {
+    VERSION_COLUMNS
+        .split(", ")
+        .map(|column| format!("{alias}.{column}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The sort key values of the resource `rid` (where a cursor points), and their kinds.
@@ -373,12 +364,12 @@ pub fn value_page(
     let direction = if backwards { " DESC" } else { "" };
     let first = text;
     let last = format!("{text}{ABOVE_ALL}");
-    sql.push(
-        "SELECT p.rid, p.seq, p.resource_type, p.id, p.version_id, p.last_updated, p.method, \
-         p.body FROM (SELECT d.rid, r.seq, r.resource_type, r.id, r.version_id, \
-         r.last_updated, r.method, r.body, d.k0 FROM (SELECT x.rid, x.normalized AS k0 \
-         FROM search_string x WHERE x.param = ",
-    )
+    sql.push(&format!(
+        "SELECT p.rid, {} FROM (SELECT d.rid, {}, d.k0 FROM (SELECT x.rid, \
+             x.normalized AS k0 FROM search_string x WHERE x.param = ",
+        current_columns("p"),
+        current_columns("r")
+    ))
     .text(def.code)
     .push(" AND ");
     type_condition(&mut sql, "x.resource_type", &query.types);
@@ -1548,10 +1539,11 @@ fn number_condition(sql: &mut Sql, prefix: Prefix, number: &SearchNumber) {
 /// leads to.
 pub fn referenced(rids: &[i64], param: Option<&str>, targets: &[ResourceType]) -> Sql {
     let mut sql = Sql::default();
-    sql.push("SELECT ").push(SELECT_ROW).push(
-        " FROM resources r WHERE r.deleted = FALSE \
+    sql.push(&format!("SELECT r.rid, {}", current_columns("r")))
+        .push(
+            " FROM resources r WHERE r.deleted = FALSE \
          AND r.rid IN (SELECT x.target_rid FROM search_reference x WHERE ",
-    );
+        );
     rid_list(&mut sql, "x.rid", rids);
     if let Some(param) = param {
         sql.push(" AND x.param = ").text(param);
@@ -1569,10 +1561,11 @@ pub fn referenced(rids: &[i64], param: Option<&str>, targets: &[ResourceType]) -
 /// `search_reference_target_rid`.
 pub fn referring(rids: &[i64], source: Option<ResourceType>, param: Option<&str>) -> Sql {
     let mut sql = Sql::default();
-    sql.push("SELECT ").push(SELECT_ROW).push(
-        " FROM resources r WHERE r.deleted = FALSE \
+    sql.push(&format!("SELECT r.rid, {}", current_columns("r")))
+        .push(
+            " FROM resources r WHERE r.deleted = FALSE \
          AND r.rid IN (SELECT x.rid FROM search_reference x WHERE ",
-    );
+        );
     rid_list(&mut sql, "x.target_rid", rids);
     if let Some(param) = param {
         sql.push(" AND x.param = ").text(param);

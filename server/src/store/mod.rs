@@ -387,7 +387,9 @@ pub fn remove_sqlite_database(path: &Path) {
 const READ_SQL: &str = "SELECT seq, resource_type, id, version_id, last_updated, method, body \
                         FROM resources WHERE resource_type = $1 AND id = $2";
 
-const VERSION_COLUMNS: &str = "seq, resource_type, id, version_id, last_updated, method, body";
+/// The columns of a version, in `resource_versions` and, for the current one, in `resources`.
+pub(crate) const VERSION_COLUMNS: &str =
+    "seq, resource_type, id, version_id, last_updated, method, body";
 
 impl Store {
     /// Opens the database named by `url` (`sqlite://…` or `postgres://…`) and brings its schema
