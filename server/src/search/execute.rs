@@ -302,21 +302,18 @@ impl Plan {
             let cap = cap(&query.filters[i], page, size, walked);
             // Counting past the rarest so far would only show this one is not rarer.
             let limit = rarest.map_or(cap, |(_, n, _)| cap.min(n));
-            let n = match chain_estimate(store, stats, query, i, limit, LINKS_PER_CAP * cap).await?
-            {
+            let tests_per_link = tests_per_link(store.is_postgres());
+            let most_links = most_links(page, size, tests_per_link);
+            let n = match chain_estimate(store, stats, query, i, limit, most_links).await? {
                 Some(ChainSize {
                     matches,
                     links,
                     expected,
                 }) => {
                     // Found once, the linked resources make each test of a walk cheaper,
-                    // worth it while they are fewer than a few times the tests: twice on
-                    // SQLite, whose tests cost little, eight times on PostgreSQL, whose tests
-                    // cost far more (measured at 100k patients: 2 µs against 1 µs a test on
-                    // SQLite, 11 µs against 4 µs on PostgreSQL).
+                    // worth it while they are fewer than a few times the tests.
                     let tests = page.saturating_mul(size) / expected.max(1);
-                    let per_test = if store.is_postgres() { 8 } else { 2 };
-                    if links.is_some_and(|links| links < per_test * tests) {
+                    if links.is_some_and(|links| links < tests_per_link.saturating_mul(tests)) {
                         linked.push(i);
                     }
                     matches
@@ -454,10 +451,25 @@ fn chain_size(counts: &[i64], limit: i64, links: i64) -> Option<ChainSize> {
     })
 }
 
-/// How many linked resources a chain's estimate counts, per unit of its cap. Found once, they
-/// pay for themselves while fewer than twice the tests of a walk (`page · size / m` for `m`
-/// matches, at least one link each), so never past `√(2 · page · size)`, under twice the cap.
-const LINKS_PER_CAP: i64 = 2;
+/// How many linked resources, found once, cost as much as one test of a walk that follows a
+/// chain from each candidate: twice on SQLite, whose tests cost little, eight times on
+/// PostgreSQL, whose tests cost far more. Measured at 100k patients, for a page of 11
+/// Encounters by their patients' practitioner's family name: on SQLite 2 µs against 1 µs a
+/// test; on PostgreSQL 4–11 µs a test, against 1.2–1.9 ms for the whole page from 800–2,800
+/// linked patients and 3.0 ms from 4,700–6,500.
+fn tests_per_link(postgres: bool) -> i64 {
+    if postgres { 8 } else { 2 }
+}
+
+/// How many linked resources a chain's estimate counts: as many as can pay for themselves.
+/// Found once, they do while fewer than `tests_per_link` times the tests of a walk
+/// (`page · size / m` for `m` matches, at least one for each linked resource), so never past
+/// `√(tests_per_link · page · size)`. Counted no further, a chain linked to more is walked
+/// testing each candidate.
+fn most_links(page: i64, size: i64, tests_per_link: i64) -> i64 {
+    // A float is exact enough for a threshold, and its square root of an i64 fits one.
+    (tests_per_link as f64 * page as f64 * size.max(1) as f64).sqrt() as i64
+}
 
 /// Where the estimate of `filter` stops counting, for a page of `page` among `size` resources.
 ///
@@ -844,7 +856,9 @@ mod tests {
     use fhir_models::ResourceType;
     use serde_json::json;
 
-    use super::{ChainSize, PlannerStats, RECOUNT_EVERY, chain_size, none_zero};
+    use super::{
+        ChainSize, PlannerStats, RECOUNT_EVERY, chain_size, most_links, none_zero, tests_per_link,
+    };
     use crate::search::sql::{self, CHAIN_SAMPLE};
     use crate::store::{Cell, Change, Precondition, Store, WriteMethod};
 
@@ -968,6 +982,25 @@ mod tests {
     #[test]
     fn the_sample_cannot_tell_about_many_links_rarely_referred_to() {
         assert_eq!(chain_size(&[4964, CHAIN_SAMPLE, 4], 1241, 4964), None);
+    }
+
+    #[test]
+    fn a_chain_counts_its_links_as_far_as_finding_them_once_can_pay() {
+        // A page of 11 of 200,000 Encounters.
+        let (page, size) = (11, 200_000);
+        for postgres in [false, true] {
+            let per_test = tests_per_link(postgres);
+            let most = most_links(page, size, per_test);
+            // Linked to a tenth fewer than `most` resources, each referred to once, a walk
+            // tests enough to pay for finding them once; linked to twice as many, it cannot.
+            let fewer = most * 9 / 10;
+            assert!(fewer < per_test * (page * size / fewer), "{most}");
+            assert!(2 * most > per_test * (page * size / (2 * most)), "{most}");
+        }
+        // On PostgreSQL, Encounters by the family name of 17 practitioners of 1,000 (1,700
+        // linked patients, 3,400 matches): the page from the linked patients found once took
+        // 1.9 ms against 6.8 ms testing each candidate, so they must be counted.
+        assert!(most_links(page, size, tests_per_link(true)) > 1_700);
     }
 
     #[test]
