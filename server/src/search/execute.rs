@@ -294,6 +294,8 @@ impl Plan {
                 }
             }
         }
+        let tests_per_link = tests_per_link(store.is_postgres());
+        let most_links = most_links(page, size, tests_per_link);
         for i in chains {
             if rarest.is_some_and(|(_, n, _)| n == 0) {
                 break;
@@ -302,8 +304,6 @@ impl Plan {
             let cap = cap(&query.filters[i], page, size, walked);
             // Counting past the rarest so far would only show this one is not rarer.
             let limit = rarest.map_or(cap, |(_, n, _)| cap.min(n));
-            let tests_per_link = tests_per_link(store.is_postgres());
-            let most_links = most_links(page, size, tests_per_link);
             let n = match chain_estimate(store, stats, query, i, limit, most_links).await? {
                 Some(ChainSize {
                     matches,
@@ -467,8 +467,14 @@ fn tests_per_link(postgres: bool) -> i64 {
 /// `√(tests_per_link · page · size)`. Counted no further, a chain linked to more is walked
 /// testing each candidate.
 fn most_links(page: i64, size: i64, tests_per_link: i64) -> i64 {
+    root_of(tests_per_link as f64, page, size)
+}
+
+/// `√(weight · page · size)`, where the two ways of finding a page meet: from every match of a
+/// filter, or walking `size` resources testing each (see [`cap`] and [`most_links`]).
+fn root_of(weight: f64, page: i64, size: i64) -> i64 {
     // A float is exact enough for a threshold, and its square root of an i64 fits one.
-    (tests_per_link as f64 * page as f64 * size.max(1) as f64).sqrt() as i64
+    (weight * page as f64 * size.max(1) as f64).sqrt() as i64
 }
 
 /// Where the estimate of `filter` stops counting, for a page of `page` among `size` resources.
@@ -490,9 +496,7 @@ fn cap(filter: &Filter, page: i64, size: i64, walked: bool) -> i64 {
         (true, false) => 0.7,
         (false, _) => 5.0,
     };
-    // A float is exact enough for a threshold, and its square root of an i64 fits one.
-    let cap = (weight * page as f64 * size.max(1) as f64).sqrt() as i64;
-    cap.clamp(MIN_CAP, MAX_CAP)
+    root_of(weight, page, size).clamp(MIN_CAP, MAX_CAP)
 }
 
 /// Bounds of [`cap`]: an estimate this small costs nothing, one this large is already dear.

@@ -1539,11 +1539,11 @@ fn number_condition(sql: &mut Sql, prefix: Prefix, number: &SearchNumber) {
 /// leads to.
 pub fn referenced(rids: &[i64], param: Option<&str>, targets: &[ResourceType]) -> Sql {
     let mut sql = Sql::default();
-    sql.push(&format!("SELECT r.rid, {}", current_columns("r")))
-        .push(
-            " FROM resources r WHERE r.deleted = FALSE \
+    sql.push(&format!(
+        "SELECT r.rid, {} FROM resources r WHERE r.deleted = FALSE \
          AND r.rid IN (SELECT x.target_rid FROM search_reference x WHERE ",
-        );
+        current_columns("r")
+    ));
     rid_list(&mut sql, "x.rid", rids);
     if let Some(param) = param {
         sql.push(" AND x.param = ").text(param);
@@ -1561,11 +1561,11 @@ pub fn referenced(rids: &[i64], param: Option<&str>, targets: &[ResourceType]) -
 /// `search_reference_target_rid`.
 pub fn referring(rids: &[i64], source: Option<ResourceType>, param: Option<&str>) -> Sql {
     let mut sql = Sql::default();
-    sql.push(&format!("SELECT r.rid, {}", current_columns("r")))
-        .push(
-            " FROM resources r WHERE r.deleted = FALSE \
+    sql.push(&format!(
+        "SELECT r.rid, {} FROM resources r WHERE r.deleted = FALSE \
          AND r.rid IN (SELECT x.rid FROM search_reference x WHERE ",
-        );
+        current_columns("r")
+    ));
     rid_list(&mut sql, "x.target_rid", rids);
     if let Some(param) = param {
         sql.push(" AND x.param = ").text(param);

@@ -383,13 +383,23 @@ pub fn remove_sqlite_database(path: &Path) {
     let _ = std::fs::remove_dir_all(journal::directory(path));
 }
 
-/// The current version of one resource.
-const READ_SQL: &str = "SELECT seq, resource_type, id, version_id, last_updated, method, body \
-                        FROM resources WHERE resource_type = $1 AND id = $2";
+/// The columns of a version, in `resource_versions` and, for the current one, in `resources`:
+/// a macro, so that constant statements can be spelled with it by `concat!`.
+macro_rules! version_columns {
+    () => {
+        "seq, resource_type, id, version_id, last_updated, method, body"
+    };
+}
 
-/// The columns of a version, in `resource_versions` and, for the current one, in `resources`.
-pub(crate) const VERSION_COLUMNS: &str =
-    "seq, resource_type, id, version_id, last_updated, method, body";
+/// The current version of one resource.
+const READ_SQL: &str = concat!(
+    "SELECT ",
+    version_columns!(),
+    " FROM resources WHERE resource_type = $1 AND id = $2"
+);
+
+/// [`version_columns!`], for statements built at run time.
+pub(crate) const VERSION_COLUMNS: &str = version_columns!();
 
 impl Store {
     /// Opens the database named by `url` (`sqlite://…` or `postgres://…`) and brings its schema
