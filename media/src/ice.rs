@@ -105,8 +105,9 @@ impl IceConfig {
         Ok(())
     }
 
-    /// The ICE servers for `user` (a participant id, never a name: TURN servers log usernames),
-    /// with TURN credentials valid from `now` for the configured time to live.
+    /// The ICE servers for `user` (an opaque name for the participant, never its id or name:
+    /// TURN servers log usernames), with TURN credentials valid from `now` for the configured
+    /// time to live.
     pub fn servers(&self, user: &str, now: SystemTime) -> Vec<IceServer> {
         let mut servers = Vec::with_capacity(2);
         if !self.stun_urls.is_empty() {

@@ -5,6 +5,7 @@ mod sim;
 
 use std::time::Duration;
 
+use media::ice::{IceConfig, TurnConfig, TurnSecret};
 use media::sfu::{RoomCloseReason, RoomEvent};
 use media::signaling::{ClientMessage, CloseReason, ServerMessage};
 use sim::{Sim, SimConfig};
@@ -221,13 +222,21 @@ fn statistics_and_metrics_describe_each_participant() {
     assert!(alice.connected_for >= Duration::from_secs(9));
     let _ = b;
 
+    let room = stats.room;
+    let alice_peer = alice.peer;
+    let bob_peer = stats
+        .participants
+        .iter()
+        .find(|p| p.participant == "bob")
+        .expect("bob")
+        .peer;
     let text = s.sfu.metrics_text(s.now);
     for line in [
         "media_rooms 1",
         "media_participants 2",
-        "media_participant_rtt_seconds{encounter=\"enc-1\",participant=\"alice\"}",
-        "media_participant_bitrate_in_bps{encounter=\"enc-1\",participant=\"bob\"}",
-        "media_participant_audio_only_seconds{encounter=\"enc-1\",participant=\"bob\"} 0",
+        &format!("media_participant_rtt_seconds{{room=\"{room}\",peer=\"{alice_peer}\"}}"),
+        &format!("media_participant_bitrate_in_bps{{room=\"{room}\",peer=\"{bob_peer}\"}}"),
+        &format!("media_participant_audio_only_seconds{{room=\"{room}\",peer=\"{bob_peer}\"}} 0"),
     ] {
         assert!(text.contains(line), "{line} in\n{text}");
     }
@@ -278,4 +287,128 @@ fn closing_the_room_ends_everything_in_order() {
             ..
         })
     ));
+}
+
+/// Everything the `media` crate logs, at every level, while `f` runs on this thread.
+fn logs_of(f: impl FnOnce()) -> String {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("media=trace"))
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let bytes = buffer.0.lock().expect("log buffer").clone();
+    String::from_utf8(bytes).expect("UTF-8 logs")
+}
+
+#[test]
+fn the_logs_know_rooms_and_participants_by_number_only() {
+    // Every id below contains "secret", so one search finds any of them in the logs.
+    let (encounter, patient, clinician) = (
+        "enc-secret-1",
+        "Patient/secret-pat",
+        "Practitioner/secret-doc",
+    );
+    let mut s = Sim::with(SimConfig {
+        ice: IceConfig {
+            stun_urls: Vec::new(),
+            turn: Some(TurnConfig {
+                urls: vec!["turn:turn.example.org:3478".into()],
+                secret: TurnSecret::new("turn secret"),
+                ttl: Duration::from_secs(3600),
+            }),
+        },
+        ..SimConfig::default()
+    });
+    let logs = logs_of(|| {
+        let a = s.join(encounter, clinician, true);
+        let b = s.join(encounter, patient, true);
+        s.run_for(Duration::from_secs(8));
+        // Audio only and back, a resume on a new socket, a leave, the end of the Encounter.
+        s.set_down_bandwidth(b, Some(300_000));
+        s.run_for(Duration::from_secs(12));
+        s.set_down_bandwidth(b, Some(5_000_000));
+        s.run_for(Duration::from_secs(20));
+        let token = s.token(encounter, patient, Duration::from_secs(60));
+        s.rejoin(b, encounter, token);
+        s.run_for(Duration::from_secs(1));
+        s.send(a, ClientMessage::Leave);
+        s.run_for(Duration::from_secs(1));
+        s.close_room(encounter);
+        s.run_for(Duration::from_secs(1));
+    });
+    for said in [
+        "room opened",
+        "participant joined",
+        "receiver on audio only",
+        "receiver video resumed",
+        "participant resumed",
+        "participant left",
+        "room closed",
+    ] {
+        assert!(logs.contains(said), "{said:?} in\n{logs}");
+    }
+    let leaks: Vec<&str> = logs.lines().filter(|l| l.contains("secret")).collect();
+    assert!(leaks.is_empty(), "ids in the logs:\n{}", leaks.join("\n"));
+    // TURN servers log the usernames of the credentials handed out.
+    let usernames: Vec<&str> = s.clients[..2]
+        .iter()
+        .flat_map(|c| &c.signals)
+        .filter_map(|m| match m {
+            ServerMessage::Joined { ice_servers, .. } => Some(ice_servers),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|server| server.username.as_deref())
+        .collect();
+    assert_eq!(usernames.len(), 3, "two joins and a resume: {usernames:?}");
+    assert!(
+        usernames.iter().all(|u| !u.contains("secret")),
+        "{usernames:?}"
+    );
+
+    // The owner's events are where the numbers meet the ids.
+    let room = s
+        .events
+        .iter()
+        .find_map(|e| match e {
+            RoomEvent::Opened {
+                encounter: e, room, ..
+            } if e == encounter => Some(*room),
+            _ => None,
+        })
+        .expect("opened");
+    let peer = s
+        .events
+        .iter()
+        .find_map(|e| match e {
+            RoomEvent::ParticipantJoined {
+                participant, peer, ..
+            } if participant == patient => Some(*peer),
+            _ => None,
+        })
+        .expect("joined");
+    assert!(
+        logs.lines().any(|l| l.contains("participant joined")
+            && l.contains(&format!("room={room}"))
+            && l.contains(&format!("peer={peer}"))),
+        "{logs}"
+    );
 }

@@ -86,12 +86,19 @@ pub struct SfuConfig {
 }
 
 /// Events of a room's life, for its owner (the server records them on the Encounter).
+///
+/// The SFU's logs and metrics never name an Encounter or a participant: they say `room` and
+/// `peer`, numbers the SFU gives a room when it opens and a participant when it joins. These
+/// events are where the numbers meet the ids, so an owner that records them can find a visit in
+/// the logs without the logs holding who had one.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RoomEvent {
     /// The room opened (its first participant joined).
     Opened {
         /// The Encounter id.
         encounter: String,
+        /// The number the SFU's logs and metrics know this room by while it is open.
+        room: u64,
         /// When.
         at: SystemTime,
     },
@@ -101,6 +108,9 @@ pub enum RoomEvent {
         encounter: String,
         /// The participant id.
         participant: String,
+        /// The number the SFU's logs and metrics know this participant by for its stay (a
+        /// resumed participant keeps its number).
+        peer: u64,
         /// Its role.
         role: Role,
         /// True when an existing participant came back on a new socket.
@@ -264,6 +274,8 @@ struct PendingOffer {
 struct Peer {
     encounter: String,
     participant: String,
+    /// The number of its room, for logs.
+    room: u64,
     role: Role,
     conn: Option<ConnId>,
     rtc: Rtc,
@@ -294,6 +306,8 @@ struct Peer {
 
 /// A room: the participants of one Encounter.
 struct Room {
+    /// The number logs and metrics know the room by (see [`RoomEvent`]).
+    number: u64,
     peers: Vec<PeerKey>,
     opened_at: Instant,
     empty_since: Option<Instant>,
@@ -321,6 +335,7 @@ pub struct Sfu {
     /// handler never mutates an `Rtc` that is being drained).
     events: VecDeque<(PeerKey, Event)>,
     next_key: u64,
+    next_room: u64,
     next_tick: Instant,
     totals: Totals,
     forward_delay: DelayHistogram,
@@ -347,6 +362,7 @@ impl Sfu {
             out: VecDeque::new(),
             events: VecDeque::new(),
             next_key: 1,
+            next_room: 1,
             next_tick: now + TICK,
             totals: Totals::default(),
             forward_delay: DelayHistogram::default(),
@@ -514,7 +530,8 @@ impl Sfu {
             })
             .collect();
         let tracks = self.tracks_for(k);
-        let ice_servers = self.config.ice.servers(&claims.participant, wall);
+        // TURN servers log usernames, so they get the participant's number, not its id.
+        let ice_servers = self.config.ice.servers(&format!("peer-{k}"), wall);
         self.signal(
             conn,
             ServerMessage::Joined {
@@ -530,6 +547,7 @@ impl Sfu {
             .push_back(Output::Event(RoomEvent::ParticipantJoined {
                 encounter: encounter.to_owned(),
                 participant: claims.participant.clone(),
+                peer: k,
                 role: claims.role,
                 resumed,
                 at: wall,
@@ -547,7 +565,11 @@ impl Sfu {
         };
         let old = peer.conn.replace(conn);
         peer.role = claims.role;
-        info!(participant = %peer.participant, "participant resumed on a new connection");
+        info!(
+            room = peer.room,
+            peer = k,
+            "participant resumed on a new connection"
+        );
         if let Some(old) = old {
             self.conns.remove(&old);
             self.signal(
@@ -564,9 +586,34 @@ impl Sfu {
         let k = self.next_key;
         self.next_key += 1;
         let rtc = self.new_rtc(now);
+        let wall = self.wall(now);
+        let room = self
+            .rooms
+            .entry(claims.encounter.clone())
+            .or_insert_with(|| {
+                let number = self.next_room;
+                self.next_room += 1;
+                info!(room = number, "room opened");
+                self.out.push_back(Output::Event(RoomEvent::Opened {
+                    encounter: claims.encounter.clone(),
+                    room: number,
+                    at: wall,
+                }));
+                self.totals.rooms_opened += 1;
+                Room {
+                    number,
+                    peers: Vec::new(),
+                    opened_at: now,
+                    empty_since: None,
+                }
+            });
+        room.peers.push(k);
+        room.empty_since = None;
+        let room = room.number;
         let peer = Peer {
             encounter: claims.encounter.clone(),
             participant: claims.participant.clone(),
+            room,
             role: claims.role,
             conn: Some(conn),
             rtc,
@@ -586,34 +633,15 @@ impl Sfu {
             audio_only_since: None,
             audio_only_total: Duration::ZERO,
             last_quality: None,
-            stats: ParticipantStats::new(claims.participant.clone(), claims.role),
+            stats: ParticipantStats::new(claims.participant.clone(), k, claims.role),
             rate_in: RateMeter::default(),
             rate_out: RateMeter::default(),
             in_flight: VecDeque::new(),
         };
         self.peers.insert(k, peer);
         self.timers.insert((now, k));
-        let wall = self.wall(now);
-        let room = self
-            .rooms
-            .entry(claims.encounter.clone())
-            .or_insert_with(|| {
-                info!(encounter = %claims.encounter, "room opened");
-                self.out.push_back(Output::Event(RoomEvent::Opened {
-                    encounter: claims.encounter.clone(),
-                    at: wall,
-                }));
-                self.totals.rooms_opened += 1;
-                Room {
-                    peers: Vec::new(),
-                    opened_at: now,
-                    empty_since: None,
-                }
-            });
-        room.peers.push(k);
-        room.empty_since = None;
         self.totals.participants_joined += 1;
-        info!(encounter = %claims.encounter, participant = %claims.participant, "participant joined");
+        info!(room, peer = k, "participant joined");
         let info = ParticipantInfo {
             participant: claims.participant.clone(),
             role: claims.role,
@@ -784,7 +812,12 @@ impl Sfu {
             return;
         };
         let Some(pending) = peer.pending_offer.take_if(|p| p.id == id) else {
-            debug!(participant = %peer.participant, id, "answer to a superseded offer ignored");
+            debug!(
+                room = peer.room,
+                peer = k,
+                id,
+                "answer to a superseded offer ignored"
+            );
             return;
         };
         let answer = match SdpAnswer::from_sdp_string(sdp) {
@@ -811,10 +844,10 @@ impl Sfu {
                             .map(|tx| tx.ssrc());
                         match s.ssrc {
                             Some(ssrc) => {
-                                debug!(participant = %peer.participant, track = %s.track, %mid, %ssrc, "track negotiated");
+                                debug!(room = peer.room, peer = k, %mid, %ssrc, "track negotiated");
                             }
                             None => {
-                                warn!(participant = %peer.participant, track = %s.track, %mid, "no stream on the m-line answered for a track");
+                                warn!(room = peer.room, peer = k, %mid, "no stream on the m-line answered for a track");
                             }
                         }
                     }
@@ -927,7 +960,7 @@ impl Sfu {
         peer.next_offer_id += 1;
         peer.pending_offer = Some(PendingOffer { id, pending });
         let sdp = offer.to_sdp_string();
-        debug!(participant = %peer.participant, id, "offer made");
+        debug!(room = peer.room, peer = k, id, "offer made");
         self.drain(now, k);
         let tracks = self.tracks_for(k);
         self.signal_peer(k, ServerMessage::Offer { id, sdp, tracks });
@@ -995,7 +1028,7 @@ impl Sfu {
             codecs,
             announced: None,
         });
-        debug!(track = %id, "track published");
+        debug!(room = peer.room, peer = k, %mid, "track published");
         let others: Vec<PeerKey> = self.room_peers(k).filter(|o| *o != k).collect();
         for o in others {
             self.signal_peer(o, ServerMessage::TrackPublished(info.clone()));
@@ -1125,7 +1158,7 @@ impl Sfu {
         peer.rate_in.add(now, len);
         peer.stats.bytes_in += len as u64;
         if let Err(e) = peer.rtc.handle_input(input) {
-            debug!(participant = %peer.participant, "input refused: {e}");
+            debug!(room = peer.room, peer = k, "input refused: {e}");
         }
         self.drain(now, k);
         self.received = Some(received.min(now));
@@ -1143,7 +1176,7 @@ impl Sfu {
         for k in due {
             if let Some(peer) = self.peers.get_mut(&k) {
                 if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
-                    debug!(participant = %peer.participant, "timeout: {e}");
+                    debug!(room = peer.room, peer = k, "timeout: {e}");
                 }
                 self.drain(now, k);
             }
@@ -1185,7 +1218,7 @@ impl Sfu {
                 }
                 Ok(RtcOutput::Event(e)) => self.events.push_back((k, e)),
                 Err(e) => {
-                    warn!(participant = %peer.participant, "webrtc connection failed: {e}");
+                    warn!(room = peer.room, peer = k, "webrtc connection failed: {e}");
                     peer.rtc.disconnect();
                     retime(
                         &mut self.timers,
@@ -1263,7 +1296,7 @@ impl Sfu {
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 if let Some(peer) = self.peers.get(&k) {
-                    debug!(participant = %peer.participant, "ice disconnected");
+                    debug!(room = peer.room, peer = k, "ice disconnected");
                 }
             }
             Event::Closed => self.remove_peer(now, k, CloseReason::ConnectionLost),
@@ -1400,7 +1433,7 @@ impl Sfu {
                 // Payload types are negotiated per connection: map by codec, once per type.
                 let o = in_spec.and_then(|spec| map_pt(rtc, sub.mid, &spec));
                 if o.is_none() {
-                    debug!(track = %sub.track, pt = %h.pt, "the receiver has no payload type for the sender's codec");
+                    debug!(peer = sub.source, mid = %sub.source_mid, pt = %h.pt, "the receiver has no payload type for the sender's codec");
                 }
                 sub.pts.push((h.pt, o));
                 o
@@ -1588,10 +1621,11 @@ impl Sfu {
             let wall = self.wall(now);
             if let Some(peer) = self.peers.get_mut(&k) {
                 let (encounter, participant) = (peer.encounter.clone(), peer.participant.clone());
+                let room = peer.room;
                 if audio_only {
                     peer.audio_only_since = Some(now);
                     peer.stats.audio_only_episodes += 1;
-                    info!(participant = %participant, estimate, "receiver on audio only");
+                    info!(room, peer = k, estimate, "receiver on audio only");
                     self.out
                         .push_back(Output::Event(RoomEvent::QualityDegraded {
                             encounter,
@@ -1603,7 +1637,7 @@ impl Sfu {
                     if let Some(since) = peer.audio_only_since.take() {
                         peer.audio_only_total += now.saturating_duration_since(since);
                     }
-                    info!(participant = %participant, estimate, "receiver video resumed");
+                    info!(room, peer = k, estimate, "receiver video resumed");
                     self.out
                         .push_back(Output::Event(RoomEvent::QualityRestored {
                             encounter,
@@ -1797,7 +1831,7 @@ impl Sfu {
             self.out.push_back(Output::CloseSignal { conn });
         }
         let stats = Self::final_stats(&mut peer, now);
-        info!(encounter = %peer.encounter, participant = %peer.participant, ?reason, "participant left");
+        info!(room = peer.room, peer = k, ?reason, "participant left");
         self.totals.participants_left += 1;
         let others: Vec<PeerKey> = match self.rooms.get_mut(&peer.encounter) {
             Some(room) => {
@@ -1860,8 +1894,8 @@ impl Sfu {
         for k in keys {
             self.remove_peer(now, k, CloseReason::RoomClosed);
         }
-        if self.rooms.remove(encounter).is_some() {
-            info!(encounter, ?reason, "room closed");
+        if let Some(room) = self.rooms.remove(encounter) {
+            info!(room = room.number, ?reason, "room closed");
             self.totals.rooms_closed += 1;
             self.out.push_back(Output::Event(RoomEvent::Closed {
                 encounter: encounter.to_owned(),
@@ -1908,6 +1942,7 @@ impl Sfu {
         let room = self.rooms.get(encounter)?;
         let keys = room.peers.clone();
         let opened_for = now.saturating_duration_since(room.opened_at);
+        let number = room.number;
         let mut participants = Vec::new();
         for k in keys {
             if let Some(p) = self.peers.get_mut(&k) {
@@ -1918,6 +1953,7 @@ impl Sfu {
         participants.sort_by(|a, b| a.participant.cmp(&b.participant));
         Some(RoomStats {
             encounter: encounter.to_owned(),
+            room: number,
             open_for: opened_for,
             participants,
         })

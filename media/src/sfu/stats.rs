@@ -13,6 +13,8 @@ use crate::token::Role;
 pub struct ParticipantStats {
     /// The participant id.
     pub participant: String,
+    /// The number the SFU's logs and metrics know it by (see [`crate::sfu::RoomEvent`]).
+    pub peer: u64,
     /// Its role.
     pub role: Role,
     /// Bits per second received from it over the last two seconds (all datagrams).
@@ -53,9 +55,10 @@ pub struct ParticipantStats {
 
 impl ParticipantStats {
     /// Empty statistics of a participant.
-    pub fn new(participant: String, role: Role) -> Self {
+    pub fn new(participant: String, peer: u64, role: Role) -> Self {
         ParticipantStats {
             participant,
+            peer,
             role,
             bitrate_in_bps: 0,
             bitrate_out_bps: 0,
@@ -82,6 +85,8 @@ impl ParticipantStats {
 pub struct RoomStats {
     /// The Encounter id.
     pub encounter: String,
+    /// The number the SFU's logs and metrics know it by (see [`crate::sfu::RoomEvent`]).
+    pub room: u64,
     /// Time since the room opened.
     #[serde(with = "seconds")]
     pub open_for: Duration,
@@ -269,7 +274,9 @@ impl DelayHistogram {
 }
 
 /// The Prometheus text exposition format (version 0.0.4) of the totals, of the forwarding
-/// delay and of every participant of every open room.
+/// delay and of every participant of every open room. Participants are labelled by their room's
+/// number and their own (`room`, `peer`), never by Encounter or participant id: metrics leave
+/// the server for monitoring systems that are not meant to hold who had a visit.
 pub fn render_metrics(
     totals: &Totals,
     forward_delay: &DelayHistogram,
@@ -401,24 +408,12 @@ pub fn render_metrics(
         for r in rooms {
             for p in &r.participants {
                 if let Some(v) = get(p) {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{encounter=\"{}\",participant=\"{}\"}} {v}",
-                        escape(&r.encounter),
-                        escape(&p.participant)
-                    );
+                    let _ = writeln!(out, "{name}{{room=\"{}\",peer=\"{}\"}} {v}", r.room, p.peer);
                 }
             }
         }
     }
     out
-}
-
-/// Label values escape backslash, quote and newline (exposition format).
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 mod seconds {
@@ -495,18 +490,22 @@ mod tests {
     }
 
     #[test]
-    fn metrics_escape_label_values() {
+    fn metrics_label_participants_by_number_never_by_id() {
         let rooms = [RoomStats {
-            encounter: "a\"b".into(),
+            encounter: "enc-42".into(),
+            room: 3,
             open_for: Duration::ZERO,
-            participants: vec![ParticipantStats::new("p\\1".into(), Role::Patient)],
+            participants: vec![ParticipantStats::new(
+                "Patient/p-7".into(),
+                9,
+                Role::Patient,
+            )],
         }];
         let text = render_metrics(&Totals::default(), &DelayHistogram::default(), &rooms);
         assert!(
-            text.contains(
-                "media_participant_bitrate_in_bps{encounter=\"a\\\"b\",participant=\"p\\\\1\"} 0"
-            ),
+            text.contains("media_participant_bitrate_in_bps{room=\"3\",peer=\"9\"} 0"),
             "{text}"
         );
+        assert!(!text.contains("enc-42") && !text.contains("p-7"), "{text}");
     }
 }

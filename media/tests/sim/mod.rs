@@ -186,6 +186,7 @@ pub fn sfu_addr() -> SocketAddr {
 pub struct SimConfig {
     pub idle_room_timeout: Duration,
     pub no_media_timeout: Duration,
+    pub ice: IceConfig,
 }
 
 impl Default for SimConfig {
@@ -193,6 +194,7 @@ impl Default for SimConfig {
         SimConfig {
             idle_room_timeout: Duration::from_secs(30),
             no_media_timeout: Duration::from_secs(10),
+            ice: IceConfig::default(),
         }
     }
 }
@@ -213,7 +215,7 @@ impl Sim {
             SfuConfig {
                 candidate_addr: sfu_addr(),
                 token_key: key.clone(),
-                ice: IceConfig::default(),
+                ice: cfg.ice,
                 idle_room_timeout: cfg.idle_room_timeout,
                 no_media_timeout: cfg.no_media_timeout,
             },
