@@ -539,7 +539,8 @@ impl Driver {
     }
 
     /// Send one datagram, or a train of `segment_size` datagrams, waiting while the socket's
-    /// buffer is full. False when the kernel refused it.
+    /// buffer is full. False when the kernel refused it. A failure is logged without the
+    /// destination: a participant's address is as personal as its id.
     async fn send(
         &self,
         destination: SocketAddr,
@@ -561,12 +562,12 @@ impl Driver {
                 Ok(()) => return true,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if let Err(e) = self.socket.writable().await {
-                        debug!(%destination, "udp send: {e}");
+                        debug!("udp send: {e}");
                         return false;
                     }
                 }
                 Err(e) => {
-                    debug!(%destination, "udp send: {e}");
+                    debug!("udp send: {e}");
                     return false;
                 }
             }
