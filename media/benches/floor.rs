@@ -2,7 +2,7 @@
 //! is done but the work no forwarding path can skip. Datagrams are received in batches (as the
 //! server's driver receives them); each one's SRTP authentication tag is checked and its payload
 //! decrypted, then encrypted and tagged again with the receiver's keys (AES_CM_128_HMAC_SHA1_80,
-//! the profile browsers negotiate, with the RustCrypto implementations str0m uses); and it is
+//! the profile browsers negotiate, with RustCrypto's AES-CTR and HMAC-SHA1); and it is
 //! sent on. No RTP header is rewritten, no RTCP, no bandwidth estimate, no pacing, no timers.
 //!
 //! Only the forwarding is counted (the thread's CPU time): a batch of packets is put in the

@@ -212,6 +212,72 @@ fn bad_signaling_input_gets_an_error_and_the_socket_stays() {
     assert!(!s.closed_conns.contains(&s.clients[i].conn));
 }
 
+/// A video m-line whose retransmission payload type 125 names two codecs (`apt`), in either of
+/// the two ways SDP can say it.
+fn offer_with_conflicting_rtx(fmtp: &str) -> String {
+    format!(
+        "v=0\r\n\
+         o=- 1 0 IN IP4 0.0.0.0\r\n\
+         s=-\r\n\
+         t=0 0\r\n\
+         a=fingerprint:sha-256 AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:\
+         AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA\r\n\
+         a=group:BUNDLE 0\r\n\
+         m=video 9 UDP/TLS/RTP/SAVPF 120 121 125\r\n\
+         c=IN IP4 0.0.0.0\r\n\
+         a=sendrecv\r\n\
+         a=mid:0\r\n\
+         a=ice-ufrag:00000000\r\n\
+         a=ice-pwd:00000000000000000000000000000000\r\n\
+         a=setup:actpass\r\n\
+         a=rtcp-mux\r\n\
+         a=rtpmap:120 VP8/90000\r\n\
+         a=rtpmap:121 VP9/90000\r\n\
+         a=rtpmap:125 rtx/90000\r\n\
+         {fmtp}"
+    )
+}
+
+#[test]
+fn an_offer_whose_retransmissions_name_two_codecs_is_refused_and_the_visit_goes_on() {
+    let mut s = Sim::new();
+    let a = s.join("enc-1", "alice", true);
+    let b = s.join("enc-1", "bob", true);
+    s.run_for(Duration::from_secs(3));
+    let m = s.connect("mallory", false);
+    let token = s.token("enc-1", "mallory", Duration::from_secs(60));
+    s.send(
+        m,
+        ClientMessage::Join {
+            encounter: "enc-1".into(),
+            token,
+        },
+    );
+    assert!(joined(&s, m));
+    for fmtp in [
+        "a=fmtp:125 apt=120\r\na=fmtp:125 apt=121\r\n",
+        "a=fmtp:125 apt=120;apt=121\r\n",
+    ] {
+        s.clients[m].signals.clear();
+        s.send(
+            m,
+            ClientMessage::Offer {
+                sdp: offer_with_conflicting_rtx(fmtp),
+                tracks: Vec::new(),
+            },
+        );
+        assert_eq!(last_error(&s, m), Some(ErrorCode::BadSdp), "{fmtp:?}");
+    }
+    let video = s.video_track(a);
+    let before = s.received(b, &video).map_or(0, |r| r.packets);
+    s.run_for(Duration::from_secs(2));
+    let after = s.received(b, &video).map_or(0, |r| r.packets);
+    assert!(
+        after > before + 100,
+        "alice's video still reaches bob: {before} → {after}"
+    );
+}
+
 #[test]
 fn crossing_offers_resolve_with_the_clients_offer_first() {
     let mut s = Sim::new();

@@ -1589,10 +1589,13 @@ impl Sfu {
         let audio_only = peer.alloc.audio_only();
         // Probe towards the next step up with the allocator's reserve and headroom on top (an
         // estimate that only reached the bare need would never allow the step), and no
-        // further: str0m pads up to the desired rate, which costs the receiver's bandwidth.
-        // While on audio only, this is what lets the estimate grow back.
-        let probe = (desired.max(layers::VIDEO_RESUME_AT) as f64 * layers::PROBE_FACTOR) as u64;
-        peer.rtc.bwe().set_desired_bitrate(Bitrate::bps(probe));
+        // further: str0m pads up to this rate, which costs the receiver's bandwidth. It is both
+        // the rate to sustain (the next step) and the one to discover. While on audio only,
+        // this is what lets the estimate grow back.
+        let probe = Bitrate::bps(
+            (desired.max(layers::VIDEO_RESUME_AT) as f64 * layers::PROBE_FACTOR) as u64,
+        );
+        peer.rtc.bwe().set_bitrate(probe, probe);
         let requests: Vec<(usize, PeerKey, Mid, Option<usize>)> = video
             .iter()
             .zip(targets)
