@@ -2,11 +2,13 @@
 
 mod sim;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use media::sfu::RoomEvent;
-use media::signaling::{ClientMessage, ErrorCode, ServerMessage};
+use media::signaling::{ClientMessage, CloseReason, ErrorCode, ServerMessage};
 use sim::Sim;
+use str0m::Rtc;
+use str0m::media::{Direction, MediaKind};
 
 #[test]
 fn two_peers_exchange_audio_and_video_unchanged() {
@@ -212,9 +214,8 @@ fn bad_signaling_input_gets_an_error_and_the_socket_stays() {
     assert!(!s.closed_conns.contains(&s.clients[i].conn));
 }
 
-/// A video m-line whose retransmission payload type 125 names two codecs (`apt`), in either of
-/// the two ways SDP can say it.
-fn offer_with_conflicting_rtx(fmtp: &str) -> String {
+/// An offer of one video m-line with payload types `pts` described by `lines`.
+fn video_offer(pts: &str, lines: &str) -> String {
     format!(
         "v=0\r\n\
          o=- 1 0 IN IP4 0.0.0.0\r\n\
@@ -223,7 +224,7 @@ fn offer_with_conflicting_rtx(fmtp: &str) -> String {
          a=fingerprint:sha-256 AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:\
          AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA\r\n\
          a=group:BUNDLE 0\r\n\
-         m=video 9 UDP/TLS/RTP/SAVPF 120 121 125\r\n\
+         m=video 9 UDP/TLS/RTP/SAVPF {pts}\r\n\
          c=IN IP4 0.0.0.0\r\n\
          a=sendrecv\r\n\
          a=mid:0\r\n\
@@ -231,43 +232,122 @@ fn offer_with_conflicting_rtx(fmtp: &str) -> String {
          a=ice-pwd:00000000000000000000000000000000\r\n\
          a=setup:actpass\r\n\
          a=rtcp-mux\r\n\
-         a=rtpmap:120 VP8/90000\r\n\
-         a=rtpmap:121 VP9/90000\r\n\
-         a=rtpmap:125 rtx/90000\r\n\
-         {fmtp}"
+         {lines}"
     )
 }
 
-#[test]
-fn an_offer_whose_retransmissions_name_two_codecs_is_refused_and_the_visit_goes_on() {
-    let mut s = Sim::new();
-    let a = s.join("enc-1", "alice", true);
-    let b = s.join("enc-1", "bob", true);
-    s.run_for(Duration::from_secs(3));
+/// A video m-line whose retransmission payload type 125 names two codecs (`apt`), in either of
+/// the two ways SDP can say it.
+fn offer_with_conflicting_rtx(fmtp: &str) -> String {
+    video_offer(
+        "120 121 125",
+        &format!(
+            "a=rtpmap:120 VP8/90000\r\na=rtpmap:121 VP9/90000\r\na=rtpmap:125 rtx/90000\r\n{fmtp}"
+        ),
+    )
+}
+
+/// Alice and Bob in a visit, then Mallory joins and offers `sdp`: what Mallory is sent back.
+fn mallory_offers(s: &mut Sim, sdp: String) -> Vec<ServerMessage> {
     let m = s.join("enc-1", "mallory", false);
-    assert!(joined(&s, m));
-    for fmtp in [
-        "a=fmtp:125 apt=120\r\na=fmtp:125 apt=121\r\n",
-        "a=fmtp:125 apt=120;apt=121\r\n",
-    ] {
-        s.clients[m].signals.clear();
-        s.send(
-            m,
-            ClientMessage::Offer {
-                sdp: offer_with_conflicting_rtx(fmtp),
-                tracks: Vec::new(),
-            },
-        );
-        assert_eq!(last_error(&s, m), Some(ErrorCode::BadSdp), "{fmtp:?}");
-    }
+    assert!(joined(s, m));
+    s.clients[m].signals.clear();
+    s.send(
+        m,
+        ClientMessage::Offer {
+            sdp,
+            tracks: Vec::new(),
+        },
+    );
+    s.run_for(Duration::from_millis(200));
+    s.clients[m].signals.clone()
+}
+
+/// Alice's video still reaches Bob.
+fn visit_goes_on(s: &mut Sim, a: usize, b: usize) {
     let video = s.video_track(a);
     let before = s.received(b, &video).map_or(0, |r| r.packets);
     s.run_for(Duration::from_secs(2));
     let after = s.received(b, &video).map_or(0, |r| r.packets);
     assert!(
         after > before + 100,
-        "alice's video still reaches bob: {before} → {after}"
+        "alice's video reaches bob: {before} → {after}"
     );
+}
+
+#[test]
+fn an_offer_whose_retransmissions_name_two_codecs_is_refused_and_the_visit_goes_on() {
+    for fmtp in [
+        "a=fmtp:125 apt=120\r\na=fmtp:125 apt=121\r\n",
+        "a=fmtp:125 apt=120;apt=121\r\n",
+    ] {
+        let mut s = Sim::new();
+        let a = s.join("enc-1", "alice", true);
+        let b = s.join("enc-1", "bob", true);
+        s.run_for(Duration::from_secs(3));
+        let answers = mallory_offers(&mut s, offer_with_conflicting_rtx(fmtp));
+        assert!(
+            answers.iter().any(|m| matches!(
+                m,
+                ServerMessage::Error {
+                    code: ErrorCode::BadSdp,
+                    ..
+                }
+            )),
+            "{fmtp:?}: {answers:?}"
+        );
+        visit_goes_on(&mut s, a, b);
+    }
+}
+
+#[test]
+fn an_offer_that_breaks_the_webrtc_stack_costs_only_its_sender_the_connection() {
+    // Two video m-lines of str0m's own codecs, where the first lacks the fmtp line of the H.264
+    // payload type 124: the same payload type then stands for two formats, and str0m, claiming
+    // it once for each, panics while it applies the offer.
+    let mut rtc = Rtc::builder().build(Instant::now());
+    let mut change = rtc.sdp_api();
+    change.add_media(MediaKind::Video, Direction::SendRecv, None, None, None);
+    change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    let (offer, _) = change.apply().expect("offer");
+    let offer = offer.to_sdp_string();
+    let first = offer.find("a=fmtp:124 ").expect("an fmtp line for 124");
+    let end = first + offer[first..].find("\r\n").expect("a line end") + 2;
+    let sdp = format!("{}{}", &offer[..first], &offer[end..]);
+    assert!(sdp.contains("a=fmtp:124 "), "the second m-line keeps it");
+    let mut s = Sim::new();
+    let a = s.join("enc-1", "alice", true);
+    let b = s.join("enc-1", "bob", true);
+    s.run_for(Duration::from_secs(3));
+    let answers = mallory_offers(&mut s, sdp);
+    assert!(
+        answers.iter().any(|m| matches!(
+            m,
+            ServerMessage::Error {
+                code: ErrorCode::BadSdp,
+                ..
+            }
+        )),
+        "{answers:?}"
+    );
+    assert!(
+        answers.iter().any(|m| matches!(
+            m,
+            ServerMessage::Closed {
+                reason: CloseReason::ConnectionLost
+            }
+        )),
+        "{answers:?}"
+    );
+    visit_goes_on(&mut s, a, b);
+    assert!(s.events.iter().any(|e| matches!(
+        e,
+        RoomEvent::ParticipantLeft {
+            participant,
+            reason: CloseReason::ConnectionLost,
+            ..
+        } if participant == "mallory"
+    )));
 }
 
 #[test]

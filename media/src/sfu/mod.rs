@@ -760,7 +760,11 @@ impl Sfu {
                 s.mid = None;
             }
         }
-        match peer.rtc.sdp_api().accept_offer(offer) {
+        let Some(accepted) = remote_description(|| peer.rtc.sdp_api().accept_offer(offer)) else {
+            self.remove_for_broken_description(now, k, "offer");
+            return;
+        };
+        match accepted {
             Ok(answer) => {
                 peer.offered = true;
                 if peer.remote_fingerprint.is_none() {
@@ -781,6 +785,22 @@ impl Sfu {
                 );
             }
         }
+    }
+
+    /// A description `remote_description` could not take: the participant is told, then removed
+    /// (its `Rtc` stopped part-way through the description and cannot be trusted).
+    fn remove_for_broken_description(&mut self, now: Instant, k: PeerKey, what: &str) {
+        let room = self.peers.get(&k).map(|p| p.room);
+        warn!(
+            room,
+            peer = k,
+            "{what} broke the participant's WebRTC state: participant removed"
+        );
+        self.signal_peer(
+            k,
+            ServerMessage::error(ErrorCode::BadSdp, format!("{what}: not usable")),
+        );
+        self.remove_peer(now, k, CloseReason::ConnectionLost);
     }
 
     fn replace_rtc(&mut self, now: Instant, k: PeerKey) {
@@ -830,7 +850,13 @@ impl Sfu {
                 return;
             }
         };
-        match peer.rtc.sdp_api().accept_answer(pending.pending, answer) {
+        let Some(accepted) =
+            remote_description(|| peer.rtc.sdp_api().accept_answer(pending.pending, answer))
+        else {
+            self.remove_for_broken_description(now, k, "answer");
+            return;
+        };
+        match accepted {
             Ok(()) => {
                 // The streams towards the receiver exist now.
                 for s in peer.subs.iter_mut() {
@@ -2009,6 +2035,14 @@ impl InLayer {
             last_pli: None,
         }
     }
+}
+
+/// Runs `apply` (str0m taking a client's offer or answer), or `None` if it panicked. str0m asserts
+/// invariants while it applies a description, and a client's SDP can break them (an offer whose
+/// two m-lines give one H.264 payload type two formats makes it claim that payload type twice).
+/// Such a panic must cost that participant its connection, not end every visit on the SFU.
+fn remote_description<T>(apply: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(apply)).ok()
 }
 
 /// Move a participant's entry in the timer set.
