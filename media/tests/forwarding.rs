@@ -214,8 +214,9 @@ fn bad_signaling_input_gets_an_error_and_the_socket_stays() {
     assert!(!s.closed_conns.contains(&s.clients[i].conn));
 }
 
-/// An offer of one video m-line with payload types `pts` described by `lines`.
-fn video_offer(pts: &str, lines: &str) -> String {
+/// A video m-line whose retransmission payload type 125 names two codecs (`apt`), in either of
+/// the two ways SDP can say it (`fmtp`).
+fn offer_with_conflicting_rtx(fmtp: &str) -> String {
     format!(
         "v=0\r\n\
          o=- 1 0 IN IP4 0.0.0.0\r\n\
@@ -224,7 +225,7 @@ fn video_offer(pts: &str, lines: &str) -> String {
          a=fingerprint:sha-256 AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:\
          AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA:AA\r\n\
          a=group:BUNDLE 0\r\n\
-         m=video 9 UDP/TLS/RTP/SAVPF {pts}\r\n\
+         m=video 9 UDP/TLS/RTP/SAVPF 120 121 125\r\n\
          c=IN IP4 0.0.0.0\r\n\
          a=sendrecv\r\n\
          a=mid:0\r\n\
@@ -232,18 +233,10 @@ fn video_offer(pts: &str, lines: &str) -> String {
          a=ice-pwd:00000000000000000000000000000000\r\n\
          a=setup:actpass\r\n\
          a=rtcp-mux\r\n\
-         {lines}"
-    )
-}
-
-/// A video m-line whose retransmission payload type 125 names two codecs (`apt`), in either of
-/// the two ways SDP can say it.
-fn offer_with_conflicting_rtx(fmtp: &str) -> String {
-    video_offer(
-        "120 121 125",
-        &format!(
-            "a=rtpmap:120 VP8/90000\r\na=rtpmap:121 VP9/90000\r\na=rtpmap:125 rtx/90000\r\n{fmtp}"
-        ),
+         a=rtpmap:120 VP8/90000\r\n\
+         a=rtpmap:121 VP9/90000\r\n\
+         a=rtpmap:125 rtx/90000\r\n\
+         {fmtp}"
     )
 }
 
