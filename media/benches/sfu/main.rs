@@ -1,7 +1,9 @@
 //! SFU benchmark: N rooms of two publishers (audio + three-layer simulcast video at realistic
 //! rates) through the media server on loopback, for several N; prints forwarded packets/s, the
 //! server's CPU per forwarded stream, the delay through the server (p50/p99), and memory per
-//! participant.
+//! participant. Its baseline, measured first in the same run, is the machine's floor (the
+//! `floor` bench): what forwarding a packet costs with nothing but SRTP and one send per packet.
+//! Each row gives the server's CPU per forwarded packet as a multiple of it.
 //!
 //! Three processes, so nothing but the server is counted as the server's: this binary
 //! orchestrates; it starts itself as `--server` (a `MediaServer` on a single-threaded tokio
@@ -14,6 +16,8 @@
 
 #![allow(clippy::print_stdout, reason = "a benchmark binary reports on stdout")]
 
+#[path = "../common/floor.rs"]
+mod floor;
 mod loadgen;
 
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -293,6 +297,8 @@ struct Row {
     forwarded_mbps: f64,
     cpu_core: f64,
     cpu_per_stream_us: f64,
+    /// The server's CPU per forwarded packet over the floor's.
+    times_floor: f64,
     visits_per_core: f64,
     p50_us: f64,
     p99_us: f64,
@@ -313,6 +319,18 @@ fn orchestrate(args: &[String]) -> anyhow::Result<()> {
     let warmup = arg(args, "--warmup").unwrap_or("6").to_owned();
     let measure = arg(args, "--measure").unwrap_or("10").to_owned();
     let pause = args.iter().any(|a| a == "--pause-unneeded");
+    // The baseline of the run: the same machine's floor, forwarding with nothing but SRTP and
+    // one send per packet (the `floor` bench), before any server runs.
+    let floor = floor::measure(200_000, false)?;
+    println!(
+        "floor on this machine: {:.2} µs of CPU per forwarded packet (SRTP {:.2} µs; {} packets, \
+         {:.1} per receive call, one send each): {:.0} visits per core if that were all",
+        floor.per_packet.as_secs_f64() * 1e6,
+        floor.srtp.as_secs_f64() * 1e6,
+        floor.forwarded,
+        floor.per_receive,
+        floor.visits_per_core()
+    );
     let mut rows = Vec::new();
     for n in rooms {
         // The key travels to the two children on their command lines; it is random per run.
@@ -377,6 +395,7 @@ fn orchestrate(args: &[String]) -> anyhow::Result<()> {
             forwarded_mbps: num(6)? / 1e6,
             cpu_core,
             cpu_per_stream_us: cpu_core * 1e6 / streams,
+            times_floor: cpu_core / forwarded / floor.per_packet.as_secs_f64(),
             visits_per_core: if cpu_core > 0.0 {
                 n as f64 / cpu_core
             } else {
@@ -395,7 +414,7 @@ fn orchestrate(args: &[String]) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "{:>5} {:>9} {:>10} {:>6} {:>10} {:>9} {:>8} {:>14} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+        "{:>5} {:>9} {:>10} {:>6} {:>10} {:>9} {:>8} {:>14} {:>7} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
         "rooms",
         "receiving",
         "sent pkt/s",
@@ -404,6 +423,7 @@ fn orchestrate(args: &[String]) -> anyhow::Result<()> {
         "fwd Mb/s",
         "SFU CPU",
         "CPU/stream",
+        "x floor",
         "visits/core",
         "e2e p50",
         "e2e p99",
@@ -415,7 +435,7 @@ fn orchestrate(args: &[String]) -> anyhow::Result<()> {
     );
     for r in &rows {
         println!(
-            "{:>5} {:>9} {:>10.0} {:>5.0}% {:>10.0} {:>9.1} {:>7.1}% {:>11.1} us/s {:>11.0} {:>8.0} {:>8.0} {:>8.0} {:>8} {:>8} {:>8} {:>10.0}",
+            "{:>5} {:>9} {:>10.0} {:>5.0}% {:>10.0} {:>9.1} {:>7.1}% {:>11.1} us/s {:>7.1} {:>11.0} {:>8.0} {:>8.0} {:>8.0} {:>8} {:>8} {:>8} {:>10.0}",
             r.rooms,
             r.connected,
             r.sent_pps,
@@ -424,6 +444,7 @@ fn orchestrate(args: &[String]) -> anyhow::Result<()> {
             r.forwarded_mbps,
             r.cpu_core * 100.0,
             r.cpu_per_stream_us,
+            r.times_floor,
             r.visits_per_core,
             r.p50_us,
             r.p99_us,
@@ -440,7 +461,9 @@ fn orchestrate(args: &[String]) -> anyhow::Result<()> {
          processes on shared cores. SFU: the server's own added delay, from the kernel's receive \
          timestamp of a media packet to the send of each forwarded copy (str0m's pacer \
          included), at 6% resolution. CPU/stream: server CPU time per second per forwarded \
-         stream (4 per room). visits/core: rooms / server CPU share (the server runs on one \
+         stream (4 per room). x floor: server CPU per forwarded packet over the floor's, \
+         measured first (with all three layers flowing the server also receives the layers it \
+         does not forward, so compare with --pause-unneeded). visits/core: rooms / server CPU share (the server runs on one \
          thread). \"of due\": packets sent over what the clients should send (below 100% the \
          load generator did not keep up; with --pause-unneeded it is lower by design)."
     );
