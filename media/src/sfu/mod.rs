@@ -346,6 +346,9 @@ pub struct Sfu {
     scratch: Vec<PeerKey>,
     /// When the datagram being handled reached the host, inside [`Sfu::handle_udp`].
     received: Option<Instant>,
+    /// Participants whose `Rtc` panicked, to be removed once the call under way is done (see
+    /// [`Sfu::break_peer`]).
+    broken: Vec<PeerKey>,
 }
 
 impl Sfu {
@@ -369,6 +372,7 @@ impl Sfu {
             timers: BTreeSet::new(),
             scratch: Vec::new(),
             received: None,
+            broken: Vec::new(),
         }
     }
 
@@ -448,6 +452,7 @@ impl Sfu {
             (ClientMessage::Leave, Some(k)) => self.remove_peer(now, k, CloseReason::Left),
         }
         self.process_events(now);
+        self.remove_broken(now);
     }
 
     /// A signaling connection closed. The participant stays (its media may go on, and it may
@@ -760,7 +765,7 @@ impl Sfu {
                 s.mid = None;
             }
         }
-        let Some(accepted) = remote_description(|| peer.rtc.sdp_api().accept_offer(offer)) else {
+        let Some(accepted) = contained(|| peer.rtc.sdp_api().accept_offer(offer)) else {
             self.remove_for_broken_description(now, k, "offer");
             return;
         };
@@ -787,8 +792,8 @@ impl Sfu {
         }
     }
 
-    /// A description `remote_description` could not take: the participant is told, then removed
-    /// (its `Rtc` stopped part-way through the description and cannot be trusted).
+    /// A description str0m panicked on (see [`contained`]): the participant is told, then
+    /// removed (its `Rtc` stopped part-way through the description and cannot be trusted).
     fn remove_for_broken_description(&mut self, now: Instant, k: PeerKey, what: &str) {
         let room = self.peers.get(&k).map(|p| p.room);
         warn!(
@@ -801,6 +806,34 @@ impl Sfu {
             ServerMessage::error(ErrorCode::BadSdp, format!("{what}: not usable")),
         );
         self.remove_peer(now, k, CloseReason::ConnectionLost);
+    }
+
+    /// A participant whose `Rtc` panicked (see [`contained`]). It gets a new, unconnected `Rtc`
+    /// at once, so that nothing calls into the broken one again, and is removed (`closed:
+    /// connection_lost`) once the call under way is done: removing it in the middle of a
+    /// packet's forwarding or a timer round would pull it from under its callers.
+    fn break_peer(&mut self, now: Instant, k: PeerKey) {
+        let rtc = self.new_rtc(now);
+        let Some(peer) = self.peers.get_mut(&k) else {
+            return;
+        };
+        peer.rtc = rtc;
+        if !self.broken.contains(&k) {
+            self.broken.push(k);
+        }
+    }
+
+    /// Removes the participants [`Sfu::break_peer`] set aside.
+    fn remove_broken(&mut self, now: Instant) {
+        while let Some(k) = self.broken.pop() {
+            let room = self.peers.get(&k).map(|p| p.room);
+            warn!(
+                room,
+                peer = k,
+                "str0m panicked on the participant's connection: participant removed"
+            );
+            self.remove_peer(now, k, CloseReason::ConnectionLost);
+        }
     }
 
     fn replace_rtc(&mut self, now: Instant, k: PeerKey) {
@@ -851,7 +884,7 @@ impl Sfu {
             }
         };
         let Some(accepted) =
-            remote_description(|| peer.rtc.sdp_api().accept_answer(pending.pending, answer))
+            contained(|| peer.rtc.sdp_api().accept_answer(pending.pending, answer))
         else {
             self.remove_for_broken_description(now, k, "answer");
             return;
@@ -1155,7 +1188,7 @@ impl Sfu {
             },
         );
         let k = match self.by_addr.get(&source) {
-            Some(k) if self.peers.get(k).is_some_and(|p| p.rtc.accepts(&input)) => *k,
+            Some(k) if self.peers.get(k).is_some_and(|p| accepts(&p.rtc, &input)) => *k,
             // Only a STUN binding request (first byte 0-3, RFC 7983) can bring a new address
             // into use; anything else from an unknown address is dropped without a search.
             _ if !matches!(first_byte, 0..=3) => {
@@ -1167,7 +1200,7 @@ impl Sfu {
                 let Some(k) = self
                     .peers
                     .iter()
-                    .find(|(_, p)| p.rtc.accepts(&input))
+                    .find(|(_, p)| accepts(&p.rtc, &input))
                     .map(|(k, _)| *k)
                 else {
                     self.totals.datagrams_unrouted += 1;
@@ -1183,13 +1216,20 @@ impl Sfu {
         peer.last_media = now;
         peer.rate_in.add(now, len);
         peer.stats.bytes_in += len as u64;
-        if let Err(e) = peer.rtc.handle_input(input) {
-            debug!(room = peer.room, peer = k, "input refused: {e}");
+        match contained(|| peer.rtc.handle_input(input)) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => debug!(room = peer.room, peer = k, "input refused: {e}"),
+            None => {
+                self.break_peer(now, k);
+                self.remove_broken(now);
+                return;
+            }
         }
         self.drain(now, k);
         self.received = Some(received.min(now));
         self.process_events(now);
         self.received = None;
+        self.remove_broken(now);
     }
 
     /// Drive timers: participants' `Rtc`s, layer choice, idle rooms, silent participants.
@@ -1201,8 +1241,13 @@ impl Sfu {
             .collect();
         for k in due {
             if let Some(peer) = self.peers.get_mut(&k) {
-                if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
-                    debug!(room = peer.room, peer = k, "timeout: {e}");
+                match contained(|| peer.rtc.handle_input(Input::Timeout(now))) {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => debug!(room = peer.room, peer = k, "timeout: {e}"),
+                    None => {
+                        self.break_peer(now, k);
+                        continue;
+                    }
                 }
                 self.drain(now, k);
             }
@@ -1213,6 +1258,7 @@ impl Sfu {
             self.tick(now);
             self.process_events(now);
         }
+        self.remove_broken(now);
     }
 
     /// Drain an `Rtc` to its timeout: datagrams go out, events are queued.
@@ -1221,7 +1267,11 @@ impl Sfu {
             return;
         };
         loop {
-            match peer.rtc.poll_output() {
+            let Some(output) = contained(|| peer.rtc.poll_output()) else {
+                self.break_peer(now, k);
+                return;
+            };
+            match output {
                 Ok(RtcOutput::Timeout(t)) => {
                     retime(&mut self.timers, k, &mut peer.rtc_timeout, t);
                     break;
@@ -1260,7 +1310,8 @@ impl Sfu {
 
     fn process_events(&mut self, now: Instant) {
         while let Some((k, e)) = self.events.pop_front() {
-            if self.peers.contains_key(&k) {
+            // What a participant's `Rtc` said before it panicked is not acted on.
+            if self.peers.contains_key(&k) && !self.broken.contains(&k) {
                 self.on_event(now, k, e);
             }
         }
@@ -1477,7 +1528,10 @@ impl Sfu {
             // Video can be repaired from str0m's send cache when the receiver NACKs; late audio
             // is useless.
             .nackable(video);
-        tx.write_rtp(write);
+        if contained(|| tx.write_rtp(write)).is_none() {
+            self.break_peer(now, r);
+            return;
+        }
         while rp.in_flight.len() >= IN_FLIGHT_MAX
             || rp
                 .in_flight
@@ -1849,7 +1903,8 @@ impl Sfu {
             return;
         };
         self.timers.remove(&(peer.rtc_timeout, k));
-        peer.rtc.disconnect();
+        // Its `Rtc` may be one that panicked in a description (see `remove_for_broken_description`).
+        let _ = contained(|| peer.rtc.disconnect());
         self.by_addr.retain(|_, v| *v != k);
         if let Some(conn) = peer.conn.take() {
             self.conns.remove(&conn);
@@ -2037,12 +2092,26 @@ impl InLayer {
     }
 }
 
-/// Runs `apply` (str0m taking a client's offer or answer), or `None` if it panicked. str0m asserts
-/// invariants while it applies a description, and a client's SDP can break them (an offer whose
-/// two m-lines give one H.264 payload type two formats makes it claim that payload type twice).
-/// Such a panic must cost that participant its connection, not end every visit on the SFU.
-fn remote_description<T>(apply: impl FnOnce() -> T) -> Option<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(apply)).ok()
+/// Runs `call` into a participant's `Rtc`, or gives `None` if str0m panicked in it.
+///
+/// str0m parses what a client sends (its SDP, and on the media path STUN, DTLS, SRTP and RTCP)
+/// and asserts invariants on the way; its releases keep fixing panics that crafted input could
+/// reach (malformed RTCP, short STUN, an SDP that claims one payload type twice). Whatever
+/// such a panic is, it must cost that participant its connection, not end every visit on the
+/// SFU: each call into an `Rtc` with a client's input, or that drains one, goes through here.
+fn contained<T>(call: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        #[cfg(test)]
+        tests::injected_panic();
+        call()
+    }))
+    .ok()
+}
+
+/// Whether `input` is for `rtc`, and false if str0m panicked deciding: the datagram is dropped.
+/// `accepts` takes the `Rtc` by shared reference, so a panic in it leaves nothing half-changed.
+fn accepts(rtc: &Rtc, input: &Input<'_>) -> bool {
+    contained(|| rtc.accepts(input)).unwrap_or(false)
 }
 
 /// Move a participant's entry in the timer set.
@@ -2101,5 +2170,173 @@ fn same_codec(a: &CodecSpec, b: &CodecSpec) -> bool {
                     == b.format.profile_level_id.map(|p| p >> 8)
         }
         _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+    use super::{ConnId, Output, RoomEvent, Sfu, SfuConfig};
+    use crate::ice::IceConfig;
+    use crate::signaling::{ClientMessage, CloseReason, ServerMessage};
+    use crate::token::{MediaClaims, MediaTokenKey, Role};
+
+    thread_local! {
+        /// Calls into an `Rtc` through [`super::contained`] left before one panics (0: none).
+        static PANIC_IN: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// Panics in the call through [`super::contained`] that [`panic_in`] chose.
+    pub(super) fn injected_panic() {
+        let left = PANIC_IN.get();
+        if left > 0 {
+            PANIC_IN.set(left - 1);
+            assert!(left != 1, "str0m panicked (injected by a test)");
+        }
+    }
+
+    /// The `n`th call into an `Rtc` from now on panics inside it, as str0m would.
+    fn panic_in(n: u32) {
+        PANIC_IN.set(n);
+    }
+
+    const KEY: [u8; 32] = [7; 32];
+
+    fn sfu(now: Instant) -> Sfu {
+        Sfu::new(
+            SfuConfig {
+                candidate_addr: "10.0.0.1:3478".parse().expect("an address"),
+                token_key: MediaTokenKey::new(&KEY).expect("a key"),
+                ice: IceConfig::default(),
+                idle_room_timeout: Duration::from_secs(60),
+                no_media_timeout: Duration::from_secs(60),
+            },
+            now,
+            SystemTime::now(),
+        )
+    }
+
+    fn join(sfu: &mut Sfu, now: Instant, encounter: &str, participant: &str) -> ConnId {
+        let exp = (SystemTime::now() + Duration::from_secs(300))
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs();
+        let token = MediaTokenKey::new(&KEY).expect("a key").mint(&MediaClaims {
+            encounter: encounter.into(),
+            participant: participant.into(),
+            role: Role::Patient,
+            exp,
+        });
+        let conn = sfu.connect();
+        sfu.handle_message(
+            now,
+            conn,
+            ClientMessage::Join {
+                encounter: encounter.into(),
+                token,
+            },
+        );
+        conn
+    }
+
+    fn outputs(sfu: &mut Sfu) -> Vec<Output> {
+        std::iter::from_fn(|| sfu.poll_output()).collect()
+    }
+
+    fn participants(sfu: &mut Sfu, now: Instant, encounter: &str) -> Vec<String> {
+        let mut ids: Vec<String> = sfu
+            .room_stats(now, encounter)
+            .map(|room| {
+                room.participants
+                    .into_iter()
+                    .map(|p| p.participant)
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    /// A panic inside str0m on one participant's timer (`n` = 1) or while its output is drained
+    /// (`n` = 2) removes that participant, tells it and its room, and leaves every other visit
+    /// on the SFU going.
+    fn a_panic_in_str0m_costs_one_participant_its_connection(n: u32) {
+        let start = Instant::now();
+        let mut sfu = sfu(start);
+        let a = join(&mut sfu, start, "enc-1", "pat-a");
+        let b = join(&mut sfu, start, "enc-1", "prac-b");
+        let c = join(&mut sfu, start, "enc-2", "pat-c");
+        outputs(&mut sfu);
+
+        // Only the first participant to join is due: its timer was set when it joined.
+        panic_in(n);
+        sfu.handle_timeout(start);
+        assert_eq!(PANIC_IN.get(), 0, "the injected panic happened");
+        let out = outputs(&mut sfu);
+
+        let closed: Vec<(ConnId, &ServerMessage)> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Signal { conn, msg } => Some((*conn, msg)),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            closed.contains(&(
+                a,
+                &ServerMessage::Closed {
+                    reason: CloseReason::ConnectionLost
+                }
+            )),
+            "the participant is told: {out:?}"
+        );
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::CloseSignal { conn } if *conn == a)),
+            "its signaling closes"
+        );
+        assert!(
+            closed.contains(&(
+                b,
+                &ServerMessage::ParticipantLeft {
+                    participant: "pat-a".into()
+                }
+            )),
+            "its room is told"
+        );
+        assert!(
+            !closed.iter().any(|(conn, _)| *conn == c),
+            "another room hears nothing: {out:?}"
+        );
+        assert!(
+            out.iter().any(|o| matches!(
+                o,
+                Output::Event(RoomEvent::ParticipantLeft { participant, reason: CloseReason::ConnectionLost, .. })
+                    if participant == "pat-a"
+            )),
+            "its owner gets the event"
+        );
+        assert_eq!(participants(&mut sfu, start, "enc-1"), ["prac-b"]);
+        assert_eq!(participants(&mut sfu, start, "enc-2"), ["pat-c"]);
+
+        // The SFU goes on: its timers run, and the participant can join again.
+        let later = start + Duration::from_secs(2);
+        sfu.handle_timeout(later);
+        join(&mut sfu, later, "enc-1", "pat-a");
+        sfu.handle_timeout(later + Duration::from_millis(100));
+        assert_eq!(participants(&mut sfu, later, "enc-1"), ["pat-a", "prac-b"]);
+        assert_eq!(participants(&mut sfu, later, "enc-2"), ["pat-c"]);
+    }
+
+    #[test]
+    fn a_panic_on_a_participants_timer_costs_it_its_connection_only() {
+        a_panic_in_str0m_costs_one_participant_its_connection(1);
+    }
+
+    #[test]
+    fn a_panic_while_a_participants_output_is_drained_costs_it_its_connection_only() {
+        a_panic_in_str0m_costs_one_participant_its_connection(2);
     }
 }
