@@ -1446,7 +1446,7 @@ impl Sfu {
                 frame_mark: ev.frame_mark,
                 ..ExtensionValues::default()
             },
-            payload: p.payload.clone(),
+            payload: p.payload,
             at: self.received.unwrap_or(now),
         };
         let mut receivers = std::mem::take(&mut self.scratch);
