@@ -162,6 +162,30 @@ fn resuming_with_a_new_peer_connection_renegotiates_everything() {
 }
 
 #[test]
+fn an_ice_restart_from_a_new_network_keeps_the_visit_going() {
+    let mut s = Sim::new();
+    let a = s.join("enc-1", "alice", true);
+    let b = s.join("enc-1", "bob", true);
+    s.run_for(Duration::from_secs(3));
+    // Bob's phone leaves the Wi-Fi: same RTCPeerConnection, new address, new ICE credentials.
+    // His connectivity checks name the server's new username fragment from an address the
+    // server has not seen.
+    s.restart_ice(b);
+    let (to_bob, to_alice) = (s.video_track(a), s.video_track(b));
+    for (i, track) in [(b, &to_bob), (a, &to_alice)] {
+        if let Some(r) = s.received_mut(i, track) {
+            r.since_mark = 0;
+        }
+    }
+    s.run_for(Duration::from_secs(5));
+    let from_alice = s.received(b, &to_bob).map_or(0, |r| r.since_mark);
+    assert!(from_alice > 100, "bob receives again: {from_alice}");
+    let from_bob = s.received(a, &to_alice).map_or(0, |r| r.since_mark);
+    assert!(from_bob > 100, "alice receives bob again: {from_bob}");
+    assert_eq!(left(&s, "bob"), None);
+}
+
+#[test]
 fn an_expired_token_does_not_resume() {
     let mut s = Sim::new();
     s.join("enc-1", "alice", true);

@@ -279,6 +279,8 @@ struct Peer {
     role: Role,
     conn: Option<ConnId>,
     rtc: Rtc,
+    /// The local ICE username fragment of `rtc`, its key in `Sfu::by_ufrag`.
+    ufrag: String,
     rtc_timeout: Instant,
     /// The `a=fingerprint` of the client's first offer: another one is a new RTCPeerConnection.
     remote_fingerprint: Option<String>,
@@ -328,6 +330,9 @@ pub struct Sfu {
     rooms: HashMap<String, Room>,
     peers: HashMap<PeerKey, Peer>,
     by_addr: HashMap<SocketAddr, PeerKey>,
+    /// Each participant by the ICE username fragment of its `Rtc`, which a STUN check from an
+    /// address not seen yet names: such a check finds its participant without a search.
+    by_ufrag: HashMap<String, PeerKey>,
     conns: HashMap<ConnId, Conn>,
     finished: HashSet<String>,
     out: VecDeque<Output>,
@@ -360,6 +365,7 @@ impl Sfu {
             rooms: HashMap::new(),
             peers: HashMap::new(),
             by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
             conns: HashMap::new(),
             finished: HashSet::new(),
             out: VecDeque::new(),
@@ -622,6 +628,7 @@ impl Sfu {
             role: claims.role,
             conn: Some(conn),
             rtc,
+            ufrag: String::new(),
             rtc_timeout: now,
             remote_fingerprint: None,
             offered: false,
@@ -644,6 +651,7 @@ impl Sfu {
             in_flight: VecDeque::new(),
         };
         self.peers.insert(k, peer);
+        self.index_ufrag(k);
         self.timers.insert((now, k));
         self.totals.participants_joined += 1;
         info!(room, peer = k, "participant joined");
@@ -777,6 +785,8 @@ impl Sfu {
                 }
                 let sdp = answer.to_sdp_string();
                 self.drain(now, k);
+                // An offer that restarts ICE changes the server's username fragment too.
+                self.index_ufrag(k);
                 self.signal_peer(k, ServerMessage::Answer { sdp });
                 // MediaAdded events of the offer are handled before our own offer is made.
                 self.process_events(now);
@@ -818,9 +828,28 @@ impl Sfu {
             return;
         };
         peer.rtc = rtc;
+        self.index_ufrag(k);
         if !self.broken.contains(&k) {
             self.broken.push(k);
         }
+    }
+
+    /// Files participant `k` in `by_ufrag` under its `Rtc`'s username fragment: after the `Rtc`
+    /// is made, and after a description is applied (an offer that restarts ICE gives the server's
+    /// side a new one too).
+    fn index_ufrag(&mut self, k: PeerKey) {
+        let Some(peer) = self.peers.get_mut(&k) else {
+            return;
+        };
+        let ufrag = peer.rtc.direct_api().local_ice_credentials().ufrag;
+        if ufrag == peer.ufrag {
+            return;
+        }
+        let old = std::mem::replace(&mut peer.ufrag, ufrag.clone());
+        if self.by_ufrag.get(&old) == Some(&k) {
+            self.by_ufrag.remove(&old);
+        }
+        self.by_ufrag.insert(ufrag, k);
     }
 
     /// Removes the participants [`Sfu::break_peer`] set aside.
@@ -858,6 +887,7 @@ impl Sfu {
         for mid in mids {
             self.unpublish(now, k, mid);
         }
+        self.index_ufrag(k);
     }
 
     fn client_answer(&mut self, now: Instant, k: PeerKey, id: u64, sdp: &str) {
@@ -913,6 +943,7 @@ impl Sfu {
                 }
                 peer.subs.retain(|s| !(s.removed && s.mid.is_none()));
                 self.drain(now, k);
+                self.index_ufrag(k);
                 self.process_events(now);
                 self.allocate(now, k);
                 self.maybe_offer(now, k);
@@ -1171,6 +1202,7 @@ impl Sfu {
         source: SocketAddr,
         contents: &[u8],
     ) {
+        let raw = contents;
         let len = contents.len();
         let first_byte = contents.first().copied().unwrap_or(u8::MAX);
         let Ok(contents) = contents.try_into() else {
@@ -1196,12 +1228,12 @@ impl Sfu {
                 return;
             }
             _ => {
-                // A new address: a STUN check names the participant by its ICE ufrag.
-                let Some(k) = self
-                    .peers
-                    .iter()
-                    .find(|(_, p)| accepts(&p.rtc, &input))
-                    .map(|(k, _)| *k)
+                // A new address: a STUN check names the participant by its ICE ufrag, and its
+                // `Rtc` checks the rest (the message integrity, under its password).
+                let Some(k) = stun_server_ufrag(raw)
+                    .and_then(|ufrag| self.by_ufrag.get(ufrag))
+                    .copied()
+                    .filter(|k| self.peers.get(k).is_some_and(|p| accepts(&p.rtc, &input)))
                 else {
                     self.totals.datagrams_unrouted += 1;
                     return;
@@ -1903,6 +1935,9 @@ impl Sfu {
             return;
         };
         self.timers.remove(&(peer.rtc_timeout, k));
+        if self.by_ufrag.get(&peer.ufrag) == Some(&k) {
+            self.by_ufrag.remove(&peer.ufrag);
+        }
         // Its `Rtc` may be one that panicked in a description (see `remove_for_broken_description`).
         let _ = contained(|| peer.rtc.disconnect());
         self.by_addr.retain(|_, v| *v != k);
@@ -2112,6 +2147,32 @@ fn contained<T>(call: impl FnOnce() -> T) -> Option<T> {
 /// `accepts` takes the `Rtc` by shared reference, so a panic in it leaves nothing half-changed.
 fn accepts(rtc: &Rtc, input: &Input<'_>) -> bool {
     contained(|| rtc.accepts(input)).unwrap_or(false)
+}
+
+/// The server's username fragment in the USERNAME of the STUN message `datagram`: a
+/// connectivity check sent to the server names it `server:client` (RFC 8445 §7.2.2). `None`
+/// for anything else, including a message too short for the lengths it claims.
+fn stun_server_ufrag(datagram: &[u8]) -> Option<&str> {
+    const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+    const USERNAME: u16 = 0x0006;
+    let header = datagram.get(..20)?;
+    if header[4..8] != MAGIC_COOKIE {
+        return None;
+    }
+    let length = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    let mut attributes = datagram.get(20..20 + length)?;
+    while let Some(head) = attributes.get(..4) {
+        let kind = u16::from_be_bytes([head[0], head[1]]);
+        let size = usize::from(u16::from_be_bytes([head[2], head[3]]));
+        let value = attributes.get(4..4 + size)?;
+        if kind == USERNAME {
+            let (server, _client) = std::str::from_utf8(value).ok()?.split_once(':')?;
+            return Some(server);
+        }
+        // Values are padded to a multiple of four bytes.
+        attributes = attributes.get(4 + size.next_multiple_of(4)..)?;
+    }
+    None
 }
 
 /// Move a participant's entry in the timer set.
@@ -2328,6 +2389,51 @@ mod tests {
         sfu.handle_timeout(later + Duration::from_millis(100));
         assert_eq!(participants(&mut sfu, later, "enc-1"), ["pat-a", "prac-b"]);
         assert_eq!(participants(&mut sfu, later, "enc-2"), ["pat-c"]);
+    }
+
+    /// A STUN binding request with `attributes` (type, value), each padded to four bytes.
+    fn stun(attributes: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (kind, value) in attributes {
+            body.extend_from_slice(&kind.to_be_bytes());
+            body.extend_from_slice(&u16::try_from(value.len()).expect("short").to_be_bytes());
+            body.extend_from_slice(value);
+            body.resize(body.len().next_multiple_of(4), 0);
+        }
+        let mut message = vec![0x00, 0x01];
+        message.extend_from_slice(&u16::try_from(body.len()).expect("short").to_be_bytes());
+        message.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+        message.extend_from_slice(&[9; 12]);
+        message.extend_from_slice(&body);
+        message
+    }
+
+    #[test]
+    fn a_connectivity_check_names_the_servers_username_fragment() {
+        const PRIORITY: u16 = 0x0024;
+        const USERNAME: u16 = 0x0006;
+        let check = stun(&[(PRIORITY, &[1, 2, 3, 4]), (USERNAME, b"srvfrag:cli")]);
+        assert_eq!(super::stun_server_ufrag(&check), Some("srvfrag"));
+        // Nothing past the message's own length, and nothing it only claims.
+        assert_eq!(super::stun_server_ufrag(&check[..check.len() - 4]), None);
+        let mut long = check.clone();
+        long[3] += 4;
+        assert_eq!(super::stun_server_ufrag(&long), None);
+        let mut overlong_attribute = check.clone();
+        overlong_attribute[31] = 200;
+        assert_eq!(super::stun_server_ufrag(&overlong_attribute), None);
+        assert_eq!(
+            super::stun_server_ufrag(&stun(&[(USERNAME, b"no-colon")])),
+            None
+        );
+        assert_eq!(
+            super::stun_server_ufrag(&stun(&[(PRIORITY, &[1; 4])])),
+            None
+        );
+        let mut not_stun = check;
+        not_stun[4] = 0;
+        assert_eq!(super::stun_server_ufrag(&not_stun), None);
+        assert_eq!(super::stun_server_ufrag(&[0; 19]), None);
     }
 
     #[test]

@@ -471,6 +471,46 @@ impl Sim {
         }
     }
 
+    /// Client `i` moves to another network (a new address) and restarts ICE on the same
+    /// RTCPeerConnection, as a browser's `restartIce()` does: an offer with new ICE credentials,
+    /// the tracks unchanged.
+    pub fn restart_ice(&mut self, i: usize) {
+        let addr: SocketAddr = format!("192.168.3.{}:{}", 10 + i, 7000 + i)
+            .parse()
+            .expect("addr");
+        let c = &mut self.clients[i];
+        let mut change = c.rtc.sdp_api();
+        // The old candidate is kept: str0m restarts the offerer's ICE agent when the answer
+        // arrives, and would drop the new one, added now, with the old ones. Everything the
+        // client sends leaves from its new address all the same.
+        change.ice_restart(true);
+        let (offer, pending) = change.apply().expect("offer");
+        c.rtc
+            .add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
+        c.addr = addr;
+        c.pending = Some(pending);
+        let sdp = offer.to_sdp_string();
+        let tracks = [
+            (c.pub_.audio, TrackSource::Microphone, None),
+            (
+                c.pub_.video,
+                TrackSource::Camera,
+                Some(RIDS.iter().map(|r| r.to_string()).collect()),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(mid, source, layers)| {
+            Some(TrackDescription {
+                mid: mid?.to_string(),
+                source,
+                layers,
+            })
+        })
+        .collect();
+        self.drain_client(i);
+        self.send(i, ClientMessage::Offer { sdp, tracks });
+    }
+
     /// The Encounter finished.
     pub fn close_room(&mut self, encounter: &str) {
         self.sfu.close_room(self.now, encounter);
