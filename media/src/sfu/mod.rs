@@ -794,6 +794,8 @@ impl Sfu {
             }
             Err(e) => {
                 self.drain(now, k);
+                // A refused offer may have restarted ICE before str0m found what it refused.
+                self.index_ufrag(k);
                 self.signal_peer(
                     k,
                     ServerMessage::error(ErrorCode::BadSdp, format!("offer: {e}")),
