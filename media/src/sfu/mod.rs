@@ -806,25 +806,25 @@ impl Sfu {
 
     /// A description str0m panicked on (see [`contained`]): the participant is told, then
     /// removed (its `Rtc` stopped part-way through the description and cannot be trusted).
-    fn remove_for_broken_description(&mut self, now: Instant, k: PeerKey, what: &str) {
-        let room = self.peers.get(&k).map(|p| p.room);
-        warn!(
-            room,
-            peer = k,
-            "{what} broke the participant's WebRTC state: participant removed"
-        );
+    fn remove_for_broken_description(&mut self, now: Instant, k: PeerKey, what: &'static str) {
         self.signal_peer(
             k,
             ServerMessage::error(ErrorCode::BadSdp, format!("{what}: not usable")),
         );
-        self.remove_peer(now, k, CloseReason::ConnectionLost);
+        self.break_peer(now, k, what);
     }
 
-    /// A participant whose `Rtc` panicked (see [`contained`]). It gets a new, unconnected `Rtc`
-    /// at once, so that nothing calls into the broken one again, and is removed (`closed:
-    /// connection_lost`) once the call under way is done: removing it in the middle of a
-    /// packet's forwarding or a timer round would pull it from under its callers.
-    fn break_peer(&mut self, now: Instant, k: PeerKey) {
+    /// A participant whose `Rtc` panicked in `what` (see [`contained`]). It gets a new,
+    /// unconnected `Rtc` at once, so that nothing calls into the broken one again, and is
+    /// removed (`closed: connection_lost`) once the call under way is done: removing it in the
+    /// middle of a packet's forwarding or a timer round would pull it from under its callers.
+    fn break_peer(&mut self, now: Instant, k: PeerKey, what: &'static str) {
+        let room = self.peers.get(&k).map(|p| p.room);
+        warn!(
+            room,
+            peer = k,
+            "str0m panicked on the participant's {what}: participant removed"
+        );
         let rtc = self.new_rtc(now);
         let Some(peer) = self.peers.get_mut(&k) else {
             return;
@@ -857,12 +857,6 @@ impl Sfu {
     /// Removes the participants [`Sfu::break_peer`] set aside.
     fn remove_broken(&mut self, now: Instant) {
         while let Some(k) = self.broken.pop() {
-            let room = self.peers.get(&k).map(|p| p.room);
-            warn!(
-                room,
-                peer = k,
-                "str0m panicked on the participant's connection: participant removed"
-            );
             self.remove_peer(now, k, CloseReason::ConnectionLost);
         }
     }
@@ -1254,7 +1248,7 @@ impl Sfu {
             Some(Ok(())) => {}
             Some(Err(e)) => debug!(room = peer.room, peer = k, "input refused: {e}"),
             None => {
-                self.break_peer(now, k);
+                self.break_peer(now, k, "datagram");
                 self.remove_broken(now);
                 return;
             }
@@ -1279,7 +1273,7 @@ impl Sfu {
                     Some(Ok(())) => {}
                     Some(Err(e)) => debug!(room = peer.room, peer = k, "timeout: {e}"),
                     None => {
-                        self.break_peer(now, k);
+                        self.break_peer(now, k, "timer");
                         continue;
                     }
                 }
@@ -1302,7 +1296,7 @@ impl Sfu {
         };
         loop {
             let Some(output) = contained(|| peer.rtc.poll_output()) else {
-                self.break_peer(now, k);
+                self.break_peer(now, k, "output");
                 return;
             };
             match output {
@@ -1563,7 +1557,7 @@ impl Sfu {
             // is useless.
             .nackable(video);
         if contained(|| tx.write_rtp(write)).is_none() {
-            self.break_peer(now, r);
+            self.break_peer(now, r, "forwarded packet");
             return;
         }
         while rp.in_flight.len() >= IN_FLIGHT_MAX
@@ -1940,8 +1934,7 @@ impl Sfu {
         if self.by_ufrag.get(&peer.ufrag) == Some(&k) {
             self.by_ufrag.remove(&peer.ufrag);
         }
-        // Its `Rtc` may be one that panicked in a description (see `remove_for_broken_description`).
-        let _ = contained(|| peer.rtc.disconnect());
+        peer.rtc.disconnect();
         self.by_addr.retain(|_, v| *v != k);
         if let Some(conn) = peer.conn.take() {
             self.conns.remove(&conn);
