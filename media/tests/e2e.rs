@@ -102,11 +102,14 @@ fn mint(
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// The server's debug log and the clients' signaling, shown with a failing test's output
-/// (`RUST_LOG` overrides what is logged).
+/// The server's debug log (each bandwidth estimate among it), str0m's estimator changing state,
+/// and the clients' signaling, shown with a failing test's output (`RUST_LOG` overrides what
+/// is logged). A few lines a second: enough to tell why an estimate did not recover.
 fn logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("media=debug,e2e=debug,webrtc=warn,rtc=warn")
+        tracing_subscriber::EnvFilter::new(
+            "media=debug,e2e=debug,str0m::bwe_=debug,webrtc=warn,rtc=warn",
+        )
     });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

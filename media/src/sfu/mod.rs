@@ -1369,6 +1369,12 @@ impl Sfu {
                     _ => return,
                 };
                 if let Some(peer) = self.peers.get_mut(&k) {
+                    debug!(
+                        room = peer.room,
+                        peer = k,
+                        estimate = estimate.as_u64(),
+                        "bandwidth estimate"
+                    );
                     peer.estimate = Some(estimate.as_u64());
                 }
                 self.allocate(now, k);
