@@ -138,6 +138,23 @@ struct Publisher {
     screen_key: bool,
 }
 
+impl Publisher {
+    /// How the client describes its microphone and simulcast camera in an offer.
+    fn camera_and_microphone(&self) -> Vec<TrackDescription> {
+        let audio = self.audio.map(|mid| TrackDescription {
+            mid: mid.to_string(),
+            source: TrackSource::Microphone,
+            layers: None,
+        });
+        let video = self.video.map(|mid| TrackDescription {
+            mid: mid.to_string(),
+            source: TrackSource::Camera,
+            layers: Some(RIDS.iter().map(|r| r.to_string()).collect()),
+        });
+        audio.into_iter().chain(video).collect()
+    }
+}
+
 pub struct Client {
     pub name: String,
     pub addr: SocketAddr,
@@ -328,7 +345,6 @@ impl Sim {
     fn publish(&mut self, i: usize) {
         let c = &mut self.clients[i];
         let mut change = c.rtc.sdp_api();
-        let mut tracks = Vec::new();
         let audio = change.add_media(
             MediaKind::Audio,
             Direction::SendOnly,
@@ -347,20 +363,11 @@ impl Sim {
             Some("v".into()),
             Some(sim),
         );
-        tracks.push(TrackDescription {
-            mid: audio.to_string(),
-            source: TrackSource::Microphone,
-            layers: None,
-        });
-        tracks.push(TrackDescription {
-            mid: video.to_string(),
-            source: TrackSource::Camera,
-            layers: Some(RIDS.iter().map(|r| r.to_string()).collect()),
-        });
         let (offer, pending) = change.apply().expect("offer");
         c.pending = Some(pending);
         c.pub_.audio = Some(audio);
         c.pub_.video = Some(video);
+        let tracks = c.pub_.camera_and_microphone();
         let sdp = offer.to_sdp_string();
         self.drain_client(i);
         self.send(i, ClientMessage::Offer { sdp, tracks });
@@ -490,23 +497,7 @@ impl Sim {
         c.addr = addr;
         c.pending = Some(pending);
         let sdp = offer.to_sdp_string();
-        let tracks = [
-            (c.pub_.audio, TrackSource::Microphone, None),
-            (
-                c.pub_.video,
-                TrackSource::Camera,
-                Some(RIDS.iter().map(|r| r.to_string()).collect()),
-            ),
-        ]
-        .into_iter()
-        .filter_map(|(mid, source, layers)| {
-            Some(TrackDescription {
-                mid: mid?.to_string(),
-                source,
-                layers,
-            })
-        })
-        .collect();
+        let tracks = c.pub_.camera_and_microphone();
         self.drain_client(i);
         self.send(i, ClientMessage::Offer { sdp, tracks });
     }
