@@ -848,9 +848,7 @@ impl Sfu {
             return;
         }
         let old = std::mem::replace(&mut peer.ufrag, ufrag.clone());
-        if self.by_ufrag.get(&old) == Some(&k) {
-            self.by_ufrag.remove(&old);
-        }
+        unindex_ufrag(&mut self.by_ufrag, &old, k);
         self.by_ufrag.insert(ufrag, k);
     }
 
@@ -1937,9 +1935,7 @@ impl Sfu {
             return;
         };
         self.timers.remove(&(peer.rtc_timeout, k));
-        if self.by_ufrag.get(&peer.ufrag) == Some(&k) {
-            self.by_ufrag.remove(&peer.ufrag);
-        }
+        unindex_ufrag(&mut self.by_ufrag, &peer.ufrag, k);
         peer.rtc.disconnect();
         self.by_addr.retain(|_, v| *v != k);
         if let Some(conn) = peer.conn.take() {
@@ -2142,6 +2138,14 @@ fn contained<T>(call: impl FnOnce() -> T) -> Option<T> {
         call()
     }))
     .ok()
+}
+
+/// Takes `ufrag` out of `by_ufrag` if it is still participant `k`'s there: another participant's
+/// `Rtc` may have been given the same fragment since.
+fn unindex_ufrag(by_ufrag: &mut HashMap<String, PeerKey>, ufrag: &str, k: PeerKey) {
+    if by_ufrag.get(ufrag) == Some(&k) {
+        by_ufrag.remove(ufrag);
+    }
 }
 
 /// Whether `input` is for `rtc`, and false if str0m panicked deciding: the datagram is dropped.
